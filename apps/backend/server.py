@@ -1,0 +1,130 @@
+"""The backend: makes the in-flight requests a gateway termination must not cut (seed 003 §3).
+
+GET /sleep?seconds=N   answers `slept Ns` after N seconds (N integer 0..600)
+GET /stream?chunks=N&interval_ms=M   N chunked lines `chunk i @ Tms`, each flushed
+GET /                  {"pod": "<HOSTNAME>"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Set (by on_shutdown) once SIGTERM began the graceful stop; tells a cancellation by
+# the shutdown deadline apart from one by a client that went away.
+STOPPING = web.AppKey("stopping", asyncio.Event)
+
+MAX_SLEEP_S = 600
+_WHOLE = re.compile(r"[0-9]{1,9}")
+
+
+class BadQuery(web.HTTPBadRequest):
+    """400 with a one-line reason: an experiment must not quietly measure the wrong thing
+    (the seed's handler silently slept 1 s on a bad `seconds`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(text=reason + "\n")
+
+
+def int_param(request: web.Request, name: str, low: int, high: int, default: int | None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise BadQuery(f"{name} is required: an integer {low}..{high}")
+        return default
+    if not _WHOLE.fullmatch(raw) or not low <= int(raw) <= high:
+        raise BadQuery(f"{name} must be an integer {low}..{high}, got {raw!r}")
+    return int(raw)
+
+
+async def sleep(request: web.Request) -> web.Response:
+    seconds = int_param(request, "seconds", 0, MAX_SLEEP_S, default=None)
+    await asyncio.sleep(seconds)
+    return web.Response(text=f"slept {seconds}s\n")
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    chunks = int_param(request, "chunks", 1, 100_000, default=10)
+    interval_ms = int_param(request, "interval_ms", 0, 60_000, default=1000)
+    started = time.monotonic()
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for i in range(chunks):
+        if i:
+            await asyncio.sleep(interval_ms / 1000)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        # write() hands the chunk to the transport at once: Envoy sees each one as it
+        # is written (the Go seed needed an explicit Flush for the same effect).
+        await response.write(f"chunk {i} @ {elapsed_ms}ms\n".encode())
+    await response.write_eof()
+    return response
+
+
+def whoami(hostname: str) -> Handler:
+    async def handle(_: web.Request) -> web.Response:
+        return web.json_response({"pod": hostname})
+
+    return handle
+
+
+def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """One logfmt line per request, including those the client cut (status 499)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        status = 500
+        msg = "request"
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            if request.app[STOPPING].is_set():
+                status, msg = 503, "cancelled_at_shutdown_timeout"
+            else:
+                status, msg = 499, "client_disconnected"
+            raise
+        finally:
+            log.info(
+                msg,
+                extra={
+                    "method": request.method,
+                    "path": request.path_qs,
+                    "remote": request.remote,
+                    "hostname": hostname,
+                    "status": status,
+                    "duration_ms": int((time.monotonic() - started) * 1000),
+                    "started": datetime.fromtimestamp(
+                        time.time() - (time.monotonic() - started), UTC
+                    ).isoformat(timespec="milliseconds"),
+                },
+            )
+
+    return middleware
+
+
+def build_app(hostname: str, log: logging.Logger) -> web.Application:
+    app = web.Application(middlewares=[access_log(hostname, log)])
+    app[STOPPING] = asyncio.Event()
+
+    async def mark_stopping(app: web.Application) -> None:
+        app[STOPPING].set()
+
+    app.on_shutdown.append(mark_stopping)
+    app.router.add_get("/sleep", sleep)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/", whoami(hostname))
+    return app

@@ -1,0 +1,116 @@
+"""Envoy bootstrap for a gateway pod's istio-proxy, without istiod.
+
+Istio builds the gateway's listener from the Gateway and VirtualService; here we write
+the same shape statically. Names follow what istiod generates so that stats filters
+written for the cluster work unchanged: listener `0.0.0.0_<port>`, HTTP connection
+manager stat prefix `outbound_0.0.0.0_<port>` (gateway listeners are OUTBOUND).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    host: str
+    port: int
+
+
+def stat_prefix(port: int) -> str:
+    return f"outbound_0.0.0.0_{port}"
+
+
+def gateway_bootstrap(
+    *,
+    listen_host: str,
+    listen_port: int,
+    admin_host: str,
+    admin_port: int,
+    upstreams: Sequence[Upstream],
+    route_timeout_s: float,
+    cluster_name: str = "outbound|8080||backend.service-a.svc.cluster.local",
+) -> dict[str, object]:
+    """A static bootstrap: one HTTP listener routing `/` to `upstreams`."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix(listen_port),
+        "route_config": {
+            "name": f"http.{listen_port}",
+            "virtual_hosts": [
+                {
+                    "name": "*",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": cluster_name, "timeout": f"{route_timeout_s}s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    return {
+        "admin": {"address": _address(admin_host, admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": f"0.0.0.0_{listen_port}",
+                    "address": _address(listen_host, listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager",
+                                 "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": cluster_name,
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "lb_policy": "ROUND_ROBIN",
+                    "load_assignment": {
+                        "cluster_name": cluster_name,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {"endpoint": {"address": _address(u.host, u.port)}}
+                                    for u in upstreams
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
+    """Flags as pilot-agent passes them, minus hot restart (several Envoys share a host)."""
+    return [
+        "-c", config_path,
+        "--drain-time-s", str(drain_time_s),
+        "--drain-strategy", "immediate",
+        "--disable-hot-restart",
+        "--log-level", "warning",
+    ]
+
+
+def _address(host: str, port: int) -> dict[str, object]:
+    return {"socket_address": {"address": host, "port_value": port}}
