@@ -71,8 +71,10 @@ def gateway_bootstrap(
                     "filter_chains": [
                         {
                             "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager",
-                                 "typed_config": hcm}
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
                             ]
                         }
                     ],
@@ -104,11 +106,15 @@ def gateway_bootstrap(
 def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
     """Flags as pilot-agent passes them, minus hot restart (several Envoys share a host)."""
     return [
-        "-c", config_path,
-        "--drain-time-s", str(drain_time_s),
-        "--drain-strategy", "immediate",
+        "-c",
+        config_path,
+        "--drain-time-s",
+        str(drain_time_s),
+        "--drain-strategy",
+        "immediate",
         "--disable-hot-restart",
-        "--log-level", "warning",
+        "--log-level",
+        "warning",
     ]
 
 

@@ -146,8 +146,9 @@ class Procs:
         )
         path = self.tmp / f"envoy-{port}.json"
         path.write_text(json.dumps(config))
-        proc = self.start("envoy", [str(VENV_BIN / "envoy"), *envoy_args(str(path), drain_time_s)],
-                          port)
+        proc = self.start(
+            "envoy", [str(VENV_BIN / "envoy"), *envoy_args(str(path), drain_time_s)], port
+        )
         proc.extra["admin"] = f"http://127.0.0.1:{admin}"
         wait_port("127.0.0.1", admin)
         return proc

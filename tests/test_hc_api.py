@@ -87,7 +87,9 @@ def test_reopen_from_closing_warns_of_lb_readmission(procs: Procs) -> None:
         http("POST", hc.url + path)
     status, headers, body = http("POST", hc.url + "/reopen")
     assert status == 200 and json.loads(body) | {"at": None} == {
-        "state": "OPEN", "from": "CLOSING", "at": None
+        "state": "OPEN",
+        "from": "CLOSING",
+        "at": None,
     }
     assert headers["Warning"].startswith("199 - ")
     assert "3 x 1.5s = 4.5s" in headers["Warning"]
@@ -131,7 +133,9 @@ def test_one_logfmt_line_per_transition(procs: Procs) -> None:
     hc.stop()
     lines = hc.logfmt_lines("transition")
     assert [(line["from"], line["to"]) for line in lines] == [
-        ("OPEN", "DRAINING"), ("DRAINING", "CLOSING"), ("CLOSING", "CLOSED")
+        ("OPEN", "DRAINING"),
+        ("DRAINING", "CLOSING"),
+        ("CLOSING", "CLOSED"),
     ]
     assert all(line["ts"].endswith("+00:00") and "reason" in line for line in lines)
 
@@ -157,8 +161,11 @@ def test_bad_config_exits_2_naming_the_value(env: dict[str, str], named: str) ->
     import os
 
     result = subprocess.run(
-        [sys.executable, "-m", "hc"], env={**os.environ, **env},
-        capture_output=True, text=True, timeout=20,
+        [sys.executable, "-m", "hc"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode == 2
     assert named in result.stderr

@@ -48,8 +48,10 @@ def main() -> int:
     log = get_logger("backend")
     _raise_fd_limit()
     app = build_app(hostname, log)
-    log.info("listening", extra={"port": port, "hostname": hostname,
-                                 "shutdown_timeout_s": shutdown_timeout})
+    log.info(
+        "listening",
+        extra={"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
+    )
     web.run_app(
         app,
         host=host,

@@ -25,8 +25,12 @@ def main() -> int:
     def log_transition(t: Transition) -> None:
         log.info(
             "transition",
-            extra={"from": str(t.from_state), "to": str(t.to_state), "reason": t.reason,
-                   "monotonic": f"{t.monotonic:.3f}"},
+            extra={
+                "from": str(t.from_state),
+                "to": str(t.to_state),
+                "reason": t.reason,
+                "monotonic": f"{t.monotonic:.3f}",
+            },
         )
 
     fsm = FSM(on_transition=log_transition)
@@ -37,8 +41,9 @@ def main() -> int:
     )
     # No graceful shutdown (seed 003 Q3): by the time kubelet sends SIGTERM the preStop
     # has finished and nothing in flight depends on hc.
-    web.run_app(app, host=config.host, port=config.port, shutdown_timeout=1.0,
-                print=None, access_log=None)
+    web.run_app(
+        app, host=config.host, port=config.port, shutdown_timeout=1.0, print=None, access_log=None
+    )
     return 0
 
 

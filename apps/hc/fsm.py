@@ -119,4 +119,3 @@ class FSM:
     def _notify(self, t: Transition) -> None:
         if self._on_transition is not None:
             self._on_transition(t)
-

@@ -97,12 +97,12 @@ read_active() {
 log "level=info step=0 msg=start drain_timeout=${DRAIN_TIMEOUT} poll_interval=${POLL_INTERVAL} lb_buffer=${LB_BUFFER} filter=\"${ACTIVE_STATS_FILTER}\""
 
 # [1] open the drain window: the FSM leaves OPEN, both probes still pass.
-do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/drain" >/dev/null || true
+do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/drain" || true
 
 # [2] graceful listener drain. skip_exit keeps the listeners after --drain-time-s
 # (the LB may still send requests here, see above); Envoy itself never exits on a
 # drain (FINDINGS), pilot-agent stops it after terminationDrainDuration.
-do_curl 2 "$CURL_MAX_TIME" -X POST "${ENVOY_ADMIN}/drain_listeners?graceful&skip_exit" >/dev/null || true
+do_curl 2 "$CURL_MAX_TIME" -X POST "${ENVOY_ADMIN}/drain_listeners?graceful&skip_exit" || true
 
 # [3] wait for zero in-flight requests on the gateway's data plane.
 deadline=$((START_TS + DRAIN_TIMEOUT))
@@ -135,7 +135,7 @@ else
 fi
 
 # [4] fail HAProxy's check: /health_check.html answers 503 from now on.
-do_curl 4 "$CURL_MAX_TIME" -X POST "${HC_URL}/close-lb" >/dev/null || true
+do_curl 4 "$CURL_MAX_TIME" -X POST "${HC_URL}/close-lb" || true
 
 # [5] let HAProxy see it (fall x inter + check timeout < LB_BUFFER, checked by the
 # timing model) before the endpoint goes.
@@ -143,7 +143,7 @@ log "level=info step=5 msg=lb_buffer seconds=${LB_BUFFER}"
 sleep "$LB_BUFFER"
 
 # [6] fail readiness: /health answers 503, the EndpointSlice drops the pod.
-do_curl 6 "$CURL_MAX_TIME" -X POST "${HC_URL}/close" >/dev/null || true
+do_curl 6 "$CURL_MAX_TIME" -X POST "${HC_URL}/close" || true
 
 # [7]
 log "level=info step=7 msg=done outcome=${outcome} elapsed=$(($(date +%s) - START_TS))"

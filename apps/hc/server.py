@@ -107,9 +107,7 @@ def status_handler(fsm: FSM) -> Handler:
                     "since": _iso(since),
                     "lb_healthy": state.lb_healthy,
                     "live": state.live,
-                    "transitions": [
-                        {**t.as_dict(), "at": _iso(t.wall)} for t in history
-                    ],
+                    "transitions": [{**t.as_dict(), "at": _iso(t.wall)} for t in history],
                 },
             }
         )
@@ -132,7 +130,9 @@ def conflict(exc: TransitionRefused) -> web.Response:
     )
 
 
-def admin_guard(config: Config, log: logging.Logger) -> Callable[..., Awaitable[web.StreamResponse]]:
+def admin_guard(
+    config: Config, log: logging.Logger
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     """403 for state-changing requests that do not come from an allowed source."""
 
     @web.middleware

@@ -1,0 +1,53 @@
+# One entry point for people and CI: `make test` installs what it needs and runs every check.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the tests run for real: HAProxy 2.6, curl (the preStop's client),
+# iproute2 (network namespaces for the hc source check).
+APT_PACKAGES := haproxy curl iproute2
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup apt venv lint pytest test clean
+
+help:
+	@echo "make test        install (apt, .venv) then lint and pytest"
+	@echo "make setup       install only"
+	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint"
+	@echo "make pytest      the test suite"
+
+setup: apt venv
+
+apt:
+	@missing=""; \
+	for cmd in haproxy:haproxy curl:curl ip:iproute2; do \
+	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	git ls-files -co --exclude-standard '*.sh' .ci/run | xargs $(BIN)/shellcheck
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint
+
+pytest: venv
+	$(BIN)/pytest
+
+test: setup lint pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,132 @@
+"""backend over real sockets: `python -m backend` started as a process."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import time
+import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from conftest import Procs, http
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("", "seconds is required"),
+        ("?seconds=", "got ''"),
+        ("?seconds=-1", "got '-1'"),
+        ("?seconds=601", "got '601'"),
+        ("?seconds=1.5", "got '1.5'"),
+        ("?seconds=abc", "got 'abc'"),
+        ("?seconds=1e2", "got '1e2'"),
+    ],
+)
+def test_sleep_refuses_bad_seconds_with_a_one_line_reason(
+    procs: Procs, query: str, reason: str
+) -> None:
+    backend = procs.backend()
+    status, _, body = http("GET", backend.url + "/sleep" + query)
+    assert status == 400
+    text = body.decode()
+    assert reason in text and "0..600" in text and text.count("\n") == 1
+
+
+def test_sleep_sleeps(procs: Procs) -> None:
+    backend = procs.backend()
+    assert http("GET", backend.url + "/sleep?seconds=0")[2] == b"slept 0s\n"
+    started = time.monotonic()
+    status, _, body = http("GET", backend.url + "/sleep?seconds=1")
+    assert (status, body) == (200, b"slept 1s\n")
+    assert time.monotonic() - started >= 1.0
+
+
+def test_whoami_names_the_pod(procs: Procs) -> None:
+    backend = procs.backend({"HOSTNAME": "backend-7f9c-abcde"})
+    assert json.loads(http("GET", backend.url + "/")[2]) == {"pod": "backend-7f9c-abcde"}
+
+
+def test_stream_flushes_each_chunk_as_written(procs: Procs) -> None:
+    backend = procs.backend()
+    started = time.monotonic()
+    arrivals: list[tuple[float, str]] = []
+    with urllib.request.urlopen(backend.url + "/stream?chunks=4&interval_ms=300") as resp:
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        for raw in resp:
+            arrivals.append((time.monotonic() - started, raw.decode().rstrip("\n")))
+    assert [line.split(" @ ")[0] for _, line in arrivals] == [f"chunk {i}" for i in range(4)]
+    assert all(re.fullmatch(r"chunk \d @ \d+ms", line) for _, line in arrivals)
+    # buffered output would arrive all at once at the end (~0.9 s)
+    assert arrivals[0][0] < 0.6 and arrivals[-1][0] >= 0.85
+    server_ms = [int(line.split(" @ ")[1][:-2]) for _, line in arrivals]
+    assert server_ms == sorted(server_ms) and server_ms[-1] >= 850
+
+
+@pytest.mark.parametrize(
+    "query", ["?chunks=0", "?chunks=x", "?interval_ms=-5", "?interval_ms=60001"]
+)
+def test_stream_refuses_bad_parameters(procs: Procs, query: str) -> None:
+    backend = procs.backend()
+    status, _, body = http("GET", backend.url + "/stream" + query)
+    assert status == 400 and b"must be an integer" in body
+
+
+def test_one_logfmt_line_per_request_including_client_cuts(procs: Procs) -> None:
+    backend = procs.backend({"HOSTNAME": "b-log"})
+    http("GET", backend.url + "/")
+    http("GET", backend.url + "/sleep?seconds=zz")
+    with socket.create_connection((backend.host, backend.port)) as s:
+        s.sendall(b"GET /sleep?seconds=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+    # the client went away: the handler must end (seed: r.Context().Done())
+    time.sleep(0.5)
+    backend.stop()
+    ok = backend.logfmt_lines("request")
+    assert [(line["path"], line["status"]) for line in ok] == [
+        ("/", "200"),
+        ("/sleep?seconds=zz", "400"),
+    ]
+    for line in ok:
+        assert {"ts", "method", "path", "remote", "hostname", "status", "duration_ms"} <= set(line)
+        assert line["hostname"] == "b-log"
+    cut = backend.logfmt_lines("client_disconnected")
+    assert len(cut) == 1 and cut[0]["status"] == "499"
+    assert int(cut[0]["duration_ms"]) < 5000
+
+
+def _get(url: str) -> tuple[int | str, float]:
+    started = time.monotonic()
+    try:
+        status, _, _ = http("GET", url, timeout=30)
+        return status, time.monotonic() - started
+    except Exception as exc:  # the connection closed under the request
+        return type(exc).__name__, time.monotonic() - started
+
+
+def test_sigterm_refuses_new_connections_and_gives_in_flight_shutdown_timeout(
+    procs: Procs,
+) -> None:
+    backend = procs.backend({"SHUTDOWN_TIMEOUT": "3"})
+    with ThreadPoolExecutor(4) as pool:
+        short: Future = pool.submit(_get, backend.url + "/sleep?seconds=2")
+        long: Future = pool.submit(_get, backend.url + "/sleep?seconds=20")
+        time.sleep(0.4)
+        t_term = time.monotonic()
+        backend.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((backend.host, backend.port), timeout=2)
+        assert short.result()[0] == 200
+        status, _ = long.result()
+        cut_after = time.monotonic() - t_term
+    assert status != 200
+    # SHUTDOWN_TIMEOUT, not aiohttp's 2 x shutdown_timeout (which would be 6 s)
+    assert 2.7 <= cut_after <= 4.5, cut_after
+    assert backend.popen.wait(10) == 0
+    cut = backend.logfmt_lines("cancelled_at_shutdown_timeout")
+    assert len(cut) == 1 and cut[0]["path"] == "/sleep?seconds=20"

@@ -1,0 +1,137 @@
+"""graceful-drain.sh under /bin/sh against a real Envoy, a real hc and a real backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import DRAIN_SCRIPT, Proc, Procs, free_port, http
+
+
+def run_drain(
+    env: dict[str, str], timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        ["/bin/sh", str(DRAIN_SCRIPT)],
+        env={"PATH": os.environ["PATH"], "LOG_MIRROR": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result, time.monotonic() - started
+
+
+def transitions(hc: Proc) -> dict[str, float]:
+    doc = json.loads(http("GET", hc.url + "/drain/status")[2])
+    return {t["to"]: t["wall"] for t in doc["progress"]["transitions"]}
+
+
+def timed_get(url: str) -> tuple[int, float]:
+    status, _, _ = http("GET", url, timeout=60)
+    return status, time.time()
+
+
+def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Procs) -> None:
+    backend = procs.backend()
+    envoy = procs.envoy(backend)
+    hc = procs.hc()
+    with ThreadPoolExecutor(2) as pool:
+        request = pool.submit(timed_get, f"{envoy.url}/sleep?seconds=3")
+        time.sleep(0.5)
+        result, took = run_drain(
+            {
+                "HC_URL": hc.url,
+                "ENVOY_ADMIN": str(envoy.extra["admin"]),
+                "GATEWAY_PORT": str(envoy.port),
+                "DRAIN_TIMEOUT": "30",
+                "POLL_INTERVAL": "0.5",
+                "LB_BUFFER": "2",
+            }
+        )
+        status, ended = request.result()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status == 200
+    assert "msg=drained" in result.stdout and "outcome=drained" in result.stdout
+    assert "active=1" in result.stdout and "active=0" in result.stdout
+    # zero after ~2.5 s of the 3 s request, + LB_BUFFER 2: nowhere near DRAIN_TIMEOUT 30
+    assert took < 8, result.stdout
+    t = transitions(hc)
+    assert list(t) == ["DRAINING", "CLOSING", "CLOSED"]
+    # /health_check.html flips only after the in-flight request ended...
+    assert t["CLOSING"] >= ended - 0.05, (t, ended)
+    # ...and /health LB_BUFFER later
+    assert 1.9 <= t["CLOSED"] - t["CLOSING"] <= 3.0
+    assert http("GET", hc.url + "/health")[0] == 503
+
+
+def test_the_seed_filter_never_reaches_zero(procs: Procs) -> None:
+    """FINDINGS: `downstream_rq_active|upstream_rq_active` counts the admin's own /stats."""
+    backend = procs.backend()
+    envoy = procs.envoy(backend)
+    hc = procs.hc()
+    result, took = run_drain(
+        {
+            "HC_URL": hc.url,
+            "ENVOY_ADMIN": str(envoy.extra["admin"]),
+            "ACTIVE_STATS_FILTER": "downstream_rq_active|upstream_rq_active",
+            "DRAIN_TIMEOUT": "3",
+            "POLL_INTERVAL": "0.5",
+            "LB_BUFFER": "0",
+        }
+    )
+    # no traffic at all, and still no zero
+    assert "active=0" not in result.stdout
+    assert "outcome=timeout" in result.stdout and took >= 2.5
+
+
+def test_unreachable_admin_is_unknown_not_zero_and_still_ends_in_time(procs: Procs) -> None:
+    hc = procs.hc()
+    result, took = run_drain(
+        {
+            "HC_URL": hc.url,
+            "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
+            "DRAIN_TIMEOUT": "3",
+            "POLL_INTERVAL": "0.5",
+            "LB_BUFFER": "1",
+        }
+    )
+    assert result.returncode == 0
+    assert "msg=active_unknown" in result.stdout and "msg=drain_timeout_exceeded" in result.stdout
+    assert "step=2 msg=curl_failed" in result.stdout
+    assert took <= 3 + 1 + 1.5, took  # DRAIN_TIMEOUT + LB_BUFFER + slack
+    t = transitions(hc)
+    assert list(t) == ["DRAINING", "CLOSING", "CLOSED"]
+    # unknown never counted as zero: the LB flip waited for the deadline
+    assert t["CLOSING"] - t["DRAINING"] >= 2.0
+    assert json.loads(http("GET", hc.url + "/drain/status")[2])["state"] == "CLOSED"
+
+
+def test_bad_setting_is_refused_before_anything_changes(procs: Procs) -> None:
+    hc = procs.hc()
+    result, _ = run_drain({"HC_URL": hc.url, "DRAIN_TIMEOUT": "2m"})
+    assert result.returncode == 2
+    assert 'var=DRAIN_TIMEOUT value="2m"' in result.stdout
+    assert json.loads(http("GET", hc.url + "/drain/status")[2])["state"] == "OPEN"
+
+
+def test_log_lines_are_mirrored_when_the_target_is_writable(procs: Procs, tmp_path) -> None:
+    hc = procs.hc()
+    mirror = tmp_path / "pid1-stdout"
+    mirror.touch()
+    result, _ = run_drain(
+        {
+            "HC_URL": hc.url,
+            "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
+            "DRAIN_TIMEOUT": "1",
+            "POLL_INTERVAL": "0.2",
+            "LB_BUFFER": "0",
+            "LOG_MIRROR": str(mirror),
+        }
+    )
+    mirrored = mirror.read_text().splitlines()
+    assert mirrored == result.stdout.splitlines() and len(mirrored) >= 5
+    assert all(line.startswith("ts=") and "app=graceful-drain" in line for line in mirrored)
