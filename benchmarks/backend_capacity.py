@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=int, default=20)
     parser.add_argument("--short", type=int, default=10_000)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = free_port()
     env = {**os.environ, "PORT": str(port), "BIND_HOST": "127.0.0.1", "SHUTDOWN_TIMEOUT": "5"}
