@@ -1,0 +1,366 @@
+"""The timing model: every deadline in the manifests, HAProxy and the drain script, from
+a few inputs, with the invariants that keep the longest request from being cut.
+
+Seed 000 §2 derives every number from two axes: (A) the longest in-flight request must
+not be cut at any deadline; (B) LB first, endpoints later. The seed kept the numbers by
+hand in seven files; here they are derived (`derive`), checked (`check`) and rendered
+(the `manifests` and `haproxy` roles, through the `igw_timing` filter plugin).
+
+Stdlib only: Ansible's controller Python, the lab and the tests import it alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+PROFILES: dict[str, dict[str, float]] = {
+    # The seed's exact numbers (seed 000 §2-4, seed 003 §5), for the homelab.
+    "seed": {
+        "longest_request_s": 300,
+        "backend_grace_margin_s": 5,
+        "envoy_drain_s": 150,
+        # Not in the seed (Istio's default drainDuration is 45 s): pilot-agent's own
+        # drain_listeners?graceful stops the listeners after --drain-time-s, while the
+        # LB may still route here until DOWN (FINDINGS). Rendered as drainDuration.
+        "envoy_listener_drain_s": 150,
+        "gateway_grace_margin_s": 60,
+        "current_prestop_sleep_s": 30,
+        "drain_timeout_s": 120,
+        "poll_interval_s": 2,
+        "lb_buffer_s": 10,
+        "curl_max_time_s": 5,
+        "haproxy_inter_s": 2,
+        "haproxy_fall": 2,
+        "haproxy_rise": 2,
+        # HAProxy uses `inter` as the check timeout unless `timeout check` is set.
+        "haproxy_check_timeout_s": 2,
+        "haproxy_timeout_server_margin_s": 5,
+        "envoy_readiness_period_s": 2,
+        "envoy_readiness_failure_threshold": 30,
+        "hc_readiness_period_s": 2,
+        "hc_readiness_failure_threshold": 2,
+        "hc_liveness_period_s": 10,
+        "hc_liveness_failure_threshold": 3,
+        "backend_readiness_period_s": 5,
+        "backend_readiness_failure_threshold": 3,
+    },
+    # The same relations, scaled so that one local-lab run takes about a minute.
+    "quick": {
+        "longest_request_s": 30,
+        "backend_grace_margin_s": 2,
+        "envoy_drain_s": 20,
+        "envoy_listener_drain_s": 20,
+        "gateway_grace_margin_s": 10,
+        "current_prestop_sleep_s": 3,
+        "drain_timeout_s": 12,
+        "poll_interval_s": 0.5,
+        "lb_buffer_s": 2,
+        "curl_max_time_s": 1,
+        "haproxy_inter_s": 0.5,
+        "haproxy_fall": 2,
+        "haproxy_rise": 2,
+        "haproxy_check_timeout_s": 0.5,
+        "haproxy_timeout_server_margin_s": 2,
+        "envoy_readiness_period_s": 1,
+        "envoy_readiness_failure_threshold": 30,
+        "hc_readiness_period_s": 1,
+        "hc_readiness_failure_threshold": 2,
+        "hc_liveness_period_s": 2,
+        "hc_liveness_failure_threshold": 3,
+        "backend_readiness_period_s": 1,
+        "backend_readiness_failure_threshold": 3,
+    },
+}
+
+#: Derived values a user may pin instead (then the checker judges the pinned number).
+OVERRIDABLE = (
+    "backend_grace_s",
+    "vs_timeout_s",
+    "gateway_grace_s",
+    "haproxy_timeout_server_s",
+    "backend_shutdown_timeout_s",
+)
+
+#: Inputs that must be whole numbers (Kubernetes fields, counts, the drain script's
+#: integer arithmetic).
+WHOLE = {
+    "longest_request_s",
+    "backend_grace_margin_s",
+    "envoy_drain_s",
+    "envoy_listener_drain_s",
+    "gateway_grace_margin_s",
+    "current_prestop_sleep_s",
+    "drain_timeout_s",
+    "lb_buffer_s",
+    "curl_max_time_s",
+    "haproxy_fall",
+    "haproxy_rise",
+    "envoy_readiness_period_s",
+    "envoy_readiness_failure_threshold",
+    "hc_readiness_period_s",
+    "hc_readiness_failure_threshold",
+    "hc_liveness_period_s",
+    "hc_liveness_failure_threshold",
+    "backend_readiness_period_s",
+    "backend_readiness_failure_threshold",
+    *OVERRIDABLE,
+}
+
+
+#: Inputs that may be 0 (margins, the current mode's sleep); every other must be > 0.
+MAY_BE_ZERO = {
+    "backend_grace_margin_s",
+    "gateway_grace_margin_s",
+    "current_prestop_sleep_s",
+    "haproxy_timeout_server_margin_s",
+}
+
+
+class TimingInputError(ValueError):
+    """An input that is unknown, missing, or not a number of the right kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Inputs and derived deadlines, all in seconds unless named otherwise."""
+
+    profile: str
+    inputs: dict[str, float]
+    backend_grace_s: float
+    vs_timeout_s: float
+    backend_shutdown_timeout_s: float
+    haproxy_timeout_server_s: float
+    current_prestop_worst_s: float
+    improved_prestop_worst_s: float
+    prestop_worst_s: float
+    gateway_grace_s: float
+    lb_detect_worst_s: float
+    lb_detect_best_s: float
+    poll_end_worst_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: str
+    message: str
+
+
+def profile_inputs(name: str) -> dict[str, float]:
+    if name not in PROFILES:
+        raise TimingInputError(
+            f"timing profile {name!r} does not exist; choose one of: {', '.join(PROFILES)}"
+        )
+    return dict(PROFILES[name])
+
+
+def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budget:
+    """The profile's inputs, with `overrides` on top, and every derived deadline."""
+    inputs: dict[str, float] = profile_inputs(profile)
+    pinned: dict[str, float] = {}
+    for key, value in (overrides or {}).items():
+        if key not in inputs and key not in OVERRIDABLE:
+            known = ", ".join(sorted([*inputs, *OVERRIDABLE]))
+            raise TimingInputError(f"unknown timing input {key!r}; known inputs: {known}")
+        number = _number(key, value)
+        (pinned if key in OVERRIDABLE else inputs)[key] = number
+    for key, value in inputs.items():
+        _number(key, value)
+    i = inputs
+
+    backend_grace = pinned.get(
+        "backend_grace_s", i["longest_request_s"] + i["backend_grace_margin_s"]
+    )
+    # Envoy must not answer 504 before the backend has had its whole grace (seed Q1).
+    vs_timeout = pinned.get("vs_timeout_s", backend_grace)
+    # The backend lets in-flight requests run this long after SIGTERM.
+    shutdown_timeout = pinned.get("backend_shutdown_timeout_s", i["longest_request_s"])
+    # Debian's default `timeout server 50000` would 504 long requests (FINDINGS).
+    haproxy_timeout_server = pinned.get(
+        "haproxy_timeout_server_s", vs_timeout + i["haproxy_timeout_server_margin_s"]
+    )
+    current_prestop = 2 * i["curl_max_time_s"] + i["current_prestop_sleep_s"]
+    # graceful-drain.sh's deadline counts from its start, so steps 1-2 are inside it;
+    # the last poll may overrun by one interval, then close-lb and close each take a curl.
+    poll_end = i["drain_timeout_s"] + i["poll_interval_s"]
+    improved_prestop = poll_end + i["lb_buffer_s"] + 2 * i["curl_max_time_s"]
+    prestop_worst = max(current_prestop, improved_prestop)
+    # Containers stop in parallel: the critical path is a max, not a sum (seed 000 §2).
+    gateway_grace = pinned.get(
+        "gateway_grace_s",
+        math.ceil(max(i["envoy_drain_s"], prestop_worst) + i["gateway_grace_margin_s"]),
+    )
+    lb_detect_worst = i["haproxy_fall"] * i["haproxy_inter_s"] + i["haproxy_check_timeout_s"]
+    lb_detect_best = (i["haproxy_fall"] - 1) * i["haproxy_inter_s"]
+    return Budget(
+        profile=profile,
+        inputs=i,
+        backend_grace_s=backend_grace,
+        vs_timeout_s=vs_timeout,
+        backend_shutdown_timeout_s=shutdown_timeout,
+        haproxy_timeout_server_s=haproxy_timeout_server,
+        current_prestop_worst_s=current_prestop,
+        improved_prestop_worst_s=improved_prestop,
+        prestop_worst_s=prestop_worst,
+        gateway_grace_s=gateway_grace,
+        lb_detect_worst_s=lb_detect_worst,
+        lb_detect_best_s=lb_detect_best,
+        poll_end_worst_s=poll_end,
+    )
+
+
+def check(b: Budget) -> list[Violation]:
+    """Every invariant, each a named rule whose message names the numbers and the fix."""
+    i = b.inputs
+    out: list[Violation] = []
+
+    def rule(name: str, ok: bool, message: str) -> None:
+        if not ok:
+            out.append(Violation(name, message))
+
+    rule(
+        "gateway_grace_exceeds_envoy_drain",
+        b.gateway_grace_s > i["envoy_drain_s"],
+        f"gateway terminationGracePeriodSeconds {b.gateway_grace_s:g}s must exceed Envoy's "
+        f"terminationDrainDuration {i['envoy_drain_s']:g}s, or kubelet SIGKILLs the gateway "
+        "mid-drain; raise gateway_grace_margin_s (or unpin gateway_grace_s) or lower envoy_drain_s",
+    )
+    rule(
+        "gateway_grace_exceeds_prestop",
+        b.gateway_grace_s > b.prestop_worst_s,
+        f"gateway terminationGracePeriodSeconds {b.gateway_grace_s:g}s must exceed the preStop "
+        f"worst case {b.prestop_worst_s:g}s (improved: DRAIN_TIMEOUT {i['drain_timeout_s']:g} + "
+        f"POLL_INTERVAL {i['poll_interval_s']:g} + LB_BUFFER {i['lb_buffer_s']:g} + 2 x curl "
+        f"{i['curl_max_time_s']:g}; current: 2 x curl + sleep {i['current_prestop_sleep_s']:g}); "
+        "raise the grace or shorten drain_timeout_s / lb_buffer_s",
+    )
+    rule(
+        "poll_ends_before_envoy_is_killed",
+        b.poll_end_worst_s < i["envoy_drain_s"],
+        f"the drain poll may run to {b.poll_end_worst_s:g}s (DRAIN_TIMEOUT "
+        f"{i['drain_timeout_s']:g} + POLL_INTERVAL {i['poll_interval_s']:g}) but pilot-agent "
+        f"kills Envoy at terminationDrainDuration {i['envoy_drain_s']:g}s: lower "
+        "drain_timeout_s or raise envoy_drain_s",
+    )
+    lb_down_by = b.poll_end_worst_s + i["curl_max_time_s"] + b.lb_detect_worst_s
+    rule(
+        "lb_marks_down_before_envoy_is_killed",
+        lb_down_by < i["envoy_drain_s"],
+        f"HAProxy may see the node DOWN only at {lb_down_by:g}s (poll end "
+        f"{b.poll_end_worst_s:g} + curl {i['curl_max_time_s']:g} + detection "
+        f"{b.lb_detect_worst_s:g}) but Envoy is killed at {i['envoy_drain_s']:g}s: new "
+        "requests would reach a dead gateway; lower drain_timeout_s or raise envoy_drain_s",
+    )
+    rule(
+        "listeners_accept_until_lb_down",
+        i["envoy_listener_drain_s"] >= lb_down_by,
+        f"Envoy's listeners stop accepting {i['envoy_listener_drain_s']:g}s after the drain "
+        f"starts (drainDuration / --drain-time-s) but HAProxy may route here until "
+        f"{lb_down_by:g}s: new connections would be refused; raise envoy_listener_drain_s",
+    )
+    rule(
+        "lb_buffer_exceeds_lb_detection",
+        i["lb_buffer_s"] > b.lb_detect_worst_s,
+        f"LB_BUFFER {i['lb_buffer_s']:g}s must exceed HAProxy's worst detection time "
+        f"{b.lb_detect_worst_s:g}s (fall {i['haproxy_fall']:g} x inter "
+        f"{i['haproxy_inter_s']:g}s + check timeout {i['haproxy_check_timeout_s']:g}s), or "
+        "readiness fails while HAProxy still sends traffic; raise lb_buffer_s or check faster",
+    )
+    rule(
+        "haproxy_timeout_server_covers_vs_timeout",
+        b.haproxy_timeout_server_s >= b.vs_timeout_s,
+        f"HAProxy timeout server {b.haproxy_timeout_server_s:g}s is shorter than the "
+        f"VirtualService timeout {b.vs_timeout_s:g}s: HAProxy would 504 first; raise "
+        "haproxy_timeout_server_s (Debian's default is 50s)",
+    )
+    rule(
+        "vs_timeout_covers_backend_grace",
+        b.vs_timeout_s >= b.backend_grace_s,
+        f"VirtualService timeout {b.vs_timeout_s:g}s is shorter than the backend's "
+        f"terminationGracePeriodSeconds {b.backend_grace_s:g}s: Envoy would 504 a request the "
+        "backend is still allowed to finish; set vs_timeout_s >= backend_grace_s",
+    )
+    needed = i["longest_request_s"] + i["backend_grace_margin_s"]
+    rule(
+        "backend_grace_covers_longest_request",
+        b.backend_grace_s >= needed,
+        f"backend terminationGracePeriodSeconds {b.backend_grace_s:g}s is below the longest "
+        f"request {i['longest_request_s']:g}s + margin {i['backend_grace_margin_s']:g}s = "
+        f"{needed:g}s: kubelet would SIGKILL it mid-request",
+    )
+    rule(
+        "backend_shutdown_within_grace",
+        i["longest_request_s"] <= b.backend_shutdown_timeout_s < b.backend_grace_s,
+        f"backend SHUTDOWN_TIMEOUT {b.backend_shutdown_timeout_s:g}s must be at least the "
+        f"longest request {i['longest_request_s']:g}s and below its grace "
+        f"{b.backend_grace_s:g}s, so requests finish and the process exits before SIGKILL",
+    )
+    rule(
+        "envoy_readiness_has_time_for_xds",
+        i["envoy_readiness_period_s"] * i["envoy_readiness_failure_threshold"] >= 30,
+        f"istio-proxy readiness gives up after {i['envoy_readiness_period_s']:g}s x "
+        f"{i['envoy_readiness_failure_threshold']:g}; the seed allows 60s for the first xDS "
+        "push, keep at least 30s",
+    )
+    return out
+
+
+def protected_by_path(b: Budget) -> dict[str, dict[str, object]]:
+    """The longest request each termination path can carry through, and why."""
+    i = b.inputs
+    return {
+        "backend": {
+            "longest_s": min(b.backend_shutdown_timeout_s, b.vs_timeout_s),
+            "why": "the backend finishes in-flight requests for SHUTDOWN_TIMEOUT within its grace",
+        },
+        "gateway_current": {
+            "longest_s": 0,
+            "survives_if_ends_within_s": b.lb_detect_best_s,
+            "why": "the LB check fails at once; shutdown-sessions resets what is in flight "
+            "after fall x inter",
+        },
+        "gateway_improved": {
+            "longest_s": min(i["drain_timeout_s"], i["envoy_drain_s"]),
+            "why": "the poll waits for zero only until DRAIN_TIMEOUT, then the LB DOWN with "
+            "shutdown-sessions cuts what is left; pilot-agent kills Envoy at "
+            "terminationDrainDuration whatever the backend's grace (FINDINGS)",
+        },
+    }
+
+
+def haproxy_duration(seconds: float) -> str:
+    """HAProxy's time syntax: `2s` for whole seconds, `500ms` otherwise."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def report(profile: str, overrides: Mapping[str, object] | None = None) -> dict[str, object]:
+    """Everything Ansible and the lab need: numbers, violations, protected durations."""
+    b = derive(profile, overrides)
+    return {
+        "numbers": {
+            **b.inputs,
+            **{
+                f.name: getattr(b, f.name) for f in fields(b) if f.name not in ("profile", "inputs")
+            },
+        },
+        "profile": profile,
+        "violations": [asdict(v) for v in check(b)],
+        "protected": protected_by_path(b),
+    }
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TimingInputError(f"timing input {key}={value!r} must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise TimingInputError(f"timing input {key}={value!r} must be a finite number >= 0")
+    if value == 0 and key not in MAY_BE_ZERO:
+        raise TimingInputError(f"timing input {key}={value!r} must be > 0")
+    if key in WHOLE and value != int(value):
+        raise TimingInputError(f"timing input {key}={value!r} must be a whole number")
+    return value
