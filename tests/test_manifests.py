@@ -1,0 +1,307 @@
+"""The manifests role: rendered through Ansible, validated offline, compared with the seed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN
+
+#: The Kubernetes version the manifests are validated against (kubeadm homelab).
+K8S_VERSION = "1.34.0"
+ISTIO_CRDS = ROOT.parent / "shared" / "istio" / "crd-all.gen.yaml"
+SEED_FILES = [
+    "00-namespace.yaml",
+    "10-backend.yaml",
+    "20-igw-current.yaml",
+    "21-igw-improved.yaml",
+    "22-igw-service.yaml",
+    "30-gateway.yaml",
+    "31-virtualservice.yaml",
+]
+
+
+def render(dest: Path, *extra_vars: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    argv = [
+        str(VENV_BIN / "ansible-playbook"),
+        "playbooks/render-manifests.yml",
+        "-e",
+        json.dumps({"manifests_dir": str(dest)}),
+    ]
+    for ev in extra_vars:
+        argv += ["-e", json.dumps(ev)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    for profile in ("seed", "quick"):
+        dest = tmp_path_factory.mktemp(profile)
+        result = render(dest, {"timing_profile": profile})
+        assert result.returncode == 0, result.stdout + result.stderr
+        out[profile] = dest
+    return out
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def by_kind(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (
+            d["kind"],
+            d["metadata"]["name"]
+            + (
+                ""
+                if "mode" not in d["metadata"].get("labels", {})
+                else "/" + d["metadata"]["labels"]["mode"]
+            ),
+        ): d
+        for name in SEED_FILES
+        for d in docs(directory / name)
+    }
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    )
+
+
+def test_committed_manifests_match_a_fresh_render(rendered: dict[str, Path]) -> None:
+    committed = ROOT / "manifests"
+    assert sorted(p.name for p in committed.glob("*.yaml")) == SEED_FILES
+    for name in SEED_FILES:
+        assert (committed / name).read_text() == (rendered["seed"] / name).read_text(), (
+            f"manifests/{name} drifted from the role: run "
+            "`.venv/bin/ansible-playbook playbooks/render-manifests.yml` and commit"
+        )
+
+
+@pytest.mark.parametrize("profile", ["seed", "quick"])
+def test_core_objects_pass_strict_kubernetes_validation(
+    rendered: dict[str, Path], profile: str
+) -> None:
+    checked = 0
+    for name in SEED_FILES:
+        for d in docs(rendered[profile] / name):
+            if d["apiVersion"].startswith("networking.istio.io/"):
+                continue
+            kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+            checked += 1
+    # 1 namespace + 2 backend (Deployment, Service) + 2 x 2 gateway (SA, Deployment) + 1 Service
+    assert checked == 8
+
+
+def closed(schema: Any) -> Any:
+    """Every object schema that lists properties rejects unknown ones (typo catcher)."""
+    if isinstance(schema, dict):
+        out = {k: closed(v) for k, v in schema.items()}
+        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out.setdefault("additionalProperties", False)
+        return out
+    if isinstance(schema, list):
+        return [closed(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def istio_schemas() -> dict[str, dict[str, Any]]:
+    schemas = {}
+    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+        if not crd or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        spec = crd["spec"]
+        if spec["group"] != "networking.istio.io" or spec["names"]["kind"] not in (
+            "Gateway",
+            "VirtualService",
+        ):
+            continue
+        for version in spec["versions"]:
+            if version["name"] == "v1":
+                root = closed(version["schema"]["openAPIV3Schema"])
+                # apiVersion/kind/metadata are the API server's; we check spec
+                schemas[spec["names"]["kind"]] = root["properties"]["spec"]
+    assert set(schemas) == {"Gateway", "VirtualService"}
+    return schemas
+
+
+@pytest.mark.parametrize("profile", ["seed", "quick"])
+def test_gateway_and_virtualservice_match_istio_crds(
+    rendered: dict[str, Path], istio_schemas: dict[str, dict[str, Any]], profile: str
+) -> None:
+    for name in ("30-gateway.yaml", "31-virtualservice.yaml"):
+        (d,) = docs(rendered[profile] / name)
+        assert d["apiVersion"] == "networking.istio.io/v1"
+        jsonschema.validate(d["spec"], istio_schemas[d["kind"]])
+
+
+def test_the_istio_check_catches_a_typo(istio_schemas: dict[str, dict[str, Any]]) -> None:
+    (gw,) = docs(ROOT / "manifests" / "30-gateway.yaml")
+    broken = copy.deepcopy(gw["spec"])
+    broken["selectr"] = broken.pop("selector")
+    with pytest.raises(jsonschema.ValidationError, match="selectr"):
+        jsonschema.validate(broken, istio_schemas["Gateway"])
+
+
+def leaf_diffs(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += leaf_diffs(a.get(key), b.get(key), f"{path}.{key}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            label = x.get("name", i) if isinstance(x, dict) else i
+            out += leaf_diffs(x, y, f"{path}[{label}]")
+        return out
+    return [] if a == b else [path]
+
+
+def test_current_and_improved_differ_in_exactly_the_seeds_five_places() -> None:
+    current = docs(ROOT / "manifests" / "20-igw-current.yaml")
+    improved = docs(ROOT / "manifests" / "21-igw-improved.yaml")
+    assert current[0] == improved[0]  # the ServiceAccount
+    hc = ".spec.template.spec.containers[hc]"
+    assert sorted(leaf_diffs(current[1], improved[1])) == sorted(
+        [
+            ".metadata.labels.mode",  # 1
+            f"{hc}.env",  # 5 (improved only: graceful-drain.sh settings)
+            f"{hc}.lifecycle.preStop.exec.command[2]",  # 5
+            f"{hc}.livenessProbe.httpGet.path",  # 4
+            f"{hc}.readinessProbe.httpGet.path",  # 3
+            ".spec.template.metadata.labels.mode",  # 2
+        ]
+    )
+
+
+def test_seed_numbers_and_wiring_are_exact() -> None:
+    m = by_kind(ROOT / "manifests")
+    ns = m[("Namespace", "service-a")]
+    assert ns["metadata"]["labels"] == {
+        "istio-injection": "disabled",
+        "experiment": "graceful-termination",
+    }
+    backend = m[("Deployment", "backend")]
+    assert backend["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 305
+    env = {e["name"]: e for e in container(backend, "backend")["env"]}
+    assert env["HOSTNAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["SHUTDOWN_TIMEOUT"]["value"] == "300"
+    probe = container(backend, "backend")["readinessProbe"]
+    assert (probe["periodSeconds"], probe["failureThreshold"]) == (5, 3)
+
+    for mode in ("current", "improved"):
+        igw = m[("Deployment", f"service-a-igw/{mode}")]
+        pod = igw["spec"]["template"]
+        spec = pod["spec"]
+        assert spec["terminationGracePeriodSeconds"] == 210
+        assert igw["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+        assert igw["spec"]["replicas"] == 2
+        anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+        assert spec["serviceAccountName"] == "service-a-igw"
+        assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        proxy = container(igw, "istio-proxy")
+        assert proxy["args"][:2] == ["proxy", "router"]
+        penv = {e["name"]: e.get("value") for e in proxy["env"]}
+        config = json.loads(penv["PROXY_CONFIG"])
+        assert config["terminationDrainDuration"] == "150s"
+        assert config["proxyStatsMatcher"]["inclusionRegexps"] == [
+            r"http\.outbound_0\.0\.0\.0_8080\.downstream_rq_active"
+        ]
+        assert penv["PILOT_CERT_PROVIDER"] == "istiod"
+        assert penv["CA_ADDR"] == "istiod.istio-system.svc:15012"
+        assert penv["JWT_POLICY"] == "third-party-jwt"
+        assert penv["ISTIO_META_MESH_ID"] == "cluster.local"
+        ready = proxy["readinessProbe"]
+        assert ready["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+        assert (ready["periodSeconds"], ready["failureThreshold"]) == (2, 30)
+        sc = proxy["securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"], sc["readOnlyRootFilesystem"]) == (
+            1337,
+            1337,
+            True,
+        )
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for uds in ("workload-socket", "credential-socket", "workload-certs"):
+            assert volumes[uds] == {"name": uds, "emptyDir": {}}
+        token = volumes["istio-token"]["projected"]["sources"][0]["serviceAccountToken"]
+        assert token["audience"] == "istio-ca"
+        assert volumes["istiod-ca-cert"]["configMap"]["name"] == "istio-ca-root-cert"
+        assert volumes["config-volume"]["configMap"]["optional"] is True
+        mounts = {vm["name"] for vm in proxy["volumeMounts"]}
+        assert mounts == set(volumes)
+
+    improved = m[("Deployment", "service-a-igw/improved")]
+    hc = container(improved, "hc")
+    henv = {e["name"]: e["value"] for e in hc["env"]}
+    assert (henv["DRAIN_TIMEOUT"], henv["LB_BUFFER"], henv["POLL_INTERVAL"]) == ("120", "10", "2")
+    assert hc["lifecycle"]["preStop"]["exec"]["command"] == [
+        "/bin/sh",
+        "-c",
+        "/opt/hc/graceful-drain.sh",
+    ]
+    current = m[("Deployment", "service-a-igw/current")]
+    cmd = container(current, "hc")["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "/drain || true;" in cmd and "/close-lb || true;" in cmd and cmd.endswith("sleep 30")
+
+    svc = m[("Service", "service-a-igw")]["spec"]
+    assert svc["type"] == "NodePort" and svc["externalTrafficPolicy"] == "Local"
+    assert {p["name"]: (p["port"], p["nodePort"]) for p in svc["ports"]} == {
+        "http": (8080, 30080),
+        "hc": (18180, 30180),
+        "status": (15021, 32021),
+    }
+    pod_labels = improved["spec"]["template"]["metadata"]["labels"]
+    assert svc["selector"].items() <= pod_labels.items()
+    gw = m[("Gateway", "service-a-gateway")]["spec"]
+    assert gw["selector"] == {"istio": "service-a-igw"}
+    assert gw["selector"].items() <= pod_labels.items()
+    assert gw["servers"][0]["port"] == {"number": 8080, "name": "http", "protocol": "HTTP"}
+    vs = m[("VirtualService", "service-a")]["spec"]
+    assert vs["gateways"] == ["service-a-gateway"]
+    route = vs["http"][0]
+    assert route["timeout"] == "305s"
+    assert route["route"][0]["destination"] == {
+        "host": "backend.service-a.svc.cluster.local",
+        "port": {"number": 8080},
+    }
+
+
+def test_a_broken_budget_stops_before_anything_is_written(tmp_path: Path) -> None:
+    dest = tmp_path / "never"
+    result = render(dest, {"timing_overrides": {"lb_buffer_s": 5}})
+    assert result.returncode != 0
+    assert "lb_buffer_exceeds_lb_detection" in result.stdout
+    assert "LB_BUFFER 5s must exceed HAProxy's worst detection time 6s" in result.stdout
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"timing_profile": "fast"}, "fast"),
+        ({"manifests_modes": ["current", "fastest"]}, "fastest"),
+        ({"timing_overrides": {"lb_buffer_s": "ten"}}, "lb_buffer_s"),
+        ({"timing_overrides": {"lb_bufer_s": 10}}, "lb_bufer_s"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_value(
+    tmp_path: Path, extra: dict[str, Any], named: str
+) -> None:
+    dest = tmp_path / "never"
+    result = render(dest, extra)
+    assert result.returncode != 0
+    assert named in result.stdout, result.stdout[-3000:]
+    assert not dest.exists()

@@ -1,0 +1,120 @@
+"""The timing model: the seed's numbers, one refusal per rule, bad inputs named."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab import timing
+
+
+def names(overrides: dict[str, object], profile: str = "seed") -> dict[str, str]:
+    b = timing.derive(profile, overrides)
+    return {v.rule: v.message for v in timing.check(b)}
+
+
+@pytest.mark.parametrize("profile", list(timing.PROFILES))
+def test_both_profiles_pass(profile: str) -> None:
+    assert names({}, profile) == {}
+
+
+def test_seed_profile_is_the_seed() -> None:
+    b = timing.derive("seed")
+    i = b.inputs
+    # seed 000 §2: 300 / 305 / 305 / 150 / 210; seed 003 §5: 120 / 10 / 2
+    assert (i["longest_request_s"], b.backend_grace_s, b.vs_timeout_s) == (300, 305, 305)
+    assert (i["envoy_drain_s"], b.gateway_grace_s) == (150, 210)
+    assert (i["drain_timeout_s"], i["lb_buffer_s"], i["poll_interval_s"]) == (120, 10, 2)
+    assert (i["haproxy_inter_s"], i["haproxy_fall"], i["haproxy_rise"]) == (2, 2, 2)
+    assert b.backend_shutdown_timeout_s == 300  # the seed's srv.Shutdown(ctx 300s)
+    # derived, not in the seed: HAProxy must outlast Envoy's route timeout
+    assert b.haproxy_timeout_server_s == 310
+    assert b.improved_prestop_worst_s == 142 and b.lb_detect_worst_s == 6
+
+
+def test_quick_profile_keeps_the_relations_at_a_minute_scale() -> None:
+    b = timing.derive("quick")
+    assert b.gateway_grace_s <= 40 and b.inputs["longest_request_s"] <= 60
+
+
+# (rule, overrides that break only that rule where possible, numbers the message names)
+RULES = [
+    ("gateway_grace_exceeds_envoy_drain", {"gateway_grace_s": 150}, ["150s"]),
+    (
+        "gateway_grace_exceeds_prestop",
+        {"lb_buffer_s": 30, "gateway_grace_s": 155},
+        ["155s", "162s"],
+    ),
+    ("poll_ends_before_envoy_is_killed", {"drain_timeout_s": 149}, ["151s", "150s"]),
+    (
+        "lb_marks_down_before_envoy_is_killed",
+        {"drain_timeout_s": 140, "envoy_listener_drain_s": 200},
+        ["153s", "150s"],
+    ),
+    ("listeners_accept_until_lb_down", {"envoy_listener_drain_s": 45}, ["45s", "133s"]),
+    ("lb_buffer_exceeds_lb_detection", {"lb_buffer_s": 5}, ["5s", "6s"]),
+    ("haproxy_timeout_server_covers_vs_timeout", {"haproxy_timeout_server_s": 50}, ["50s", "305s"]),
+    ("vs_timeout_covers_backend_grace", {"vs_timeout_s": 60}, ["60s", "305s"]),
+    ("backend_grace_covers_longest_request", {"backend_grace_s": 300}, ["300s", "305s"]),
+    ("backend_shutdown_within_grace", {"backend_shutdown_timeout_s": 305}, ["305s"]),
+    ("envoy_readiness_has_time_for_xds", {"envoy_readiness_failure_threshold": 5}, ["2s x 5"]),
+]
+
+
+def test_every_rule_has_a_test() -> None:
+    # a rule added to check() without a broken budget here fails this test
+    broken_all = {}
+    for _, overrides, _ in RULES:
+        broken_all.update(names(overrides))
+    assert {r for r, _, _ in RULES} == set(broken_all)
+
+
+@pytest.mark.parametrize(("rule", "overrides", "numbers"), RULES, ids=[r[0] for r in RULES])
+def test_rule_refuses_its_broken_budget(
+    rule: str, overrides: dict[str, object], numbers: list[str]
+) -> None:
+    found = names(overrides)
+    assert rule in found, found
+    for number in numbers:
+        assert number in found[rule], found[rule]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"longest_requets_s": 10}, "unknown timing input 'longest_requets_s'"),
+        ({"drain_timeout_s": -1}, "drain_timeout_s=-1 must be a finite number >= 0"),
+        ({"drain_timeout_s": "120"}, "drain_timeout_s='120' must be a number"),
+        ({"drain_timeout_s": True}, "drain_timeout_s=True must be a number"),
+        ({"lb_buffer_s": 2.5}, "lb_buffer_s=2.5 must be a whole number"),
+        ({"poll_interval_s": 0}, "poll_interval_s=0 must be > 0"),
+    ],
+)
+def test_bad_inputs_are_named(overrides: dict[str, object], named: str) -> None:
+    with pytest.raises(timing.TimingInputError, match=named.replace("?", r"\?")):
+        timing.derive("seed", overrides)
+
+
+def test_unknown_profile_lists_the_valid_ones() -> None:
+    with pytest.raises(
+        timing.TimingInputError, match="'fast' does not exist; choose one of: seed, quick"
+    ):
+        timing.derive("fast")
+
+
+def test_protected_per_path() -> None:
+    seed = timing.protected_by_path(timing.derive("seed"))
+    # the backend path protects the seed's 300 s; a gateway termination at most its
+    # drain window (FINDINGS): the improved poll gives up at DRAIN_TIMEOUT 120
+    assert seed["backend"]["longest_s"] == 300
+    assert seed["gateway_improved"]["longest_s"] == 120
+    assert seed["gateway_current"]["longest_s"] == 0
+    assert seed["gateway_current"]["survives_if_ends_within_s"] == 2
+
+
+def test_haproxy_duration_syntax() -> None:
+    assert [timing.haproxy_duration(s) for s in (2, 0.5, 310, 1.25)] == [
+        "2s",
+        "500ms",
+        "310s",
+        "1250ms",
+    ]
