@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := haproxy curl iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv lint pytest test clean
+.PHONY: help setup apt venv lint pytest molecule test clean
 
 help:
 	@echo "make test        install (apt, .venv) then lint and pytest"
 	@echo "make setup       install only"
 	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint"
 	@echo "make pytest      the test suite"
+	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 
 setup: apt venv
 
@@ -47,7 +48,12 @@ lint: venv
 pytest: venv
 	$(BIN)/pytest
 
-test: setup lint pytest
+# molecule calls ansible-playbook and friends by name: the venv's bin goes first on PATH.
+MOLECULE_SCENARIOS := haproxy
+molecule: venv
+	for s in $(MOLECULE_SCENARIOS); do PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s || exit 1; done
+
+test: setup lint pytest molecule
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
