@@ -1,0 +1,136 @@
+"""A stand-in for Istio's pilot-agent: runs Envoy and owns its termination.
+
+What it models (FINDINGS; istio pkg/envoy/agent.go): Envoy itself exits at once on
+SIGTERM, so pilot-agent traps SIGTERM, calls Envoy's `POST /drain_listeners?graceful`,
+then waits `terminationDrainDuration` and kills Envoy. With
+EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true it waits MINIMUM_DRAIN_DURATION instead and then
+polls the listeners' downstream_cx_active every second, exiting at zero. It also serves
+the status port's /healthz/ready from Envoy's /ready, as pilot-agent does on 15021.
+
+What it leaves out: xDS, certificates, iptables; the Envoy config is a static bootstrap
+generated from the rendered Gateway and VirtualService (lab/envoy_bootstrap.py).
+
+    python -m lab.pilot_agent --config envoy.json --admin http://IP:15000 \
+        --status IP:15021 --drain-time-s 20 --termination-drain-s 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import aiohttp
+from aiohttp import web
+
+from applog import get_logger
+
+from .envoy_bootstrap import envoy_args
+
+
+async def active_connections(session: aiohttp.ClientSession, admin: str) -> int | None:
+    """Sum of listener downstream_cx_active, skipping per-worker and admin listeners."""
+    try:
+        async with session.get(f"{admin}/stats", params={"filter": "downstream_cx_active$"}) as r:
+            text = await r.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    total = 0
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith("listener.") and ".worker_" not in name and "admin" not in name:
+            total += int(value)
+    return total
+
+
+async def run(args: argparse.Namespace) -> int:
+    log = get_logger("pilot-agent")
+    envoy = await asyncio.create_subprocess_exec(
+        args.envoy, *envoy_args(args.config, args.drain_time_s), stdout=None, stderr=None
+    )
+    log.info("envoy_started", extra={"pid": envoy.pid})
+    terminated = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminated.set)
+    loop.add_signal_handler(signal.SIGINT, terminated.set)
+
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+
+    async def ready(_: web.Request) -> web.Response:
+        try:
+            async with session.get(f"{args.admin}/ready") as r:
+                body = await r.text()
+                return web.Response(status=r.status, text=body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return web.Response(status=503, text=f"envoy admin unreachable: {exc}")
+
+    app = web.Application()
+    app.router.add_get("/healthz/ready", ready)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = args.status.rpartition(":")
+    await web.TCPSite(runner, host, int(port)).start()
+
+    envoy_exit = asyncio.create_task(envoy.wait())
+    term_wait = asyncio.create_task(terminated.wait())
+    await asyncio.wait({envoy_exit, term_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if envoy_exit.done():
+        log.error("envoy_exited", extra={"code": envoy.returncode})
+        await session.close()
+        await runner.cleanup()
+        return envoy.returncode or 1
+
+    started = time.monotonic()
+    try:
+        async with session.post(f"{args.admin}/drain_listeners", params={"graceful": ""}) as r:
+            log.info("drain_listeners", extra={"status": r.status})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("drain_listeners_failed", extra={"error": str(exc)})
+
+    if args.exit_on_zero:
+        await asyncio.sleep(args.minimum_drain_s)
+        while time.monotonic() - started < args.termination_drain_s:
+            active = await active_connections(session, args.admin)
+            log.info("active_connections", extra={"active": active})
+            if active == 0:
+                break
+            await asyncio.sleep(1)
+    else:
+        remaining = args.termination_drain_s - (time.monotonic() - started)
+        done, _ = await asyncio.wait({envoy_exit}, timeout=max(remaining, 0))
+    if envoy.returncode is None:
+        log.info("killing_envoy", extra={"after_s": round(time.monotonic() - started, 2)})
+        envoy.kill()
+    await envoy.wait()
+    await session.close()
+    await runner.cleanup()
+    log.info("exit", extra={"envoy_code": envoy.returncode})
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="pilot-agent stand-in: Envoy plus its drain")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--admin", required=True, help="Envoy admin base URL")
+    parser.add_argument("--status", required=True, help="HOST:PORT for /healthz/ready")
+    parser.add_argument("--drain-time-s", type=int, required=True)
+    parser.add_argument("--termination-drain-s", type=float, required=True)
+    parser.add_argument("--envoy", default=os.path.join(os.path.dirname(sys.executable), "envoy"))
+    parser.add_argument(
+        "--exit-on-zero",
+        action="store_true",
+        default=os.environ.get("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "").lower() == "true",
+    )
+    parser.add_argument(
+        "--minimum-drain-s",
+        type=float,
+        default=float(os.environ.get("MINIMUM_DRAIN_DURATION", "5s").rstrip("s")),
+    )
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
