@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(1)
     else:
         remaining = args.termination_drain_s - (time.monotonic() - started)
-        done, _ = await asyncio.wait({envoy_exit}, timeout=max(remaining, 0))
+        await asyncio.wait({envoy_exit}, timeout=max(remaining, 0))
     if envoy.returncode is None:
         log.info("killing_envoy", extra={"after_s": round(time.monotonic() - started, 2)})
         envoy.kill()
