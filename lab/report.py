@@ -1,0 +1,277 @@
+"""report.html: one self-contained page per run (base64 PNG, no JavaScript), and a
+comparison across runs.
+
+    python -m lab.report compare artifacts/<run> artifacts/<run> ...   # table + comparison.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .events import read_jsonl
+from .summary import verdict
+
+OUTCOME_COLOURS = {
+    None: "#2e7d32",
+    "5xx": "#c62828",
+    "reset": "#ad1457",
+    "truncated": "#ef6c00",
+    "refused": "#6a1b9a",
+    "timeout": "#4e342e",
+    "4xx": "#f9a825",
+    "other": "#616161",
+}
+HC_LEVEL = {"OPEN": 4, "DRAINING": 3, "CLOSING": 2, "CLOSED": 1, "FAULT": 0}
+
+
+def _s(ts_ms: float, t_ms: float) -> float:
+    return (ts_ms - t_ms) / 1000
+
+
+def figure(
+    records: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    summary: dict[str, Any],
+    t_ms: float,
+    x_range: tuple[float, float] | None = None,
+) -> str:
+    """The run's timeline as a base64 PNG."""
+    fig, axes = plt.subplots(
+        5, 1, figsize=(12, 13), sharex=True, gridspec_kw={"height_ratios": [3, 1.4, 1.2, 1.2, 1.4]}
+    )
+    ax_long, ax_short, ax_hc, ax_lb, ax_envoy = axes
+    longs = sorted((r for r in records if r["class"] != "short"), key=lambda r: r["start_ms"])
+    for i, r in enumerate(longs):
+        end = r["end_ms"] if r.get("end_ms") is not None else r["start_ms"]
+        ax_long.plot(
+            [_s(r["start_ms"], t_ms), _s(end, t_ms)],
+            [i, i],
+            lw=6,
+            color=OUTCOME_COLOURS.get(r["error"], "#616161"),
+            solid_capstyle="butt",
+        )
+        ax_long.text(
+            _s(end, t_ms) + 0.2, i, r["error"] or str(r.get("status")), va="center", fontsize=8
+        )
+    ax_long.set_yticks(range(len(longs)), [f"{r['class']} #{r['id']}" for r in longs], fontsize=8)
+    ax_long.set_title(f"{summary['mode']} — {verdict(summary)}")
+
+    shorts = [r for r in records if r["class"] == "short"]
+    if shorts:
+        lo = int(min(_s(r["start_ms"], t_ms) for r in shorts)) - 1
+        hi = int(max(_s(r["start_ms"], t_ms) for r in shorts)) + 1
+        bins = list(range(lo, hi + 1))
+        ok = [_s(r["start_ms"], t_ms) for r in shorts if not r["error"]]
+        bad = [_s(r["start_ms"], t_ms) for r in shorts if r["error"]]
+        ax_short.hist(
+            [ok, bad], bins=bins, stacked=True, color=["#2e7d32", "#c62828"], label=["ok", "failed"]
+        )
+        ax_short.legend(loc="upper right", fontsize=8)
+    ax_short.set_ylabel("short req/s")
+
+    for pod in sorted({e["pod"] for e in events if e["source"] == "hc"}):
+        steps = [
+            (e["ts_ms"], HC_LEVEL.get(e["to"], 0))
+            for e in events
+            if e["source"] == "hc" and e.get("pod") == pod
+        ]
+        xs = [_s(ts, t_ms) for ts, _ in steps]
+        ys = [lvl for _, lvl in steps]
+        if xs:
+            ax_hc.step([xs[0] - 100, *xs, xs[-1] + 100], [4, *ys, ys[-1]], where="post", label=pod)
+    ax_hc.set_yticks(list(HC_LEVEL.values()), list(HC_LEVEL))
+    ax_hc.set_ylabel("hc FSM")
+    ax_hc.legend(loc="lower left", fontsize=7)
+
+    for server in sorted({e["server"] for e in events if e.get("kind") == "server_state"}):
+        pts = [
+            (_s(e["ts_ms"], t_ms), 1 if str(e["status"]).startswith("UP") else 0)
+            for e in events
+            if e.get("kind") == "server_state" and e["server"] == server
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax_lb.step([*xs, xs[-1] + 100], [*ys, ys[-1]], where="post", label=server)
+    ax_lb.set_yticks([0, 1], ["DOWN", "UP"])
+    ax_lb.set_ylabel("HAProxy")
+    ax_lb.legend(loc="lower left", fontsize=7)
+
+    for pod in sorted({e["pod"] for e in events if e.get("kind") == "active_requests"}):
+        pts = [
+            (_s(e["ts_ms"], t_ms), e["value"] if e["value"] is not None else float("nan"))
+            for e in events
+            if e.get("kind") == "active_requests" and e["pod"] == pod
+        ]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax_envoy.step([*xs, xs[-1] + 100], [*ys, ys[-1]], where="post", label=pod)
+    ax_envoy.set_ylabel("Envoy active rq")
+    ax_envoy.set_xlabel("seconds from termination")
+    ax_envoy.legend(loc="upper right", fontsize=7)
+
+    marks = [
+        e
+        for e in events
+        if e["kind"]
+        in (
+            "pod_terminating",
+            "prestop_finished",
+            "sigterm",
+            "pod_terminated",
+            "drain_listeners",
+            "killing_envoy",
+        )
+    ]
+    for ax in axes:
+        ax.axvline(0, color="black", lw=1)
+        for e in marks:
+            ax.axvline(_s(e["ts_ms"], t_ms), color="grey", lw=0.6, ls=":")
+        ax.grid(alpha=0.3)
+    if x_range:
+        ax_envoy.set_xlim(*x_range)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for s in summaries:
+        t = s["timings_s"]
+        rows.append(
+            [
+                s["mode"],
+                s["profile"],
+                s["in_flight_at_termination"],
+                s["cut_in_flight"],
+                ", ".join(f"{k}={v}" for k, v in s["cut_in_flight_by_error"].items()) or "-",
+                s["failed_total"],
+                t["termination_to_lb_down"],
+                t["prestop"],
+                t["termination_to_pod_gone"],
+            ]
+        )
+    return rows
+
+
+COMPARISON_HEADER = [
+    "mode",
+    "profile",
+    "in flight at termination",
+    "cut",
+    "cut by error",
+    "failed (all)",
+    "to LB DOWN (s)",
+    "preStop (s)",
+    "to pod gone (s)",
+]
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
+    "collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+    "pre{background:#f6f6f6;padding:1em}"
+)
+
+
+def text_table(summaries: list[dict[str, Any]]) -> str:
+    rows = [COMPARISON_HEADER, *([str(c) for c in r] for r in comparison_rows(summaries))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COMPARISON_HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def write_run_report(run_dir: Path) -> Path:
+    records = read_jsonl(run_dir / "requests.jsonl")
+    events = read_jsonl(run_dir / "events.jsonl")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    t_ms = json.loads((run_dir / "journal.json").read_text())["termination_ms"]
+    png = figure(records, events, summary, t_ms)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(summary["mode"])} — {html.escape(summary["scenario"])}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(verdict(summary))}</h1>
+<p>Scenario <b>{html.escape(summary["scenario"])}</b>,
+profile <b>{html.escape(summary["profile"])}</b>,
+terminated pod <code>{html.escape(summary["terminated_pod"])}</code>.</p>
+<ul>{notes}</ul>
+{_table(comparison_rows([summary]), COMPARISON_HEADER)}
+<h2>Timeline</h2><img alt="timeline" src="data:image/png;base64,{png}" style="width:100%">
+<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
+</body></html>"""
+    path = run_dir / "report.html"
+    with path.open("x", encoding="utf-8") as f:
+        f.write(page)
+    return path
+
+
+def write_comparison(run_dirs: list[Path], out: Path) -> tuple[str, Path]:
+    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    sections = []
+    for d, s in zip(run_dirs, summaries, strict=True):
+        t_ms = json.loads((d / "journal.json").read_text())["termination_ms"]
+        png = figure(
+            read_jsonl(d / "requests.jsonl"),
+            read_jsonl(d / "events.jsonl"),
+            s,
+            t_ms,
+            x_range=(-6, 30),
+        )
+        sections.append(
+            f'<h2>{html.escape(verdict(s))}</h2><p><a href="{d.name}/report.html">'
+            f'{html.escape(d.name)}</a></p><img alt="{html.escape(s["mode"])}" '
+            f'src="data:image/png;base64,{png}" style="width:100%">'
+        )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Comparison</title>
+<style>{STYLE}</style></head><body><h1>Which termination order cuts in-flight requests?</h1>
+{_table(comparison_rows(summaries), COMPARISON_HEADER)}{"".join(sections)}</body></html>"""
+    with out.open("x", encoding="utf-8") as f:
+        f.write(page)
+    return text_table(summaries), out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    cmp_ = sub.add_parser("compare", help="comparison table and page across runs")
+    cmp_.add_argument("runs", nargs="+", type=Path)
+    cmp_.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    missing = [str(d) for d in args.runs if not (d / "summary.json").exists()]
+    if missing:
+        print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    from datetime import UTC, datetime
+
+    out = args.out or args.runs[0].parent / (
+        f"comparison-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.html"
+    )
+    table, path = write_comparison(args.runs, out)
+    print(table)
+    print(f"\ncomparison report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

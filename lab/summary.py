@@ -1,0 +1,100 @@
+"""summary.json from requests.jsonl and events.jsonl: what was cut, and when things happened."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+CLASSES = ("sleep", "stream", "short")
+
+
+def in_flight_at(record: dict[str, Any], t_ms: float) -> bool:
+    """Started before t and not ended by t (a request with no end never ended)."""
+    end = record.get("end_ms")
+    return record["start_ms"] < t_ms and (end is None or end > t_ms)
+
+
+def _first(events: list[dict[str, Any]], after_ms: float, **match: Any) -> dict[str, Any] | None:
+    for e in sorted(events, key=lambda e: e["ts_ms"]):
+        if e["ts_ms"] >= after_ms and all(
+            (v(e.get(k)) if callable(v) else e.get(k) == v) for k, v in match.items()
+        ):
+            return e
+    return None
+
+
+def _offset_s(event: dict[str, Any] | None, t_ms: float) -> float | None:
+    return None if event is None else round((event["ts_ms"] - t_ms) / 1000, 3)
+
+
+def summarize(
+    records: list[dict[str, Any]], events: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    t = meta["termination_ms"]
+    classes: dict[str, dict[str, Any]] = {}
+    for cls in CLASSES:
+        mine = [r for r in records if r["class"] == cls]
+        errors = Counter(r["error"] for r in mine if r["error"])
+        classes[cls] = {
+            "total": len(mine),
+            "ok": sum(1 for r in mine if not r["error"]),
+            "failed": sum(errors.values()),
+            "by_error": dict(sorted(errors.items())),
+        }
+    in_flight = [r for r in records if in_flight_at(r, t)]
+    cut = [r for r in in_flight if r["error"]]
+    pod = meta["terminated_pod"]
+    node = meta["terminated_node"]
+    pod_events = [e for e in events if e.get("pod") == pod]
+    prestop_start = _first(pod_events, t, kind="prestop_started")
+    prestop_end = _first(pod_events, t, kind="prestop_finished")
+    terminated = _first(pod_events, t, kind="pod_terminated")
+    lb_down = _first(
+        events,
+        t,
+        source="haproxy",
+        kind="server_state",
+        server=node,
+        status=lambda s: isinstance(s, str) and s.startswith(("DOWN", "NOLB", "MAINT")),
+    )
+    ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
+    last_end = max(ok_ends) if ok_ends else None
+    return {
+        "mode": meta["mode"],
+        "scenario": meta["scenario"],
+        "profile": meta["profile"],
+        "terminated_pod": pod,
+        "long_request_s": meta.get("long_s"),
+        "protected_s": meta.get("protected_s"),
+        "exceeds_protection": meta.get("exceeds_protection"),
+        "classes": classes,
+        "in_flight_at_termination": len(in_flight),
+        "in_flight_by_class": dict(Counter(r["class"] for r in in_flight)),
+        "cut_in_flight": len(cut),
+        "cut_in_flight_by_error": dict(Counter(r["error"] for r in cut)),
+        "failed_total": sum(c["failed"] for c in classes.values()),
+        "timings_s": {
+            "termination_to_lb_down": _offset_s(lb_down, t),
+            "prestop": (
+                None
+                if prestop_start is None or prestop_end is None
+                else round((prestop_end["ts_ms"] - prestop_start["ts_ms"]) / 1000, 3)
+            ),
+            "termination_to_pod_gone": _offset_s(terminated, t),
+            "last_in_flight_end": None if last_end is None else round((last_end - t) / 1000, 3),
+            # how long the pod lived on after its last in-flight request ended
+            "drain_overhead": (
+                None
+                if terminated is None or last_end is None
+                else round(max(0.0, terminated["ts_ms"] - last_end) / 1000, 3)
+            ),
+        },
+    }
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    cut = summary["cut_in_flight"]
+    n = summary["in_flight_at_termination"]
+    word = "cut none" if cut == 0 else f"cut {cut}"
+    failed = summary["failed_total"]
+    return f"{summary['mode']}: {word} of {n} in-flight requests; {failed} failed in all"
