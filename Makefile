@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := haproxy curl iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv lint pytest molecule test clean
+.PHONY: help setup apt venv lint pytest molecule test experiment clean
 
 help:
 	@echo "make test        install (apt, .venv) then lint and pytest"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint"
 	@echo "make pytest      the test suite"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
+	@echo "make experiment  every termination mode on the local lab, side by side, and a comparison"
 
 setup: apt venv
 
@@ -54,6 +55,9 @@ molecule: venv
 	for s in $(MOLECULE_SCENARIOS); do PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s || exit 1; done
 
 test: setup lint pytest molecule
+
+experiment: setup
+	$(BIN)/python -m lab.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

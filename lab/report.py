@@ -48,6 +48,9 @@ def figure(
     x_range: tuple[float, float] | None = None,
 ) -> str:
     """The run's timeline as a base64 PNG."""
+    starts = [_s(r["start_ms"], t_ms) for r in records] or [0.0]
+    x_lo = min(starts) - 1
+    x_hi = max([_s(e["ts_ms"], t_ms) for e in events] + [0.0]) + 1
     fig, axes = plt.subplots(
         5, 1, figsize=(12, 13), sharex=True, gridspec_kw={"height_ratios": [3, 1.4, 1.2, 1.2, 1.4]}
     )
@@ -66,7 +69,7 @@ def figure(
             _s(end, t_ms) + 0.2, i, r["error"] or str(r.get("status")), va="center", fontsize=8
         )
     ax_long.set_yticks(range(len(longs)), [f"{r['class']} #{r['id']}" for r in longs], fontsize=8)
-    ax_long.set_title(f"{summary['mode']} — {verdict(summary)}")
+    ax_long.set_title(verdict(summary))
 
     shorts = [r for r in records if r["class"] == "short"]
     if shorts:
@@ -90,7 +93,7 @@ def figure(
         xs = [_s(ts, t_ms) for ts, _ in steps]
         ys = [lvl for _, lvl in steps]
         if xs:
-            ax_hc.step([xs[0] - 100, *xs, xs[-1] + 100], [4, *ys, ys[-1]], where="post", label=pod)
+            ax_hc.step([x_lo, *xs, x_hi], [4, *ys, ys[-1]], where="post", label=pod)
     ax_hc.set_yticks(list(HC_LEVEL.values()), list(HC_LEVEL))
     ax_hc.set_ylabel("hc FSM")
     ax_hc.legend(loc="lower left", fontsize=7)
@@ -103,7 +106,7 @@ def figure(
         ]
         if pts:
             xs, ys = zip(*pts, strict=True)
-            ax_lb.step([*xs, xs[-1] + 100], [*ys, ys[-1]], where="post", label=server)
+            ax_lb.step([*xs, x_hi], [*ys, ys[-1]], where="post", label=server)
     ax_lb.set_yticks([0, 1], ["DOWN", "UP"])
     ax_lb.set_ylabel("HAProxy")
     ax_lb.legend(loc="lower left", fontsize=7)
@@ -116,7 +119,7 @@ def figure(
         ]
         if pts:
             xs, ys = zip(*pts, strict=True)
-            ax_envoy.step([*xs, xs[-1] + 100], [*ys, ys[-1]], where="post", label=pod)
+            ax_envoy.step([*xs, x_hi], [*ys, ys[-1]], where="post", label=pod)
     ax_envoy.set_ylabel("Envoy active rq")
     ax_envoy.set_xlabel("seconds from termination")
     ax_envoy.legend(loc="upper right", fontsize=7)
@@ -139,8 +142,7 @@ def figure(
         for e in marks:
             ax.axvline(_s(e["ts_ms"], t_ms), color="grey", lw=0.6, ls=":")
         ax.grid(alpha=0.3)
-    if x_range:
-        ax_envoy.set_xlim(*x_range)
+    ax_envoy.set_xlim(*(x_range or (x_lo, x_hi)))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
