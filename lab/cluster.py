@@ -12,7 +12,8 @@ Modelled, each from a Kubernetes fact:
   in parallel: a container with a preStop hook runs it first and gets SIGTERM when it
   ends, a container without one gets SIGTERM at once (so istio-proxy starts draining in
   parallel with hc's preStop, FINDINGS); whatever still runs at
-  terminationGracePeriodSeconds is SIGKILLed, hooks included.
+  terminationGracePeriodSeconds is SIGKILLed, hooks included; a hook that overruns the
+  grace gets kubelet's one-off 2 s extension, then its container SIGTERM and SIGKILL.
 - EndpointSlice conditions: ready = ready and not terminating; serving = ready (the
   readiness probes) whether terminating or not; terminating.
 - NodePort with externalTrafficPolicy: Local (kube-proxy): a node forwards only to
@@ -265,6 +266,7 @@ class Pod:
         self.terminated = asyncio.Event()
         self.containers = [Container(c, self) for c in template.containers]
         self.hooks: list[asyncio.subprocess.Process] = []
+        self.hook_tasks: list[asyncio.Task[None]] = []
 
     @property
     def ready(self) -> bool:
@@ -404,7 +406,8 @@ class Pod:
         self.terminating = True
         ev.emit("kubelet", "pod_terminating", pod=self.name, grace_s=self.template.grace_s)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.template.grace_s
+        grace_end = loop.time() + self.template.grace_s
+        kill_at = {"t": grace_end}
 
         async def stop(c: Container) -> None:
             if c.spec.prestop:
@@ -421,26 +424,41 @@ class Pod:
                 self.hooks.append(hook)
                 log = self.cluster.lab_dir / "logs" / f"{self.name}.{c.spec.name}.prestop.log"
                 pump = asyncio.create_task(self.cluster.pump(hook, log, self.name, "prestop"))
+                self.hook_tasks.append(pump)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(hook.wait(), max(deadline - loop.time(), 0))
-                await asyncio.wait({pump}, timeout=1)
-                ev.emit(
-                    "kubelet",
-                    "prestop_finished",
-                    pod=self.name,
-                    container=c.spec.name,
-                    code=hook.returncode,
-                )
+                    await asyncio.wait_for(hook.wait(), max(grace_end - loop.time(), 0))
+                if hook.returncode is None:
+                    # the hook outlived the grace period: kubelet grants a one-off 2 s
+                    # extension, then stops the container anyway (pod lifecycle docs)
+                    kill_at["t"] = grace_end + 2
+                    ev.emit(
+                        "kubelet",
+                        "prestop_overran",
+                        pod=self.name,
+                        container=c.spec.name,
+                        extension_s=2,
+                    )
+                else:
+                    await asyncio.wait({pump}, timeout=1)
+                    ev.emit(
+                        "kubelet",
+                        "prestop_finished",
+                        pod=self.name,
+                        container=c.spec.name,
+                        code=hook.returncode,
+                    )
             if c.running:
                 ev.emit("kubelet", "sigterm", pod=self.name, container=c.spec.name)
                 self._signal(c, signal.SIGTERM)
             if c.proc is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(c.proc.wait(), max(deadline - loop.time(), 0))
+                while c.proc.returncode is None and loop.time() < kill_at["t"]:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(c.proc.wait(), max(kill_at["t"] - loop.time(), 0))
 
         await asyncio.gather(*(stop(c) for c in self.containers))
         for hook in self.hooks:
             if hook.returncode is None:
+                ev.emit("kubelet", "prestop_killed", pod=self.name)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(hook.pid, signal.SIGKILL)
         for c in self.containers:
@@ -459,16 +477,21 @@ class Pod:
         self.terminated.set()
 
     async def kill(self) -> None:
+        """Stop everything at once (end of a run), reaping every process and pipe."""
         for hook in self.hooks:
             if hook.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(hook.pid, signal.SIGKILL)
+            await hook.wait()
         for c in self.containers:
             self._signal(c, signal.SIGKILL)
             if c.proc is not None:
                 await c.proc.wait()
-            for t in c.tasks:
+        tasks = self.hook_tasks + [t for c in self.containers for t in c.tasks]
+        for t in tasks:
+            if not t.done() and t.get_coro().__name__ != "pump":
                 t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------- kube-proxy

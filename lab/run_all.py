@@ -42,6 +42,7 @@ async def run_mode(
             f"scenario={scenario}",
             "-e",
             f"experiment_profile={profile}",
+            *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
             cwd=ROOT,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
@@ -58,10 +59,12 @@ async def run_mode(
     return proc.returncode or 0, log_path.read_text(errors="replace")
 
 
-async def main_async(modes: list[str], profile: str, scenario: str) -> int:
+async def main_async(
+    modes: list[str], profile: str, scenario: str, first_index: int, artifacts: Path | None
+) -> int:
     started = time.monotonic()
     results = await asyncio.gather(
-        *(run_mode(m, i + 1, profile, scenario) for i, m in enumerate(modes))
+        *(run_mode(m, first_index + i, profile, scenario, artifacts) for i, m in enumerate(modes))
     )
     runs: list[Path] = []
     failed = False

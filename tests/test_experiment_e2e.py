@@ -1,0 +1,153 @@
+"""A short end-to-end run of every mode on the local lab, through the real playbook.
+
+Real HAProxy (provisioned by the haproxy role), real Envoy, hc, backend and drain
+script; about a minute for both modes side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, VENV_BIN
+from lab.events import read_jsonl
+from lab.experiment import new_run_dir
+
+JOURNAL_KEYS = {"experiment", "status", "start", "end", "duration", "deviated", "run"}
+SUMMARY_KEYS = {
+    "mode",
+    "scenario",
+    "profile",
+    "classes",
+    "in_flight_at_termination",
+    "cut_in_flight",
+    "failed_total",
+    "timings_s",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]]:
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.run_all",
+            "--first-lab-index",
+            "180",
+            "--artifacts",
+            str(artifacts),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    dirs = {d.name.rsplit("-", 1)[-1]: d for d in artifacts.iterdir() if d.is_dir()}
+    return result.stdout, dirs
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
+    _, dirs = runs
+    current, improved = summary(dirs["current"]), summary(dirs["improved"])
+    assert current["in_flight_at_termination"] >= 4
+    assert current["cut_in_flight"] >= 1  # shutdown-sessions at the LB's DOWN
+    assert current["timings_s"]["termination_to_lb_down"] < 3  # fall x inter, quick profile
+    assert improved["in_flight_at_termination"] >= 4
+    assert improved["cut_in_flight"] == 0
+    # improved flips the LB only after its in-flight requests ended
+    assert (
+        improved["timings_s"]["termination_to_lb_down"]
+        > improved["timings_s"]["last_in_flight_end"]
+    )
+
+
+def test_artifacts_are_complete(runs) -> None:
+    stdout, dirs = runs
+    assert "comparison report:" in stdout and "wall time:" in stdout
+    for mode, run in dirs.items():
+        names = {p.name for p in run.iterdir()}
+        assert {
+            "requests.jsonl",
+            "events.jsonl",
+            "journal.json",
+            "summary.json",
+            "report.html",
+        } <= names
+        s = summary(run)
+        assert set(s) >= SUMMARY_KEYS and s["mode"] == mode
+        assert set(s["classes"]) == {"sleep", "stream", "short"}
+        for c in s["classes"].values():
+            assert c["total"] == c["ok"] + c["failed"]
+        journal = json.loads((run / "journal.json").read_text())
+        assert set(journal) >= JOURNAL_KEYS and journal["status"] == "completed"
+        assert journal["deviated"] is (s["cut_in_flight"] > 0)
+        requests = read_jsonl(run / "requests.jsonl")
+        assert len(requests) == sum(c["total"] for c in s["classes"].values())
+        assert all("start_offset_ms" in r and "error" in r for r in requests)
+        kinds = {(e["source"], e["kind"]) for e in read_jsonl(run / "events.jsonl")}
+        for needed in [
+            ("experiment", "termination_issued"),
+            ("kubelet", "prestop_started"),
+            ("hc", "transition"),
+            ("haproxy", "server_state"),
+            ("envoy", "active_requests"),
+            ("kubelet", "pod_terminated"),
+            ("haproxy", "health_check_log"),
+        ]:
+            assert needed in kinds, needed
+        page = (run / "report.html").read_text()
+        assert "data:image/png;base64," in page and "<script" not in page
+
+
+def test_run_directories_are_never_reused(tmp_path: Path) -> None:
+    first = new_run_dir(tmp_path, "inflight", "current")
+    second = new_run_dir(tmp_path, "inflight", "current")
+    assert first != second and first.exists() and second.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["-e", "mode=fast"], "mode=fast must be one of current, improved"),
+        (["-e", "mode=current", "-e", "scenario=soak"], "scenario=soak one of inflight"),
+        (
+            ["-e", "mode=current", "-e", "experiment_profile=slow"],
+            "profile=slow one of seed, quick",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_anything_changes(
+    tmp_path: Path, extra: list[str], named: str
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "playbooks/run-experiment.yml",
+            *extra,
+            "-e",
+            "lab_index=177",
+            "-e",
+            f"experiment_artifacts={artifacts}",
+            "-e",
+            f"lab_root={tmp_path / 'lab'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert named in " ".join(result.stdout.split()), result.stdout[-2000:]
+    assert not artifacts.exists() and not (tmp_path / "lab").exists()

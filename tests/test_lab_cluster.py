@@ -1,0 +1,183 @@
+"""The local lab's kubelet and kube-proxy stand-ins, with the real pods they run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+
+from conftest import ROOT, VENV_BIN
+from lab.cluster import (
+    ContainerSpec,
+    LabCluster,
+    Manifests,
+    Pod,
+    PodTemplate,
+    Topology,
+    local_endpoints,
+)
+from lab.events import EventLog, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def quick_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("quick")
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "playbooks/render-manifests.yml",
+            "-e",
+            json.dumps({"manifests_dir": str(dest), "timing_profile": "quick"}),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout
+    return dest
+
+
+def pod_like(ready: bool, terminating: bool, gone: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(
+        ready=ready, terminating=terminating, terminated=SimpleNamespace(is_set=lambda: gone)
+    )
+
+
+def test_local_policy_prefers_ready_then_serving_terminating() -> None:
+    ready, draining, closed = pod_like(True, False), pod_like(True, True), pod_like(False, True)
+    assert local_endpoints([ready, draining]) == [ready]
+    assert local_endpoints([draining, closed]) == [draining]  # KEP-1669 fallback
+    assert local_endpoints([closed]) == []
+    assert local_endpoints([pod_like(True, True, gone=True)]) == []
+
+
+def by_kind(events: list[dict], pod: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for e in events:
+        if e.get("pod") == pod:
+            out.setdefault(e["kind"], []).append(e)
+    return out
+
+
+def test_improved_termination_keeps_established_and_refuses_new(
+    quick_manifests: Path, tmp_path: Path
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+
+    async def scenario() -> dict:
+        events = EventLog(events_path)
+        topo = Topology(190)
+        cluster = LabCluster(
+            topo, Manifests.load(quick_manifests, "21-igw-improved.yaml"), tmp_path / "lab", events
+        )
+        out: dict = {}
+        try:
+            await cluster.start()
+            await cluster.wait_ready(60)
+            await asyncio.sleep(0.3)  # the NodePorts open on the next reconcile
+            node = f"http://{topo.node_ip(1)}"
+            async with aiohttp.ClientSession() as http:
+                established = asyncio.create_task(http.get(f"{node}:30080/sleep?seconds=4"))
+                await asyncio.sleep(0.5)
+                victim = cluster.gateway_pods[0]
+                term = asyncio.create_task(victim.terminate())
+                await asyncio.sleep(0.5)
+                # terminating but serving: the node still takes new connections (KEP-1669)
+                async with http.get(f"{node}:30180/health") as r:
+                    out["serving_new_status"] = r.status
+                resp = await established
+                out["established"] = (resp.status, await resp.text())
+                # wait for CLOSED: readiness fails, the node refuses new connections
+                for _ in range(100):
+                    if not victim.ready:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(0.3)
+                try:
+                    async with http.get(f"{node}:30180/health") as r:
+                        out["after_closed"] = r.status
+                except aiohttp.ClientConnectorError as exc:
+                    out["after_closed"] = type(exc.os_error).__name__
+                await term
+        finally:
+            await cluster.stop()
+            events.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["serving_new_status"] == 200
+    assert out["established"] == (200, "slept 4s\n")
+    assert out["after_closed"] == "ConnectionRefusedError"
+
+    events = read_jsonl(events_path)
+    pod = "service-a-igw-improved-worker1"
+    k = by_kind(events, pod)
+    t0 = k["pod_terminating"][0]["ts_ms"]
+    sigterms = {e["container"]: e["ts_ms"] for e in k["sigterm"]}
+    # no preStop on istio-proxy: SIGTERM at once, in parallel with hc's preStop
+    assert sigterms["istio-proxy"] - t0 < 100
+    assert sigterms["hc"] >= k["prestop_finished"][0]["ts_ms"]
+    conditions = [(e["ready"], e["serving"], e["terminating"]) for e in k["conditions"]]
+    assert (False, True, True) in conditions and (False, False, True) in conditions
+    # pilot-agent drained at once and killed Envoy at terminationDrainDuration (quick: 20 s)
+    drained = next(e for e in events if e["kind"] == "drain_listeners" and e["pod"] == pod)
+    killed = next(e for e in events if e["kind"] == "killing_envoy" and e["pod"] == pod)
+    assert drained["ts_ms"] - t0 < 500
+    assert 19.5 <= (killed["ts_ms"] - t0) / 1000 <= 21.5
+    assert (k["pod_terminated"][0]["ts_ms"] - t0) / 1000 < 30  # inside the 30 s grace
+
+
+def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path: Path) -> None:
+    events_path = tmp_path / "events.jsonl"
+
+    async def scenario() -> float:
+        events = EventLog(events_path)
+        topo = Topology(191)
+        cluster = LabCluster(
+            topo, Manifests.load(quick_manifests, "20-igw-current.yaml"), tmp_path / "lab", events
+        )
+        template = PodTemplate(
+            "slow",
+            {},
+            2.0,
+            [
+                ContainerSpec(
+                    "app",
+                    "localhost/igw-backend:0",
+                    [{"name": "PORT", "value": "18099"}],
+                    None,
+                    None,
+                    ["/bin/sh", "-c", "sleep 30"],
+                )
+            ],
+            1,
+        )
+        pod = Pod(cluster, template, "slow-1", "worker1", topo.backend_pod_ip(9))
+        try:
+            await pod.start()
+            await asyncio.sleep(1)
+            started = time.monotonic()
+            await pod.terminate()
+            return time.monotonic() - started
+        finally:
+            await pod.kill()
+            await cluster.stop()
+            events.close()
+
+    took = asyncio.run(scenario())
+    k = by_kind(read_jsonl(events_path), "slow-1")
+    t0 = k["pod_terminating"][0]["ts_ms"]
+    # grace 2 s: the hook overran, kubelet's 2 s extension began, SIGTERM went in
+    assert 1.9 <= (k["prestop_overran"][0]["ts_ms"] - t0) / 1000 <= 2.5
+    assert 1.9 <= (k["sigterm"][0]["ts_ms"] - t0) / 1000 <= 2.5
+    assert "prestop_finished" not in k
+    # the backend ends on SIGTERM; the 30 s hook is killed with its container
+    assert "prestop_killed" in k
+    assert took <= 4.5

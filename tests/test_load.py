@@ -1,0 +1,164 @@
+"""The load driver's error classification, against real misbehaving servers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from conftest import free_port
+from lab.load import RequestRecord, classify, fetch, new_session
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def with_server(handler: Handler, run: Callable[[str], Awaitable[object]]) -> object:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await run(f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+def rst(writer: asyncio.StreamWriter) -> None:
+    writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    writer.transport.abort()
+
+
+async def one(
+    url: str, path: str = "/", stream: bool = False, timeout: float = 5, expected: int | None = None
+) -> RequestRecord:
+    async with new_session(None, timeout) as session:
+        record = RequestRecord(
+            1, "stream" if stream else "sleep", path, 0.0, expected_chunks=expected
+        )
+        return await fetch(session, url, record, stream)
+
+
+def test_refused() -> None:
+    record = asyncio.run(one(f"http://127.0.0.1:{free_port()}"))
+    assert record.error == "refused" and record.status is None
+
+
+def test_reset_before_the_status_line() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        rst(writer)
+
+    record = asyncio.run(with_server(handler, one))
+    assert record.error == "reset" and record.status is None
+
+
+def test_timeout() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    record = asyncio.run(with_server(handler, lambda url: one(url, timeout=0.5)))
+    assert record.error == "timeout"
+
+
+def test_truncated_body() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+        rst(writer)
+
+    record = asyncio.run(with_server(handler, one))
+    assert record.status == 200 and record.error == "truncated"
+
+
+def test_stream_with_missing_chunks_is_truncated() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        body = b"chunk 0 @ 0ms\n"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    record = asyncio.run(with_server(handler, lambda url: one(url, stream=True, expected=3)))
+    assert record.chunks == 1 and record.error == "truncated"
+
+
+def test_5xx() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    record = asyncio.run(with_server(handler, one))
+    assert (record.status, record.error) == (503, "5xx")
+
+
+def test_success_records_first_byte_and_bytes() -> None:
+    async def handler(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    record = asyncio.run(with_server(handler, one))
+    assert record.error is None and record.bytes == 5 and record.first_byte_ms is not None
+    assert record.end_ms is not None and record.end_ms >= record.first_byte_ms
+
+
+def _count_attempts(session_factory: Callable[[], aiohttp.ClientSession]) -> tuple[int, str | None]:
+    attempts = 0
+
+    async def handler(reader, writer) -> None:
+        nonlocal attempts
+        attempts += 1
+        await read_request(reader)
+        writer.close()  # closes without an answer, every time
+
+    async def run(url: str) -> str | None:
+        async with session_factory() as session:
+            record = RequestRecord(1, "short", "/", 0.0)
+            return (await fetch(session, url, record, False)).error
+
+    error = asyncio.run(with_server(handler, run))
+    return attempts, error  # type: ignore[return-value]
+
+
+def test_no_silent_retry_of_idempotent_requests() -> None:
+    # aiohttp on its own re-sends the GET once: the failure would hide
+    default_attempts, _ = _count_attempts(
+        lambda: aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    )
+    assert default_attempts == 2
+    ours, error = _count_attempts(lambda: new_session(None, 5))
+    assert ours == 1 and error == "reset"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "truncated", "kind"),
+    [
+        (None, 200, False, None),
+        (None, 404, False, "4xx"),
+        (None, 502, False, "5xx"),
+        (None, 200, True, "truncated"),
+        (aiohttp.ServerDisconnectedError(), None, False, "reset"),
+        (aiohttp.ServerDisconnectedError(), 200, False, "truncated"),
+        (TimeoutError(), None, False, "timeout"),
+    ],
+)
+def test_classify_table(exc, status, truncated, kind) -> None:
+    assert classify(exc, status, truncated) == kind

@@ -1,0 +1,96 @@
+"""summary.json arithmetic on hand-made records and events (exact numbers)."""
+
+from __future__ import annotations
+
+from lab.summary import in_flight_at, summarize, verdict
+
+T = 1_000_000.0  # termination, ms
+
+
+def rec(cls: str, start: float, end: float | None, error: str | None = None) -> dict:
+    return {
+        "class": cls,
+        "start_ms": T + start,
+        "end_ms": None if end is None else T + end,
+        "error": error,
+    }
+
+
+META = {
+    "mode": "current",
+    "scenario": "inflight",
+    "profile": "quick",
+    "termination_ms": T,
+    "terminated_pod": "gw-w1",
+    "terminated_node": "worker1",
+    "long_s": 10,
+    "protected_s": 0.0,
+    "exceeds_protection": True,
+}
+
+
+def test_in_flight_boundaries() -> None:
+    assert in_flight_at(rec("sleep", -1, 1), T)
+    assert not in_flight_at(rec("sleep", -2, -1), T)  # ended before
+    assert not in_flight_at(rec("sleep", 0, 5), T)  # started at the termination: not before
+    assert not in_flight_at(rec("sleep", -5, 0), T)  # ended exactly then
+    assert in_flight_at(rec("sleep", -1, None), T)  # never ended
+
+
+def test_counts_cuts_and_timings() -> None:
+    records = [
+        rec("sleep", -2000, 8000),
+        rec("sleep", -2000, 1100, "5xx"),
+        rec("stream", -2000, 1100, "truncated"),
+        rec("stream", -2000, 8000),
+        rec("short", -3000, -2990),
+        rec("short", 500, 510, "refused"),
+        rec("short", 600, 610),
+    ]
+    events = [
+        {
+            "ts_ms": T - 5000,
+            "source": "haproxy",
+            "kind": "server_state",
+            "server": "worker1",
+            "status": "UP",
+        },
+        {"ts_ms": T + 2, "source": "kubelet", "kind": "prestop_started", "pod": "gw-w1"},
+        {
+            "ts_ms": T + 1000,
+            "source": "haproxy",
+            "kind": "server_state",
+            "server": "worker2",
+            "status": "DOWN",
+        },
+        {
+            "ts_ms": T + 1040,
+            "source": "haproxy",
+            "kind": "server_state",
+            "server": "worker1",
+            "status": "DOWN",
+        },
+        {"ts_ms": T + 3002, "source": "kubelet", "kind": "prestop_finished", "pod": "gw-w1"},
+        {"ts_ms": T + 20000, "source": "kubelet", "kind": "pod_terminated", "pod": "gw-w1"},
+    ]
+    s = summarize(records, events, META)
+    assert s["classes"]["sleep"] == {"total": 2, "ok": 1, "failed": 1, "by_error": {"5xx": 1}}
+    assert s["classes"]["stream"]["by_error"] == {"truncated": 1}
+    assert s["classes"]["short"] == {"total": 3, "ok": 2, "failed": 1, "by_error": {"refused": 1}}
+    assert s["in_flight_at_termination"] == 4
+    assert s["cut_in_flight"] == 2
+    assert s["cut_in_flight_by_error"] == {"5xx": 1, "truncated": 1}
+    assert s["failed_total"] == 3
+    t = s["timings_s"]
+    assert t["termination_to_lb_down"] == 1.04  # worker1's DOWN, not worker2's
+    assert t["prestop"] == 3.0
+    assert t["termination_to_pod_gone"] == 20.0
+    assert t["last_in_flight_end"] == 8.0
+    assert t["drain_overhead"] == 12.0
+    assert verdict(s) == "current: cut 2 of 4 in-flight requests; 3 failed in all"
+
+
+def test_no_cut_reads_as_none() -> None:
+    s = summarize([rec("sleep", -1000, 5000)], [], {**META, "mode": "improved"})
+    assert s["cut_in_flight"] == 0 and s["timings_s"]["termination_to_lb_down"] is None
+    assert verdict(s).startswith("improved: cut none of 1")
