@@ -50,7 +50,7 @@ pytest: venv
 	$(BIN)/pytest
 
 # molecule calls ansible-playbook and friends by name: the venv's bin goes first on PATH.
-MOLECULE_SCENARIOS := haproxy
+MOLECULE_SCENARIOS := haproxy manifests cluster_roles lab
 molecule: venv
 	for s in $(MOLECULE_SCENARIOS); do PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s || exit 1; done
 
