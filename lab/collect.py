@@ -15,6 +15,7 @@ import re
 import aiohttp
 
 from .events import EventLog
+from .haproxy_poll import parse_show_stat
 
 
 async def runtime_api(socket_path: str, command: str) -> str:
@@ -24,21 +25,6 @@ async def runtime_api(socket_path: str, command: str) -> str:
     data = await reader.read()
     writer.close()
     return data.decode()
-
-
-def parse_show_stat(text: str, backend: str) -> dict[str, str]:
-    """server name -> status (UP, DOWN, NOLB, MAINT, `UP 1/2`, ...) for one backend."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("# "):
-        return {}
-    header = lines[0][2:].split(",")
-    px, sv, st = header.index("pxname"), header.index("svname"), header.index("status")
-    out = {}
-    for line in lines[1:]:
-        f = line.split(",")
-        if len(f) > st and f[px] == backend and f[sv] not in ("FRONTEND", "BACKEND"):
-            out[f[sv]] = f[st]
-    return out
 
 
 async def poll_haproxy(

@@ -26,8 +26,9 @@ from typing import Any
 
 from . import timing
 from .cluster import LabCluster, Manifests, Topology
-from .collect import parse_show_stat, poll_envoy_gauges, poll_haproxy, runtime_api, syslog_receiver
+from .collect import poll_envoy_gauges, poll_haproxy, runtime_api, syslog_receiver
 from .events import EventLog, now_ms, read_jsonl
+from .haproxy_poll import parse_show_stat
 from .load import InflightScenario, LoadDriver, Recorder
 from .report import write_run_report
 from .summary import summarize, verdict
@@ -284,33 +285,60 @@ async def run(args: argparse.Namespace) -> Path:
         await cluster.stop()
         events.close()
         recorder.close()
-        if t_term is not None:
-            records = read_jsonl(run_dir / "requests.jsonl")
-            summary = summarize(
-                records,
-                read_jsonl(run_dir / "events.jsonl"),
-                {
-                    **meta,
-                    "mode": args.mode,
-                    "scenario": args.scenario,
-                    "profile": args.profile,
-                    "termination_ms": t_term,
-                    "terminated_pod": cluster.gateway_pods[0].name,
-                    "terminated_node": cluster.gateway_pods[0].node,
-                },
-            )
-            summary["notes"] = meta["notes"] + (
-                []
-                if status == "completed"
-                else [f"run {status}: the figures cover what was recorded"]
-            )
-            with (run_dir / "summary.json").open("x", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
-        journal.write(run_dir / "journal.json", status, summary, t_term)
-        if summary is not None:
-            write_run_report(run_dir)
+        summary = finish_run(
+            run_dir,
+            meta,
+            args.mode,
+            args.scenario,
+            args.profile,
+            status,
+            journal,
+            t_term,
+            cluster.gateway_pods[0].name,
+            cluster.gateway_pods[0].node,
+        )
     print_summary(run_dir, summary)
     return run_dir
+
+
+def finish_run(
+    run_dir: Path,
+    meta: dict[str, Any],
+    mode: str,
+    scenario: str,
+    profile: str,
+    status: str,
+    journal: Journal,
+    t_term: float | None,
+    pod: str,
+    node: str,
+) -> dict[str, Any] | None:
+    """summary.json, journal.json and report.html from what the run recorded."""
+    summary = None
+    if t_term is not None:
+        records = read_jsonl(run_dir / "requests.jsonl")
+        summary = summarize(
+            records,
+            read_jsonl(run_dir / "events.jsonl"),
+            {
+                **meta,
+                "mode": mode,
+                "scenario": scenario,
+                "profile": profile,
+                "termination_ms": t_term,
+                "terminated_pod": pod,
+                "terminated_node": node,
+            },
+        )
+        summary["notes"] = meta["notes"] + (
+            [] if status == "completed" else [f"run {status}: the figures cover what was recorded"]
+        )
+        with (run_dir / "summary.json").open("x", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    journal.write(run_dir / "journal.json", status, summary, t_term)
+    if summary is not None:
+        write_run_report(run_dir)
+    return summary
 
 
 def print_summary(run_dir: Path, summary: dict[str, Any] | None) -> None:
