@@ -456,11 +456,8 @@ class Pod:
                         await asyncio.wait_for(c.proc.wait(), max(kill_at["t"] - loop.time(), 0))
 
         await asyncio.gather(*(stop(c) for c in self.containers))
-        for hook in self.hooks:
-            if hook.returncode is None:
-                ev.emit("kubelet", "prestop_killed", pod=self.name)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(hook.pid, signal.SIGKILL)
+        if self._kill_hooks():
+            ev.emit("kubelet", "prestop_killed", pod=self.name)
         for c in self.containers:
             if c.running:
                 ev.emit(
@@ -476,12 +473,18 @@ class Pod:
         ev.emit("kubelet", "pod_terminated", pod=self.name)
         self.terminated.set()
 
+    def _kill_hooks(self) -> bool:
+        """SIGKILL every preStop hook still running; True if there was one."""
+        running = [hook for hook in self.hooks if hook.returncode is None]
+        for hook in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(hook.pid, signal.SIGKILL)
+        return bool(running)
+
     async def kill(self) -> None:
         """Stop everything at once (end of a run), reaping every process and pipe."""
+        self._kill_hooks()
         for hook in self.hooks:
-            if hook.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(hook.pid, signal.SIGKILL)
             await hook.wait()
         for c in self.containers:
             self._signal(c, signal.SIGKILL)

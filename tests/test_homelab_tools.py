@@ -136,12 +136,10 @@ def test_playbooks_pass_syntax_check(inventory: str, playbook: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_preflight_refuses_an_inventory_without_workers(tmp_path: Path) -> None:
+def run_preflight(tmp_path: Path, hosts_yaml: str) -> tuple[int, str]:
+    """preflight.yml against a hand-written inventory: (exit code, output on one line)."""
     inv = tmp_path / "hosts.yml"
-    inv.write_text(
-        "all:\n  children:\n    kube_control_plane:\n      hosts:\n"
-        "        master1: {ansible_host: 192.0.2.10}\n    workers: {}\n"
-    )
+    inv.write_text(hosts_yaml)
     result = subprocess.run(
         [PLAYBOOK, "-i", str(inv), "playbooks/preflight.yml"],
         cwd=ROOT,
@@ -149,27 +147,26 @@ def test_preflight_refuses_an_inventory_without_workers(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0
-    text = " ".join(result.stdout.split())
-    assert "at least one in workers (got 0)" in text
+    return result.returncode, " ".join(result.stdout.split())
+
+
+MASTER = (
+    "all:\n  children:\n    kube_control_plane:\n      hosts:\n"
+    "        master1: {ansible_host: 192.0.2.10}\n"
+)
+
+
+def test_preflight_refuses_an_inventory_without_workers(tmp_path: Path) -> None:
+    code, out = run_preflight(tmp_path, MASTER + "    workers: {}\n")
+    assert code != 0 and "at least one in workers (got 0)" in out
 
 
 def test_preflight_refuses_a_bad_address(tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.yml"
-    inv.write_text(
-        "all:\n  children:\n    kube_control_plane:\n      hosts:\n"
-        "        master1: {ansible_host: 192.0.2.10}\n    workers:\n      hosts:\n"
-        "        worker1: {ansible_host: 'worker one'}\n"
+    code, out = run_preflight(
+        tmp_path,
+        MASTER + "    workers:\n      hosts:\n        worker1: {ansible_host: 'worker one'}\n",
     )
-    result = subprocess.run(
-        [PLAYBOOK, "-i", str(inv), "playbooks/preflight.yml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert "worker1: ansible_host=worker one is not an address" in " ".join(result.stdout.split())
+    assert code != 0 and "worker1: ansible_host=worker one is not an address" in out
 
 
 def test_preflight_accepts_the_homelab_inventory() -> None:
