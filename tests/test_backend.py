@@ -130,3 +130,22 @@ def test_sigterm_refuses_new_connections_and_gives_in_flight_shutdown_timeout(
     assert backend.popen.wait(10) == 0
     cut = backend.logfmt_lines("cancelled_at_shutdown_timeout")
     assert len(cut) == 1 and cut[0]["path"] == "/sleep?seconds=20"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"PORT": "http"}, "PORT='http'"), ({"SHUTDOWN_TIMEOUT": "-5"}, "SHUTDOWN_TIMEOUT='-5'")],
+)
+def test_bad_settings_exit_2_naming_the_value(env: dict[str, str], named: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "backend"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 2 and named in result.stderr

@@ -33,16 +33,24 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+class ConfigError(ValueError):
+    pass
+
+
 def _env_int(name: str, default: int, low: int, high: int) -> int:
     raw = os.environ.get(name, str(default))
     if not raw.isdigit() or not low <= int(raw) <= high:
-        raise SystemExit(f"backend: {name}={raw!r} must be an integer {low}..{high}")
+        raise ConfigError(f"{name}={raw!r} must be an integer {low}..{high}")
     return int(raw)
 
 
 def main() -> int:
-    port = _env_int("PORT", 8080, 1, 65535)
-    shutdown_timeout = _env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
+    try:
+        port = _env_int("PORT", 8080, 1, 65535)
+        shutdown_timeout = _env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
+    except ConfigError as exc:
+        print(f"backend: {exc}", file=sys.stderr)
+        return 2
     host = os.environ.get("BIND_HOST") or None  # None: every interface
     hostname = os.environ.get("HOSTNAME") or socket.gethostname()
     log = get_logger("backend")
