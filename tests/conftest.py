@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,6 +176,30 @@ def http(
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+def render_manifests(dest: Path, *extra_vars: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """The manifests role through playbooks/render-manifests.yml, into `dest`."""
+    argv = [
+        str(VENV_BIN / "ansible-playbook"),
+        "playbooks/render-manifests.yml",
+        "-e",
+        json.dumps({"manifests_dir": str(dest)}),
+    ]
+    for extra in extra_vars:
+        argv += ["-e", json.dumps(extra)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def run_app(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m <module>` with extra env, to completion (for refusals at start-up)."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
 
 
 def require_root_netns() -> None:

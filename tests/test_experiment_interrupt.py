@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT, render_manifests
 from lab.cluster import Topology
 from lab.events import read_jsonl
 
@@ -54,18 +54,7 @@ backend igw_nodeports
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
-    render = subprocess.run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "playbooks/render-manifests.yml",
-            "-e",
-            json.dumps({"manifests_dir": str(manifests), "timing_profile": "quick"}),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    render = render_manifests(manifests, {"timing_profile": "quick"})
     assert render.returncode == 0, render.stdout
     haproxy = subprocess.Popen(
         ["haproxy", "-db", "-f", str(haproxy_cfg(tmp_path))],

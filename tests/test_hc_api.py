@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Procs, http
+from conftest import Procs, http, run_app
 
 PROBES = ("/health_check.html", "/health", "/live")
 # seed 003 §4, per state: status of each probe path
@@ -158,14 +156,6 @@ def test_openapi_is_served(procs: Procs) -> None:
     ],
 )
 def test_bad_config_exits_2_naming_the_value(env: dict[str, str], named: str) -> None:
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-m", "hc"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = run_app("hc", env)
     assert result.returncode == 2
     assert named in result.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +10,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from conftest import ROOT, VENV_BIN
+from conftest import render_manifests
 from lab.cluster import (
     ContainerSpec,
     LabCluster,
@@ -28,18 +26,7 @@ from lab.events import EventLog, read_jsonl
 @pytest.fixture(scope="module")
 def quick_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("quick")
-    result = subprocess.run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "playbooks/render-manifests.yml",
-            "-e",
-            json.dumps({"manifests_dir": str(dest), "timing_profile": "quick"}),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = render_manifests(dest, {"timing_profile": "quick"})
     assert result.returncode == 0, result.stdout
     return dest
 

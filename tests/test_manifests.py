@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT
+from conftest import render_manifests as render
 
 #: The Kubernetes version the manifests are validated against (kubeadm homelab).
 K8S_VERSION = "1.34.0"
@@ -27,18 +27,6 @@ SEED_FILES = [
     "30-gateway.yaml",
     "31-virtualservice.yaml",
 ]
-
-
-def render(dest: Path, *extra_vars: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    argv = [
-        str(VENV_BIN / "ansible-playbook"),
-        "playbooks/render-manifests.yml",
-        "-e",
-        json.dumps({"manifests_dir": str(dest)}),
-    ]
-    for ev in extra_vars:
-        argv += ["-e", json.dumps(ev)]
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
