@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +14,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from conftest import render_manifests
+from conftest import Procs, free_port, render_manifests
 from lab.cluster import (
     ContainerSpec,
     LabCluster,
@@ -20,6 +24,7 @@ from lab.cluster import (
     Topology,
     local_endpoints,
 )
+from lab.envoy_bootstrap import Upstream, gateway_bootstrap
 from lab.events import EventLog, read_jsonl
 
 
@@ -168,3 +173,88 @@ def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path
     # the backend ends on SIGTERM; the 30 s hook is killed with its container
     assert "prestop_killed" in k
     assert took <= 4.5
+
+
+def test_liveness_failure_restarts_the_container(quick_manifests: Path, tmp_path: Path) -> None:
+    """hc's /live fails in FAULT; after failureThreshold x periodSeconds kubelet restarts hc."""
+    events_path = tmp_path / "events.jsonl"
+
+    async def scenario() -> int:
+        events = EventLog(events_path)
+        topo = Topology(192)
+        cluster = LabCluster(
+            topo, Manifests.load(quick_manifests, "21-igw-improved.yaml"), tmp_path / "lab", events
+        )
+        hc = next(c for c in cluster.manifests.gateway.containers if c.name == "hc")
+        template = PodTemplate("hc-only", {}, 5.0, [hc], 1)
+        pod = Pod(cluster, template, "hc-only-1", "worker1", topo.gateway_pod_ip(9))
+        try:
+            await pod.start()
+            await asyncio.sleep(1)
+            async with aiohttp.ClientSession() as http:
+                await http.post(f"http://{pod.ip}:18180/fault")
+                # quick profile: liveness every 2 s, 3 failures
+                for _ in range(100):
+                    if pod.containers[0].restarts:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1)
+                async with http.get(f"http://{pod.ip}:18180/drain/status") as r:
+                    state = (await r.json())["state"]
+            assert state == "OPEN"  # a fresh hc after the restart
+            return pod.containers[0].restarts
+        finally:
+            await pod.kill()
+            await cluster.stop()
+            events.close()
+
+    assert asyncio.run(scenario()) == 1
+    kinds = [e["kind"] for e in read_jsonl(events_path) if e.get("pod") == "hc-only-1"]
+    assert "liveness_failed" in kinds and kinds.count("container_started") == 2
+
+
+def test_pilot_agent_exit_on_zero_active_connections(procs: Procs, tmp_path: Path) -> None:
+    """EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true: after MINIMUM_DRAIN_DURATION, exit at zero
+    connections instead of waiting terminationDrainDuration."""
+    backend = procs.backend()
+    port, admin, status = free_port(), free_port(), free_port()
+    config = tmp_path / "envoy.json"
+    config.write_text(
+        json.dumps(
+            gateway_bootstrap(
+                listen_host="127.0.0.1",
+                listen_port=port,
+                admin_host="127.0.0.1",
+                admin_port=admin,
+                upstreams=[Upstream("127.0.0.1", backend.port)],
+                route_timeout_s=30,
+            )
+        )
+    )
+    agent = procs.start(
+        "pilot-agent",
+        [
+            sys.executable,
+            "-m",
+            "lab.pilot_agent",
+            "--config",
+            str(config),
+            "--admin",
+            f"http://127.0.0.1:{admin}",
+            "--status",
+            f"127.0.0.1:{status}",
+            "--drain-time-s",
+            "30",
+            "--termination-drain-s",
+            "30",
+        ],
+        status,
+        {**os.environ, "EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true", "MINIMUM_DRAIN_DURATION": "1s"},
+    )
+    time.sleep(1)
+    started = time.monotonic()
+    agent.popen.send_signal(signal.SIGTERM)
+    assert agent.popen.wait(15) == 0
+    took = time.monotonic() - started
+    assert 0.9 <= took < 5, took  # not the 30 s terminationDrainDuration
+    assert agent.logfmt_lines("active_connections")[-1]["active"] == "0"
