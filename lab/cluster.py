@@ -244,7 +244,6 @@ class Container:
     proc: asyncio.subprocess.Process | None = None
     ready: bool = False
     restarts: int = 0
-    stopped: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property

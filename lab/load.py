@@ -21,6 +21,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from .events import now_ms
+
 ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
 
 
@@ -142,24 +144,20 @@ async def fetch(
             record.status = resp.status
             async for chunk in resp.content.iter_any():
                 if record.first_byte_ms is None:
-                    record.first_byte_ms = _now()
+                    record.first_byte_ms = now_ms()
                 record.bytes += len(chunk)
                 if stream:
                     record.chunks += chunk.count(b"\n")
             if record.first_byte_ms is None:
-                record.first_byte_ms = _now()
+                record.first_byte_ms = now_ms()
         if stream and resp.status == 200 and record.expected_chunks is not None:
             truncated = record.chunks < record.expected_chunks
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         exc = e
         record.detail = f"{type(e).__name__}: {e}"[:300]
-    record.end_ms = _now()
+    record.end_ms = now_ms()
     record.error = classify(exc, record.status, truncated)
     return record
-
-
-def _now() -> float:
-    return round(time.time() * 1000, 1)
 
 
 class LoadDriver:
@@ -181,7 +179,9 @@ class LoadDriver:
         path: str,
         expected_chunks: int | None = None,
     ) -> None:
-        record = RequestRecord(next(self._ids), cls, path, _now(), expected_chunks=expected_chunks)
+        record = RequestRecord(
+            next(self._ids), cls, path, now_ms(), expected_chunks=expected_chunks
+        )
         self.recorder.write(await fetch(session, self.base_url, record, cls == "stream"))
 
     def _spawn(self, coro: Any) -> None:

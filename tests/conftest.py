@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lab.cluster import parse_logfmt
 from lab.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +61,8 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
     def logfmt_lines(self, msg: str) -> list[dict[str, str]]:
-        """Parsed logfmt lines whose msg is `msg` (values unquoted, good enough here)."""
-        import shlex
-
-        out = []
-        for line in self.log().splitlines():
-            try:
-                pairs = dict(tok.split("=", 1) for tok in shlex.split(line) if "=" in tok)
-            except ValueError:
-                continue
-            if pairs.get("msg") == msg:
-                out.append(pairs)
-        return out
+        """Parsed logfmt lines whose msg is `msg`."""
+        return [f for f in map(parse_logfmt, self.log().splitlines()) if f.get("msg") == msg]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.popen.poll() is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +36,22 @@ def quick_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = render_manifests(dest, {"timing_profile": "quick"})
     assert result.returncode == 0, result.stdout
     return dest
+
+
+@contextlib.asynccontextmanager
+async def running_lab(
+    manifests: Path, mode_file: str, index: int, tmp_path: Path
+) -> AsyncIterator[LabCluster]:
+    """A lab (not yet started) writing tmp_path/events.jsonl; stopped and closed after."""
+    events = EventLog(tmp_path / "events.jsonl")
+    cluster = LabCluster(
+        Topology(index), Manifests.load(manifests, mode_file), tmp_path / "lab", events
+    )
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
+        events.close()
 
 
 def pod_like(ready: bool, terminating: bool, gone: bool = False) -> SimpleNamespace:
@@ -64,13 +82,9 @@ def test_improved_termination_keeps_established_and_refuses_new(
     events_path = tmp_path / "events.jsonl"
 
     async def scenario() -> dict:
-        events = EventLog(events_path)
-        topo = Topology(190)
-        cluster = LabCluster(
-            topo, Manifests.load(quick_manifests, "21-igw-improved.yaml"), tmp_path / "lab", events
-        )
         out: dict = {}
-        try:
+        async with running_lab(quick_manifests, "21-igw-improved.yaml", 190, tmp_path) as cluster:
+            topo = cluster.topology
             await cluster.start()
             await cluster.wait_ready(60)
             await asyncio.sleep(0.3)  # the NodePorts open on the next reconcile
@@ -98,9 +112,6 @@ def test_improved_termination_keeps_established_and_refuses_new(
                 except aiohttp.ClientConnectorError as exc:
                     out["after_closed"] = type(exc.os_error).__name__
                 await term
-        finally:
-            await cluster.stop()
-            events.close()
         return out
 
     out = asyncio.run(scenario())
@@ -130,11 +141,10 @@ def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path
     events_path = tmp_path / "events.jsonl"
 
     async def scenario() -> float:
-        events = EventLog(events_path)
-        topo = Topology(191)
-        cluster = LabCluster(
-            topo, Manifests.load(quick_manifests, "20-igw-current.yaml"), tmp_path / "lab", events
-        )
+        async with running_lab(quick_manifests, "20-igw-current.yaml", 191, tmp_path) as cluster:
+            return await terminate_slow_pod(cluster)
+
+    async def terminate_slow_pod(cluster: LabCluster) -> float:
         template = PodTemplate(
             "slow",
             {},
@@ -151,7 +161,7 @@ def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path
             ],
             1,
         )
-        pod = Pod(cluster, template, "slow-1", "worker1", topo.backend_pod_ip(9))
+        pod = Pod(cluster, template, "slow-1", "worker1", cluster.topology.backend_pod_ip(9))
         try:
             await pod.start()
             await asyncio.sleep(1)
@@ -160,8 +170,6 @@ def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path
             return time.monotonic() - started
         finally:
             await pod.kill()
-            await cluster.stop()
-            events.close()
 
     took = asyncio.run(scenario())
     k = by_kind(read_jsonl(events_path), "slow-1")
@@ -180,14 +188,13 @@ def test_liveness_failure_restarts_the_container(quick_manifests: Path, tmp_path
     events_path = tmp_path / "events.jsonl"
 
     async def scenario() -> int:
-        events = EventLog(events_path)
-        topo = Topology(192)
-        cluster = LabCluster(
-            topo, Manifests.load(quick_manifests, "21-igw-improved.yaml"), tmp_path / "lab", events
-        )
+        async with running_lab(quick_manifests, "21-igw-improved.yaml", 192, tmp_path) as cluster:
+            return await fault_and_wait(cluster)
+
+    async def fault_and_wait(cluster: LabCluster) -> int:
         hc = next(c for c in cluster.manifests.gateway.containers if c.name == "hc")
         template = PodTemplate("hc-only", {}, 5.0, [hc], 1)
-        pod = Pod(cluster, template, "hc-only-1", "worker1", topo.gateway_pod_ip(9))
+        pod = Pod(cluster, template, "hc-only-1", "worker1", cluster.topology.gateway_pod_ip(9))
         try:
             await pod.start()
             await asyncio.sleep(1)
@@ -205,8 +212,6 @@ def test_liveness_failure_restarts_the_container(quick_manifests: Path, tmp_path
             return pod.containers[0].restarts
         finally:
             await pod.kill()
-            await cluster.stop()
-            events.close()
 
     assert asyncio.run(scenario()) == 1
     kinds = [e["kind"] for e in read_jsonl(events_path) if e.get("pod") == "hc-only-1"]
