@@ -13,10 +13,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make test        install (apt, .venv) then lint and pytest"
 	@echo "make setup       install only"
-	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint"
-	@echo "make pytest      the test suite"
+	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint, import-linter (layers)"
+	@echo "make pytest      the test suite (PYTEST_ARGS='-m \"not e2e\"' for the fast loop)"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 	@echo "make experiment  every termination mode on the local lab, side by side, and a comparison"
+	@echo "                 (MODES=current,improved to choose)"
 
 setup: apt venv
 
@@ -33,10 +34,11 @@ apt:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Two distributions, both editable: the apps (apps/, what the images carry) and the lab.
+$(STAMP): pyproject.toml apps/pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e ./apps -e '.[dev]'
 	touch $(STAMP)
 
 lint: venv
@@ -45,9 +47,10 @@ lint: venv
 	git ls-files -co --exclude-standard '*.sh' .ci/run | xargs $(BIN)/shellcheck
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
+	$(BIN)/lint-imports
 
 pytest: venv
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # molecule calls ansible-playbook and friends by name: the venv's bin goes first on PATH.
 MOLECULE_SCENARIOS := haproxy manifests cluster_roles lab
@@ -57,7 +60,7 @@ molecule: venv
 test: setup lint pytest molecule
 
 experiment: setup
-	$(BIN)/python -m lab.run_all
+	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

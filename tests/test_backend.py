@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from conftest import Procs, http
+from helpers import Procs, http
 
 
 @pytest.mark.parametrize(

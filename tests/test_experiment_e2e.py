@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from conftest import ROOT, VENV_BIN
-from lab.events import read_jsonl
-from lab.experiment import new_run_dir
+from helpers import ROOT, VENV_BIN
+from lab.artifacts.events import read_jsonl
+from lab.artifacts.journal import SCHEMA_PATH
+from lab.artifacts.rundir import new_run_dir
 
-JOURNAL_KEYS = {"experiment", "status", "start", "end", "duration", "deviated", "run"}
 SUMMARY_KEYS = {
     "mode",
     "scenario",
@@ -30,6 +31,9 @@ SUMMARY_KEYS = {
 }
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]]:
     artifacts = tmp_path_factory.mktemp("artifacts")
@@ -37,7 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]
         [
             sys.executable,
             "-m",
-            "lab.run_all",
+            "lab.runners.all",
             "--first-lab-index",
             "180",
             "--artifacts",
@@ -90,8 +94,22 @@ def test_artifacts_are_complete(runs) -> None:
         for c in s["classes"].values():
             assert c["total"] == c["ok"] + c["failed"]
         journal = json.loads((run / "journal.json").read_text())
-        assert set(journal) >= JOURNAL_KEYS and journal["status"] == "completed"
-        assert journal["deviated"] is (s["cut_in_flight"] > 0)
+        jsonschema.validate(journal, json.loads(SCHEMA_PATH.read_text()))
+        assert journal["status"] == "completed" and journal["target"] == "local"
+        assert journal["hypothesis"]["met"] is (s["cut_in_flight"] == 0)
+        # every collector wrote its own file, and events.jsonl is their merge
+        collected = {p.name for p in (run / "collected").iterdir()}
+        assert {
+            "haproxy-lab-haproxy.jsonl",
+            "envoy.jsonl",
+            "pods.jsonl",
+            "kubelet.jsonl",
+            "endpointslices.jsonl",
+            "experiment.jsonl",
+        } <= collected, collected
+        assert len(read_jsonl(run / "events.jsonl")) == sum(
+            len(read_jsonl(p)) for p in (run / "collected").glob("*.jsonl")
+        )
         requests = read_jsonl(run / "requests.jsonl")
         assert len(requests) == sum(c["total"] for c in s["classes"].values())
         assert all("start_offset_ms" in r and "error" in r for r in requests)
@@ -106,6 +124,7 @@ def test_artifacts_are_complete(runs) -> None:
             ("haproxy", "health_check_log"),
         ]:
             assert needed in kinds, needed
+        assert ("prestop", "step") in kinds or mode == "current"
         page = (run / "report.html").read_text()
         assert "data:image/png;base64," in page and "<script" not in page
 

@@ -1,6 +1,6 @@
 """An interrupted run keeps what it wrote and says so in journal.json.
 
-A real run of `python -m lab.experiment` behind a real HAProxy (plain HTTP here, to
+A real run of `python -m lab.runners.local` behind a real HAProxy (plain HTTP here, to
 keep the test small), interrupted with SIGINT while the gateway pod terminates.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, render_manifests
-from lab.cluster import Topology
-from lab.events import read_jsonl
+from helpers import ROOT, render_manifests
+from lab.artifacts.events import read_jsonl
+from lab.localcluster.cluster import Topology
+from lab.model.registry import HAPROXY_BACKEND
 
 LAB = Topology(185)
 
@@ -38,8 +39,8 @@ defaults
     timeout check 500ms
 frontend plain
     bind {LAB.haproxy_ip}:18080
-    default_backend igw_nodeports
-backend igw_nodeports
+    default_backend {HAPROXY_BACKEND}
+backend {HAPROXY_BACKEND}
     option httpchk
     http-check send meth GET uri /health_check.html ver HTTP/1.1 hdr Host t
     http-check expect status 200
@@ -51,6 +52,7 @@ backend igw_nodeports
     return cfg
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests"
@@ -66,7 +68,7 @@ def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "lab.experiment",
+            "lab.runners.local",
             "--mode",
             "current",
             "--lab-index",

@@ -8,7 +8,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import DRAIN_SCRIPT, Proc, Procs, free_port, http
+from helpers import DRAIN_SCRIPT, Proc, Procs, free_port, http
 
 
 def run_drain(
@@ -69,7 +69,7 @@ def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Proc
 
 
 def test_the_seed_filter_never_reaches_zero(procs: Procs) -> None:
-    """FINDINGS: `downstream_rq_active|upstream_rq_active` counts the admin's own /stats."""
+    """docs/design.md: `downstream_rq_active|upstream_rq_active` counts the admin's own /stats."""
     backend = procs.backend()
     envoy = procs.envoy(backend)
     hc = procs.hc()

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Procs, http, run_app
+from helpers import Procs, http, run_app
 
 PROBES = ("/health_check.html", "/health", "/live")
 # seed 003 §4, per state: status of each probe path

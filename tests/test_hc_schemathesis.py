@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import VENV_BIN, Procs
+from helpers import VENV_BIN, Procs
 
 
 def run_schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from http.client import HTTPConnection
 
 import pytest
 
-from conftest import Procs, http, require_root_netns
+from helpers import Procs, http, require_root_netns
 
 
 def post_from(source: str, host: str, port: int, path: str) -> tuple[int, dict[str, object]]:

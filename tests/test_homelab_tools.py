@@ -1,100 +1,123 @@
-"""What of the homelab path runs without a cluster: the HAProxy poller against a real
-HAProxy, the event merge, playbook syntax, and the inventory preflight. Nothing here
-connects to the inventory's (example) addresses."""
+"""What of the homelab path runs without a cluster: the HAProxy collector (as the workers
+run it) against a real HAProxy, the event merge, playbook syntax, and the inventory
+preflight. Nothing here connects to the inventory's (example) addresses."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, Procs, free_port, http
-from lab.events import read_jsonl
-from lab.finalize import merge_events
+from helpers import ROOT, VENV_BIN, Procs, free_port, http
+from lab.artifacts.events import merge, read_jsonl
+from lab.collectors import haproxy as haproxy_collector
+from lab.model import registry
 
 PLAYBOOK = str(VENV_BIN / "ansible-playbook")
 
 
-def haproxy_config(tmp: Path, check_port: int, server_port: int) -> Path:
+def haproxy_config(tmp: Path, check_port: int, server_port: int, syslog: str) -> Path:
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(f"""
 global
     stats socket {tmp}/admin.sock mode 600 level admin
+    log {syslog} local0
 defaults
     mode http
+    log global
     timeout connect 1s
     timeout client 5s
     timeout server 5s
     timeout check 500ms
-backend igw_nodeports
+backend {registry.HAPROXY_BACKEND}
     option httpchk
     http-check send meth GET uri /health_check.html ver HTTP/1.1 hdr Host t
     http-check expect status 200
+    option log-health-checks
     server worker1 127.0.0.1:{server_port} check port {check_port} inter 200ms fall 2 rise 2
 """)
     return cfg
 
 
+def test_the_collector_default_backend_is_the_registry_name() -> None:
+    # the script cannot import the registry (it runs alone on the workers)
+    assert haproxy_collector.DEFAULT_BACKEND == registry.HAPROXY_BACKEND
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
-def test_haproxy_poll_records_state_changes(procs: Procs, tmp_path: Path) -> None:
+def test_haproxy_collector_runs_alone_and_records_states_and_log_lines(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """Copied out of the package and run by the system's python3 in isolated mode, as
+    the homelab playbook runs it on a worker: state changes from the runtime API and
+    log-health-checks lines over syslog; SIGTERM stops it at once, lines kept."""
     hc = procs.hc()
-    cfg = haproxy_config(tmp_path, hc.port, free_port())
+    syslog = f"127.0.0.1:{free_port()}"
+    cfg = haproxy_config(tmp_path, hc.port, free_port(), syslog)
     haproxy = subprocess.Popen(
         ["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    out = tmp_path / "poll.jsonl"
+    script = tmp_path / "copied" / "haproxy_collector.py"
+    script.parent.mkdir()
+    shutil.copy(ROOT / "lab" / "collectors" / "haproxy.py", script)
+    out = tmp_path / "haproxy-worker9.jsonl"
+    argv = [
+        "/usr/bin/python3",
+        "-I",
+        str(script),
+        f"--socket={tmp_path / 'admin.sock'}",
+        f"--syslog={syslog}",
+        "--lb=worker9",
+        "--seconds=60",
+        f"--out={out}",
+    ]
     try:
         time.sleep(1)
-        poller = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "lab" / "haproxy_poll.py"),
-                "--socket",
-                str(tmp_path / "admin.sock"),
-                "--seconds",
-                "3",
-                "--out",
-                str(out),
-            ]
-        )
-        time.sleep(0.8)
+        collector = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert collector.stdout is not None and collector.stdout.readline() == "collecting\n"
+        time.sleep(0.5)
         http("POST", hc.url + "/drain")
         http("POST", hc.url + "/close-lb")
-        assert poller.wait(10) == 0
+        time.sleep(1.5)
+        started = time.monotonic()
+        collector.terminate()
+        assert collector.wait(5) == 0
+        assert time.monotonic() - started < 2  # not the 60 s it was given
     finally:
         haproxy.terminate()
         haproxy.wait(10)
-    states = [
-        (e["server"], e["status"].split()[0])
-        for e in read_jsonl(out)
-        if e["kind"] == "server_state"
-    ]
+    events = read_jsonl(out)
+    assert {e["lb"] for e in events} == {"worker9"}
+    states = [(e["server"], e["status"].split()[0]) for e in events if e["kind"] == "server_state"]
     assert states[0] == ("worker1", "UP")
     assert ("worker1", "DOWN") in states
+    logs = [e["line"] for e in events if e["kind"] in ("health_check_log", "server_log")]
+    assert any("worker1" in line and "DOWN" in line for line in logs), logs
     # refuses to overwrite its output
-    again = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "lab" / "haproxy_poll.py"),
-            "--socket",
-            str(tmp_path / "admin.sock"),
-            "--seconds",
-            "0",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    again = subprocess.run(argv, capture_output=True, text=True)
     assert again.returncode != 0 and "FileExistsError" in again.stderr
 
 
-def test_merge_orders_events_and_marks_other_lbs(tmp_path: Path) -> None:
+def test_show_stat_is_read_as_csv() -> None:
+    text = (
+        "# pxname,svname,qcur,status,extra\n"
+        "igw_nodeports,FRONTEND,,OPEN,\n"
+        'igw_nodeports,worker1,0,"UP 1/2",x\n'
+        "igw_nodeports,worker2,0,DOWN,\n"
+        "other,worker1,0,UP,\n"
+    )
+    assert haproxy_collector.parse_show_stat(text, "igw_nodeports") == {
+        "worker1": "UP 1/2",
+        "worker2": "DOWN",
+    }
+    assert haproxy_collector.parse_show_stat("Unknown command\n", "igw_nodeports") == {}
+
+
+def test_merge_orders_every_collector_file_and_skips_a_cut_line(tmp_path: Path) -> None:
     collected = tmp_path / "collected"
     collected.mkdir()
     (collected / "haproxy-worker1.jsonl").write_text(
@@ -110,12 +133,12 @@ def test_merge_orders_events_and_marks_other_lbs(tmp_path: Path) -> None:
         + "\n"
         + '{"ts_ms": 40, "sou'
     )  # a line cut by an interrupted collector
-    assert merge_events(tmp_path, "worker1") == 3
+    assert merge(tmp_path) == 3
     merged = read_jsonl(tmp_path / "events.jsonl")
     assert [e["ts_ms"] for e in merged] == [10, 20, 30]
-    assert [e["kind"] for e in merged] == ["other_lb_server_state", "conditions", "server_state"]
+    assert [e.get("lb") for e in merged] == ["worker2", None, "worker1"]
     with pytest.raises(FileExistsError):
-        merge_events(tmp_path, "worker1")
+        merge(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -16,18 +16,14 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from conftest import Procs, free_port, render_manifests
-from lab.cluster import (
-    ContainerSpec,
-    LabCluster,
-    Manifests,
-    Pod,
-    PodTemplate,
-    Topology,
-    local_endpoints,
-)
-from lab.envoy_bootstrap import Upstream, gateway_bootstrap
-from lab.events import EventLog, read_jsonl
+from helpers import Procs, free_port, render_manifests
+from lab.artifacts.events import CollectedDir, merge, read_jsonl
+from lab.collectors.podlogs import event_from_line
+from lab.localcluster.cluster import LabCluster, Topology
+from lab.localcluster.envoy_bootstrap import Upstream, gateway_bootstrap
+from lab.localcluster.kubelet import Pod, program_for
+from lab.localcluster.kubeproxy import local_endpoints
+from lab.localcluster.manifests import ContainerSpec, Manifests, PodTemplate
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +38,39 @@ def quick_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def running_lab(
     manifests: Path, mode_file: str, index: int, tmp_path: Path
 ) -> AsyncIterator[LabCluster]:
-    """A lab (not yet started) writing tmp_path/events.jsonl; stopped and closed after."""
-    events = EventLog(tmp_path / "events.jsonl")
+    """A lab (not yet started) whose collected events end up merged in
+    tmp_path/events.jsonl, as a run's do; stopped and closed after."""
+    collected = CollectedDir(tmp_path)
+    pods = collected.log("pods")
+
+    def on_line(pod: str, container: str, line: str) -> None:
+        if (found := event_from_line(pod, container, line)) is not None:
+            pods.write(found)
+
     cluster = LabCluster(
-        Topology(index), Manifests.load(manifests, mode_file), tmp_path / "lab", events
+        Topology(index), Manifests.load(manifests, mode_file), tmp_path / "lab", collected, on_line
     )
     try:
         yield cluster
     finally:
         await cluster.stop()
-        events.close()
+        collected.close()
+        merge(tmp_path)
 
 
 def pod_like(ready: bool, terminating: bool, gone: bool = False) -> SimpleNamespace:
     return SimpleNamespace(
         ready=ready, terminating=terminating, terminated=SimpleNamespace(is_set=lambda: gone)
     )
+
+
+def test_images_map_to_programs_explicitly() -> None:
+    assert program_for("docker.io/istio/proxyv2:1.30.3") == "istio-proxy"
+    assert program_for("localhost/igw-hc:0.1.0") == "hc"
+    assert program_for("localhost/igw-backend@sha256:00") == "backend"
+    # no sniffing: an image that merely contains a known word is refused, naming it
+    with pytest.raises(ValueError, match="my-hc-backend"):
+        program_for("registry.example/my-hc-backend:1")
 
 
 def test_local_policy_prefers_ready_then_serving_terminating() -> None:
@@ -241,7 +254,7 @@ def test_pilot_agent_exit_on_zero_active_connections(procs: Procs, tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "lab.pilot_agent",
+            "lab.localcluster.pilot_agent",
             "--config",
             str(config),
             "--admin",

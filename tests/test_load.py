@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from conftest import free_port
-from lab.load import RequestRecord, classify, fetch, new_session
+from helpers import free_port
+from lab.load.driver import RequestRecord, classify, fetch, new_session
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

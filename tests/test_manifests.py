@@ -12,12 +12,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT
-from conftest import render_manifests as render
+from helpers import ROOT
+from helpers import render_manifests as render
 
 #: The Kubernetes version the manifests are validated against (kubeadm homelab).
 K8S_VERSION = "1.34.0"
-ISTIO_CRDS = ROOT.parent / "shared" / "istio" / "crd-all.gen.yaml"
+ISTIO_CRDS = ROOT / "tests" / "data" / "istio" / "gateway-virtualservice-crds.yaml"
 SEED_FILES = [
     "00-namespace.yaml",
     "10-backend.yaml",

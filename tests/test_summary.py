@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.summary import in_flight_at, summarize, verdict
+from lab.analysis.summary import in_flight_at, summarize, verdict
 
 T = 1_000_000.0  # termination, ms
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab import timing
+from lab.model import timing
 
 
 def names(overrides: dict[str, object], profile: str = "seed") -> dict[str, str]:
@@ -104,7 +104,7 @@ def test_unknown_profile_lists_the_valid_ones() -> None:
 def test_protected_per_path() -> None:
     seed = timing.protected_by_path(timing.derive("seed"))
     # the backend path protects the seed's 300 s; a gateway termination at most its
-    # drain window (FINDINGS): the improved poll gives up at DRAIN_TIMEOUT 120
+    # drain window (docs/design.md): the improved poll gives up at DRAIN_TIMEOUT 120
     assert seed["backend"]["longest_s"] == 300
     assert seed["gateway_improved"]["longest_s"] == 120
     assert seed["gateway_current"]["longest_s"] == 0

@@ -10,7 +10,7 @@
 #   [6] POST hc /close              CLOSING -> CLOSED: readiness fails, endpoint removed
 #   [7] done
 #
-# Fixed here, from shared/FINDINGS.md:
+# Fixed here, from docs/design.md:
 # - The seed's filter `downstream_rq_active|upstream_rq_active` also matches the admin
 #   listener's own /stats request (http.admin.downstream_rq_active is 1 while /stats is
 #   answered) and cluster.*.upstream_rq_active_overflow, so its sum never reached 0
@@ -101,7 +101,7 @@ do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/drain" || true
 
 # [2] graceful listener drain. skip_exit keeps the listeners after --drain-time-s
 # (the LB may still send requests here, see above); Envoy itself never exits on a
-# drain (FINDINGS), pilot-agent stops it after terminationDrainDuration.
+# drain (docs/design.md), pilot-agent stops it after terminationDrainDuration.
 do_curl 2 "$CURL_MAX_TIME" -X POST "${ENVOY_ADMIN}/drain_listeners?graceful&skip_exit" || true
 
 # [3] wait for zero in-flight requests on the gateway's data plane.

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab.model.registry import HAPROXY_BACKEND
+
 VARS = yaml.safe_load(
     (
         Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).parents[1]))
@@ -42,7 +44,7 @@ def runtime_api(command: str) -> str:
 def server_status(name: str = "worker1") -> str:
     for line in runtime_api("show stat").splitlines():
         fields = line.split(",")
-        if len(fields) > 17 and fields[0] == "igw_nodeports" and fields[1] == name:
+        if len(fields) > 17 and fields[0] == HAPROXY_BACKEND and fields[1] == name:
             return fields[17]
     raise AssertionError("server not in show stat")
 

@@ -12,7 +12,10 @@ import pytest
 import yaml
 
 OUT = Path("/tmp/molecule-manifests")
-CRDS = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]).parent / "shared/istio/crd-all.gen.yaml"
+CRDS = (
+    Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    / "tests/data/istio/gateway-virtualservice-crds.yaml"
+)
 
 
 def objects(profile: str) -> list[dict]:

@@ -1,43 +1,44 @@
-"""Ansible filters over the project's timing model (lab/timing.py, the one source).
+"""Ansible filters over the project's model (lab.model: the timing budget and the
+registry of modes and scenarios), the one source of both.
 
-Loaded by path, so any Python that runs Ansible can use it, installed project or not.
+The model is imported from the installed project (`make setup` installs it into
+.venv/), so run the venv's ansible-playbook.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-_MODEL = Path(__file__).resolve().parents[3] / "lab" / "timing.py"
-
-
-def _model() -> ModuleType:
-    name = "igw_timing_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _MODEL)
-        if spec is None or spec.loader is None:
-            raise AnsibleFilterError(f"timing model not found at {_MODEL}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+try:
+    from lab.model import registry, timing
+except ImportError as exc:  # pragma: no cover - depends on how Ansible was started
+    raise AnsibleFilterError(
+        f"the project's model is not importable ({exc}): run `make setup` and use "
+        ".venv/bin/ansible-playbook"
+    ) from exc
 
 
 def igw_timing_report(profile: str, overrides: dict | None = None) -> dict:
     """{profile, numbers, violations[{rule, message}], protected} for a profile + overrides."""
-    model = _model()
     try:
-        return model.report(profile, overrides or {})
-    except model.TimingInputError as exc:
+        return timing.report(profile, overrides or {})
+    except timing.TimingInputError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
 
 def igw_haproxy_duration(seconds: float) -> str:
-    return _model().haproxy_duration(seconds)
+    return timing.haproxy_duration(seconds)
+
+
+def igw_registry(key: str) -> Any:
+    """One part of the registry: `modes`, `mode_files`, `scenarios`, `haproxy_backend`,
+    or `profiles` (the timing profiles' names)."""
+    data = {**registry.as_dict(), "profiles": list(timing.PROFILES)}
+    if key not in data:
+        raise AnsibleFilterError(f"igw_registry: {key!r} is not one of: {', '.join(data)}")
+    return data[key]
 
 
 class FilterModule:
@@ -45,4 +46,5 @@ class FilterModule:
         return {
             "igw_timing_report": igw_timing_report,
             "igw_haproxy_duration": igw_haproxy_duration,
+            "igw_registry": igw_registry,
         }

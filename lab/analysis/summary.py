@@ -55,6 +55,8 @@ def summarize(
         source="haproxy",
         kind="server_state",
         server=node,
+        # the LB the load went through; the local lab's collector names it too
+        lb=lambda name: name in (None, meta.get("lb")),
         status=lambda s: isinstance(s, str) and s.startswith(("DOWN", "NOLB", "MAINT")),
     )
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]

@@ -1,6 +1,6 @@
 """A stand-in for Istio's pilot-agent: runs Envoy and owns its termination.
 
-What it models (FINDINGS; istio pkg/envoy/agent.go): Envoy itself exits at once on
+What it models (docs/design.md; istio pkg/envoy/agent.go): Envoy itself exits at once on
 SIGTERM, so pilot-agent traps SIGTERM, calls Envoy's `POST /drain_listeners?graceful`,
 then waits `terminationDrainDuration` and kills Envoy. With
 EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true it waits MINIMUM_DRAIN_DURATION instead and then
@@ -8,9 +8,9 @@ polls the listeners' downstream_cx_active every second, exiting at zero. It also
 the status port's /healthz/ready from Envoy's /ready, as pilot-agent does on 15021.
 
 What it leaves out: xDS, certificates, iptables; the Envoy config is a static bootstrap
-generated from the rendered Gateway and VirtualService (lab/envoy_bootstrap.py).
+generated from the rendered Gateway and VirtualService (envoy_bootstrap.py).
 
-    python -m lab.pilot_agent --config envoy.json --admin http://IP:15000 \
+    python -m lab.localcluster.pilot_agent --config envoy.json --admin http://IP:15000 \
         --status IP:15021 --drain-time-s 20 --termination-drain-s 20
 """
 
@@ -33,17 +33,17 @@ from .envoy_bootstrap import envoy_args
 
 async def active_connections(session: aiohttp.ClientSession, admin: str) -> int | None:
     """Sum of listener downstream_cx_active, skipping per-worker and admin listeners."""
+    params = {"format": "json", "filter": "^listener\\..*downstream_cx_active$"}
     try:
-        async with session.get(f"{admin}/stats", params={"filter": "downstream_cx_active$"}) as r:
-            text = await r.text()
-    except (aiohttp.ClientError, TimeoutError):
+        async with session.get(f"{admin}/stats", params=params) as r:
+            doc = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    total = 0
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        if name.startswith("listener.") and ".worker_" not in name and "admin" not in name:
-            total += int(value)
-    return total
+    return sum(
+        int(s["value"])
+        for s in doc.get("stats", [])
+        if ".worker_" not in s["name"] and "admin" not in s["name"]
+    )
 
 
 async def run(args: argparse.Namespace) -> int:

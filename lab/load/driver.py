@@ -1,8 +1,8 @@
 """The load driver: long and short requests through the LB, one JSON line per request.
 
-The `inflight` scenario is the seed's S1: K long requests (`/sleep` and `/stream`) in
-flight when the termination begins, plus short requests at a fixed rate before,
-during and after it. Each request is recorded with its start, first byte and end (wall
+The `inflight` scenario (lab.model.plan) is the seed's S1: K long requests (`/sleep` and
+`/stream`) in flight when the termination begins, plus short requests at a fixed rate
+before, during and after it. Each request is recorded with its start, first byte and end (wall
 clock, ms), their offsets from the termination, the status, bytes and chunks received,
 and an error kind: refused, reset, timeout, truncated, 5xx (or 4xx, other).
 """
@@ -21,28 +21,10 @@ from typing import IO, Any
 
 import aiohttp
 
-from .events import now_ms
+from ..artifacts.events import now_ms
+from ..model.plan import InflightScenario
 
 ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
-
-
-@dataclass(frozen=True, slots=True)
-class InflightScenario:
-    """Seed S1. Durations in seconds; the long requests start `lead_s` before the
-    termination and last `long_s`, which the caller sizes from the timing model."""
-
-    long_s: int
-    sleep_count: int = 4
-    stream_count: int = 2
-    stream_interval_ms: int = 500
-    short_rate_per_s: float = 20.0
-    warmup_s: float = 3.0
-    lead_s: float = 2.0
-    tail_s: float = 3.0
-
-    @property
-    def stream_chunks(self) -> int:
-        return max(1, int(self.long_s * 1000 / self.stream_interval_ms))
 
 
 @dataclass(slots=True)

@@ -1,26 +1,28 @@
 """report.html: one self-contained page per run (base64 PNG, no JavaScript), and a
 comparison across runs.
 
-    python -m lab.report compare artifacts/<run> artifacts/<run> ...   # table + comparison.html
+    # the table, and a comparison page beside the runs
+    python -m lab.analysis.report compare artifacts/<run> artifacts/<run> ...
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .events import read_jsonl
+from ..artifacts.events import read_jsonl
+from ..artifacts.rundir import utc_stamp
 from .summary import verdict
 
 OUTCOME_COLOURS = {
@@ -150,12 +152,13 @@ def figure(
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _table(rows: list[list[Any]], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+def _templates() -> jinja2.Environment:
+    # autoescape: pod names, notes and error details come from the run, not from us
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lab.analysis", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
@@ -190,12 +193,6 @@ COMPARISON_HEADER = [
     "to pod gone (s)",
 ]
 
-STYLE = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:"
-    "collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-    "pre{background:#f6f6f6;padding:1em}"
-)
-
 
 def text_table(summaries: list[dict[str, Any]]) -> str:
     rows = [COMPARISON_HEADER, *([str(c) for c in r] for r in comparison_rows(summaries))]
@@ -207,21 +204,21 @@ def write_run_report(run_dir: Path) -> Path:
     records = read_jsonl(run_dir / "requests.jsonl")
     events = read_jsonl(run_dir / "events.jsonl")
     summary = json.loads((run_dir / "summary.json").read_text())
-    t_ms = json.loads((run_dir / "journal.json").read_text())["termination_ms"]
-    png = figure(records, events, summary, t_ms)
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>{html.escape(summary["mode"])} — {html.escape(summary["scenario"])}</title>
-<style>{STYLE}</style></head><body>
-<h1>{html.escape(verdict(summary))}</h1>
-<p>Scenario <b>{html.escape(summary["scenario"])}</b>,
-profile <b>{html.escape(summary["profile"])}</b>,
-terminated pod <code>{html.escape(summary["terminated_pod"])}</code>.</p>
-<ul>{notes}</ul>
-{_table(comparison_rows([summary]), COMPARISON_HEADER)}
-<h2>Timeline</h2><img alt="timeline" src="data:image/png;base64,{png}" style="width:100%">
-<h2>summary.json</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre>
-</body></html>"""
+    journal = json.loads((run_dir / "journal.json").read_text())
+    t_ms = journal["termination_ms"]
+    page = (
+        _templates()
+        .get_template("run.html.j2")
+        .render(
+            summary=summary,
+            verdict=verdict(summary),
+            target=journal["target"],
+            header=COMPARISON_HEADER,
+            rows=comparison_rows([summary]),
+            png=figure(records, events, summary, t_ms),
+            summary_json=json.dumps(summary, indent=2),
+        )
+    )
     path = run_dir / "report.html"
     with path.open("x", encoding="utf-8") as f:
         f.write(page)
@@ -241,13 +238,19 @@ def write_comparison(run_dirs: list[Path], out: Path) -> tuple[str, Path]:
             x_range=(-6, 30),
         )
         sections.append(
-            f'<h2>{html.escape(verdict(s))}</h2><p><a href="{d.name}/report.html">'
-            f'{html.escape(d.name)}</a></p><img alt="{html.escape(s["mode"])}" '
-            f'src="data:image/png;base64,{png}" style="width:100%">'
+            {
+                "verdict": verdict(s),
+                "href": f"{d.name}/report.html",
+                "name": d.name,
+                "mode": s["mode"],
+                "png": png,
+            }
         )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Comparison</title>
-<style>{STYLE}</style></head><body><h1>Which termination order cuts in-flight requests?</h1>
-{_table(comparison_rows(summaries), COMPARISON_HEADER)}{"".join(sections)}</body></html>"""
+    page = (
+        _templates()
+        .get_template("comparison.html.j2")
+        .render(header=COMPARISON_HEADER, rows=comparison_rows(summaries), sections=sections)
+    )
     with out.open("x", encoding="utf-8") as f:
         f.write(page)
     return text_table(summaries), out
@@ -264,11 +267,7 @@ def main() -> int:
     if missing:
         print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
         return 2
-    from datetime import UTC, datetime
-
-    out = args.out or args.runs[0].parent / (
-        f"comparison-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.html"
-    )
+    out = args.out or args.runs[0].parent / f"comparison-{utc_stamp()}.html"
     table, path = write_comparison(args.runs, out)
     print(table)
     print(f"\ncomparison report: {path}")

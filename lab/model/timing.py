@@ -23,7 +23,7 @@ PROFILES: dict[str, dict[str, float]] = {
         "envoy_drain_s": 150,
         # Not in the seed (Istio's default drainDuration is 45 s): pilot-agent's own
         # drain_listeners?graceful stops the listeners after --drain-time-s, while the
-        # LB may still route here until DOWN (FINDINGS). Rendered as drainDuration.
+        # LB may still route here until DOWN (docs/design.md). Rendered as drainDuration.
         "envoy_listener_drain_s": 150,
         "gateway_grace_margin_s": 60,
         "current_prestop_sleep_s": 30,
@@ -179,7 +179,7 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
     vs_timeout = pinned.get("vs_timeout_s", backend_grace)
     # The backend lets in-flight requests run this long after SIGTERM.
     shutdown_timeout = pinned.get("backend_shutdown_timeout_s", i["longest_request_s"])
-    # Debian's default `timeout server 50000` would 504 long requests (FINDINGS).
+    # Debian's default `timeout server 50000` would 504 long requests (docs/design.md).
     haproxy_timeout_server = pinned.get(
         "haproxy_timeout_server_s", vs_timeout + i["haproxy_timeout_server_margin_s"]
     )
@@ -327,7 +327,7 @@ def protected_by_path(b: Budget) -> dict[str, dict[str, object]]:
             "longest_s": min(i["drain_timeout_s"], i["envoy_drain_s"]),
             "why": "the poll waits for zero only until DRAIN_TIMEOUT, then the LB DOWN with "
             "shutdown-sessions cuts what is left; pilot-agent kills Envoy at "
-            "terminationDrainDuration whatever the backend's grace (FINDINGS)",
+            "terminationDrainDuration whatever the backend's grace (docs/design.md)",
         },
     }
 

@@ -1,0 +1,299 @@
+"""kubelet's part of the local lab: containers with their probes, restarts, and the
+graceful termination of a pod (see the package docstring for what is modelled)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from .manifests import ContainerSpec, PodTemplate, Probe
+
+PY = sys.executable
+#: The image's repository name -> the program the lab runs for it (by role; the
+#: istio-proxy program needs the cluster, see LabCluster.proxy_argv).
+PROGRAMS = {
+    "proxyv2": "istio-proxy",
+    "igw-hc": "hc",
+    "igw-backend": "backend",
+}
+#: The drain script installed with the hc package (the image's /opt/hc/graceful-drain.sh).
+DRAIN_SCRIPT = Path(str(resources.files("hc") / "graceful-drain.sh"))
+IMAGE_DRAIN_SCRIPT = "/opt/hc/graceful-drain.sh"
+
+
+def program_for(image: str) -> str:
+    """`docker.io/istio/proxyv2:1.30.3` -> `istio-proxy`; an unknown image is an error."""
+    repo = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    if repo not in PROGRAMS:
+        known = ", ".join(sorted(PROGRAMS))
+        raise ValueError(f"the lab has no program for image {image!r} (known: {known})")
+    return PROGRAMS[repo]
+
+
+if TYPE_CHECKING:
+    from .cluster import LabCluster
+
+
+@dataclass
+class Container:
+    spec: ContainerSpec
+    pod: Pod
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    restarts: int = 0
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class Pod:
+    def __init__(
+        self, cluster: LabCluster, template: PodTemplate, name: str, node: str, ip: str
+    ) -> None:
+        self.cluster = cluster
+        self.template = template
+        self.name = name
+        self.node = node
+        self.ip = ip
+        self.labels = template.labels
+        self.terminating = False
+        self.terminated = asyncio.Event()
+        self.containers = [Container(c, self) for c in template.containers]
+        self.hooks: list[asyncio.subprocess.Process] = []
+        self.hook_tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        """All containers pass readiness (a probe-less container: while it runs)."""
+        return all(c.ready for c in self.containers)
+
+    def env(self, c: ContainerSpec) -> dict[str, str]:
+        """The container env with fieldRefs resolved (Downward API) and the pod loopback."""
+        refs = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.cluster.namespace,
+            "status.podIP": self.ip,
+            "status.hostIP": self.cluster.node_ip(self.node),
+            "spec.nodeName": self.node,
+            "spec.serviceAccountName": self.template.deployment,
+        }
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1"}
+        for e in c.env:
+            if "value" in e:
+                env[e["name"]] = str(e["value"])
+            else:
+                env[e["name"]] = refs.get(e["valueFrom"]["fieldRef"]["fieldPath"], "")
+        if env.get("HC_ADDR", "").startswith(":"):
+            env["HC_ADDR"] = self.ip + env["HC_ADDR"]  # ":port" = every interface of the pod
+        return env
+
+    def argv(self, c: ContainerSpec) -> list[str]:
+        program = program_for(c.image)
+        if program == "istio-proxy":
+            return self.cluster.proxy_argv(self)
+        return [PY, "-m", program]
+
+    async def start(self) -> None:
+        for c in self.containers:
+            await self._start_container(c)
+
+    async def _start_container(self, c: Container) -> None:
+        env = self.env(c.spec)
+        if program_for(c.spec.image) == "backend":
+            env["BIND_HOST"] = self.ip
+        log = self.cluster.lab_dir / "logs" / f"{self.name}.{c.spec.name}.log"
+        c.proc = await asyncio.create_subprocess_exec(
+            *self.argv(c.spec),
+            env=env,
+            cwd=self.cluster.lab_dir,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        c.ready = c.spec.readiness is None
+        self.cluster.kubelet_events.emit(
+            "kubelet", "container_started", pod=self.name, container=c.spec.name, pid=c.proc.pid
+        )
+        c.tasks = [asyncio.create_task(self.cluster.pump(c.proc, log, self.name, c.spec.name))]
+        if c.spec.readiness:
+            c.tasks.append(asyncio.create_task(self._probe(c, c.spec.readiness, "readiness")))
+        if c.spec.liveness:
+            c.tasks.append(asyncio.create_task(self._probe(c, c.spec.liveness, "liveness")))
+        c.tasks.append(asyncio.create_task(self._watch_exit(c)))
+
+    async def _watch_exit(self, c: Container) -> None:
+        assert c.proc is not None
+        code = await c.proc.wait()
+        c.ready = False
+        self.cluster.kubelet_events.emit(
+            "kubelet", "container_exited", pod=self.name, container=c.spec.name, code=code
+        )
+
+    async def _probe(self, c: Container, probe: Probe, kind: str) -> None:
+        failures = 0
+        url = f"http://{self.ip}:{probe.port}{probe.path}"
+        timeout = aiohttp.ClientTimeout(total=1)
+        while c.running:
+            await asyncio.sleep(probe.period_s)
+            try:
+                async with self.cluster.http.get(url, timeout=timeout) as r:
+                    ok = 200 <= r.status < 400
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            failures = 0 if ok else failures + 1
+            if kind == "readiness":
+                was = c.ready
+                c.ready = ok or (c.ready and failures < probe.failure_threshold)
+                if c.ready != was:
+                    self.cluster.kubelet_events.emit(
+                        "kubelet", "readiness", pod=self.name, container=c.spec.name, ready=c.ready
+                    )
+            elif failures >= probe.failure_threshold and c.running:
+                self.cluster.kubelet_events.emit(
+                    "kubelet",
+                    "liveness_failed",
+                    pod=self.name,
+                    container=c.spec.name,
+                    terminating=self.terminating,
+                )
+                if not self.terminating:  # kubelet restarts nothing in a terminating pod
+                    await self._restart(c)
+                return
+
+    async def _restart(self, c: Container) -> None:
+        self._signal(c, signal.SIGKILL)
+        assert c.proc is not None
+        await c.proc.wait()
+        c.restarts += 1
+        await self._start_container(c)
+
+    def _signal(self, c: Container, sig: signal.Signals) -> None:
+        """SIGTERM goes to the container's main process only (its PID 1: pilot-agent,
+        not Envoy); SIGKILL takes the whole container, as the runtime kills the cgroup."""
+        if c.running:
+            assert c.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                if sig == signal.SIGKILL:
+                    os.killpg(c.proc.pid, sig)
+                else:
+                    os.kill(c.proc.pid, sig)
+
+    def hook_env_and_argv(self, c: ContainerSpec) -> tuple[dict[str, str], list[str]]:
+        assert c.prestop is not None
+        env = self.env(c)
+        # the pod's loopback is its pod IP here; preStop output is captured by the lab
+        env.update(
+            HC_URL=f"http://{self.ip}:18180", ENVOY_ADMIN=f"http://{self.ip}:15000", LOG_MIRROR=""
+        )
+        argv = [
+            a.replace("127.0.0.1", self.ip).replace(IMAGE_DRAIN_SCRIPT, str(DRAIN_SCRIPT))
+            for a in c.prestop
+        ]
+        return env, argv
+
+    async def terminate(self) -> None:
+        """kubelet's graceful deletion of this pod."""
+        ev = self.cluster.kubelet_events
+        self.terminating = True
+        ev.emit("kubelet", "pod_terminating", pod=self.name, grace_s=self.template.grace_s)
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + self.template.grace_s
+        kill_at = {"t": grace_end}
+
+        async def stop(c: Container) -> None:
+            if c.spec.prestop:
+                env, argv = self.hook_env_and_argv(c.spec)
+                ev.emit("kubelet", "prestop_started", pod=self.name, container=c.spec.name)
+                hook = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=env,
+                    cwd=self.cluster.lab_dir,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                self.hooks.append(hook)
+                log = self.cluster.lab_dir / "logs" / f"{self.name}.{c.spec.name}.prestop.log"
+                pump = asyncio.create_task(self.cluster.pump(hook, log, self.name, "prestop"))
+                self.hook_tasks.append(pump)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hook.wait(), max(grace_end - loop.time(), 0))
+                if hook.returncode is None:
+                    # the hook outlived the grace period: kubelet grants a one-off 2 s
+                    # extension, then stops the container anyway (pod lifecycle docs)
+                    kill_at["t"] = grace_end + 2
+                    ev.emit(
+                        "kubelet",
+                        "prestop_overran",
+                        pod=self.name,
+                        container=c.spec.name,
+                        extension_s=2,
+                    )
+                else:
+                    await asyncio.wait({pump}, timeout=1)
+                    ev.emit(
+                        "kubelet",
+                        "prestop_finished",
+                        pod=self.name,
+                        container=c.spec.name,
+                        code=hook.returncode,
+                    )
+            if c.running:
+                ev.emit("kubelet", "sigterm", pod=self.name, container=c.spec.name)
+                self._signal(c, signal.SIGTERM)
+            if c.proc is not None:
+                while c.proc.returncode is None and loop.time() < kill_at["t"]:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(c.proc.wait(), max(kill_at["t"] - loop.time(), 0))
+
+        await asyncio.gather(*(stop(c) for c in self.containers))
+        if self._kill_hooks():
+            ev.emit("kubelet", "prestop_killed", pod=self.name)
+        for c in self.containers:
+            if c.running:
+                ev.emit(
+                    "kubelet",
+                    "sigkill",
+                    pod=self.name,
+                    container=c.spec.name,
+                    reason="terminationGracePeriodSeconds",
+                )
+                self._signal(c, signal.SIGKILL)
+                assert c.proc is not None
+                await c.proc.wait()
+        ev.emit("kubelet", "pod_terminated", pod=self.name)
+        self.terminated.set()
+
+    def _kill_hooks(self) -> bool:
+        """SIGKILL every preStop hook still running; True if there was one."""
+        running = [hook for hook in self.hooks if hook.returncode is None]
+        for hook in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(hook.pid, signal.SIGKILL)
+        return bool(running)
+
+    async def kill(self) -> None:
+        """Stop everything at once (end of a run), reaping every process and pipe."""
+        self._kill_hooks()
+        for hook in self.hooks:
+            await hook.wait()
+        for c in self.containers:
+            self._signal(c, signal.SIGKILL)
+            if c.proc is not None:
+                await c.proc.wait()
+        tasks = self.hook_tasks + [t for c in self.containers for t in c.tasks]
+        for t in tasks:
+            if not t.done() and t.get_coro().__name__ != "pump":
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,135 @@
+"""The rendered manifests, read as the local lab needs them: each pod template's
+containers, probes, env and preStop, the ports, the route timeout and PROXY_CONFIG."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    path: str
+    port: int
+    period_s: float
+    failure_threshold: int
+
+    @classmethod
+    def from_manifest(cls, probe: dict[str, Any] | None) -> Probe | None:
+        if not probe:
+            return None
+        return cls(
+            probe["httpGet"]["path"],
+            int(probe["httpGet"]["port"]),
+            float(probe.get("periodSeconds", 10)),
+            int(probe.get("failureThreshold", 3)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    image: str
+    env: list[dict[str, Any]]
+    readiness: Probe | None
+    liveness: Probe | None
+    prestop: list[str] | None
+
+    @classmethod
+    def from_manifest(cls, c: dict[str, Any]) -> ContainerSpec:
+        hook = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
+        return cls(
+            c["name"],
+            c["image"],
+            c.get("env", []),
+            Probe.from_manifest(c.get("readinessProbe")),
+            Probe.from_manifest(c.get("livenessProbe")),
+            list(hook) if hook else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PodTemplate:
+    deployment: str
+    labels: dict[str, str]
+    grace_s: float
+    containers: list[ContainerSpec]
+    replicas: int
+
+    @classmethod
+    def from_deployment(cls, doc: dict[str, Any]) -> PodTemplate:
+        tpl = doc["spec"]["template"]
+        return cls(
+            doc["metadata"]["name"],
+            dict(tpl["metadata"].get("labels", {})),
+            float(tpl["spec"].get("terminationGracePeriodSeconds", 30)),
+            [ContainerSpec.from_manifest(c) for c in tpl["spec"]["containers"]],
+            int(doc["spec"].get("replicas", 1)),
+        )
+
+
+@dataclass
+class Manifests:
+    """The objects of one rendered mode: what the lab needs from each."""
+
+    gateway: PodTemplate
+    backend: PodTemplate
+    backend_port: int
+    gateway_port: int
+    route_timeout_s: float
+    node_ports: dict[int, int]  # nodePort -> targetPort
+    proxy_config: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: Path, mode_file: str) -> Manifests:
+        docs: list[dict[str, Any]] = []
+        for name in (
+            "10-backend.yaml",
+            mode_file,
+            "22-igw-service.yaml",
+            "30-gateway.yaml",
+            "31-virtualservice.yaml",
+        ):
+            docs += [d for d in yaml.safe_load_all((directory / name).read_text()) if d]
+
+        def one(kind: str, pred: Callable[[dict[str, Any]], bool] = lambda d: True) -> dict:
+            return next(d for d in docs if d["kind"] == kind and pred(d))
+
+        gw_deploy = one("Deployment", lambda d: "mode" in d["metadata"].get("labels", {}))
+        be_deploy = one("Deployment", lambda d: "mode" not in d["metadata"].get("labels", {}))
+        be_svc = one("Service", lambda d: d["spec"].get("type", "ClusterIP") == "ClusterIP")
+        gw_svc = one("Service", lambda d: d["spec"].get("type") == "NodePort")
+        gateway = one("Gateway")
+        vs = one("VirtualService")
+        proxy = next(
+            c
+            for c in gw_deploy["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "istio-proxy"
+        )
+        proxy_config = json.loads(
+            next(e["value"] for e in proxy["env"] if e["name"] == "PROXY_CONFIG")
+        )
+        return cls(
+            gateway=PodTemplate.from_deployment(gw_deploy),
+            backend=PodTemplate.from_deployment(be_deploy),
+            backend_port=int(be_svc["spec"]["ports"][0]["targetPort"]),
+            gateway_port=int(gateway["spec"]["servers"][0]["port"]["number"]),
+            route_timeout_s=seconds(vs["spec"]["http"][0]["timeout"]),
+            node_ports={int(p["nodePort"]): int(p["targetPort"]) for p in gw_svc["spec"]["ports"]},
+            proxy_config=proxy_config,
+        )
+
+
+def seconds(duration: str) -> float:
+    if duration.endswith("ms"):
+        return float(duration[:-2]) / 1000
+    if duration.endswith("s"):
+        return float(duration[:-1])
+    if duration.endswith("m"):
+        return float(duration[:-1]) * 60
+    raise ValueError(f"duration {duration!r}: expected e.g. 150s")

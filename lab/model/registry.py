@@ -1,0 +1,111 @@
+"""The one registry of termination modes and load scenarios, and the names every part
+of the project shares (the HAProxy backend, the gateway's listener stat).
+
+The roles read it through the `timing` role's filter plugin (`igw_registry`), the
+playbooks through the same plugin, the Python code by import. Adding a mode is one
+entry here plus its template delta in `roles/manifests/templates/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+#: HAProxy's backend of gateway NodePorts: the haproxy role's config, the collectors'
+#: `show stat` filter and the runners all use this name.
+HAPROXY_BACKEND = "igw_nodeports"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePaths:
+    """hc's paths each observer checks: HAProxy, kubelet readiness, kubelet liveness."""
+
+    lb: str
+    readiness: str
+    liveness: str
+
+
+@dataclass(frozen=True, slots=True)
+class LbSettings:
+    """What HAProxy must do for the mode's order to hold."""
+
+    shutdown_sessions: bool
+    disable_on_404: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str
+    manifest: str  # the gateway Deployment's file in manifests/
+    summary: str
+    probes: ProbePaths
+    prestop: str  # "fail-and-sleep" (current) or "graceful-drain" (graceful-drain.sh)
+    lb: LbSettings
+    protected_path: str  # key of timing.protected_by_path()
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    summary: str
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode(
+            name="current",
+            manifest="20-igw-current.yaml",
+            summary="one probe path for all observers, failed at once by the preStop",
+            probes=ProbePaths("/health_check.html", "/health_check.html", "/health_check.html"),
+            prestop="fail-and-sleep",
+            lb=LbSettings(shutdown_sessions=True, disable_on_404=False),
+            protected_path="gateway_current",
+        ),
+        Mode(
+            name="improved",
+            manifest="21-igw-improved.yaml",
+            summary="three probe paths; graceful-drain.sh drains, waits for zero, then fails "
+            "the LB check and, LB_BUFFER later, readiness",
+            probes=ProbePaths("/health_check.html", "/health", "/live"),
+            prestop="graceful-drain",
+            lb=LbSettings(shutdown_sessions=True, disable_on_404=False),
+            protected_path="gateway_improved",
+        ),
+    )
+}
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="inflight",
+            summary="long /sleep and /stream requests in flight at the termination, short "
+            "requests at a fixed rate before, during and after it",
+        ),
+    )
+}
+
+
+class UnknownName(ValueError):
+    """A mode, scenario or profile that the registry does not define."""
+
+
+def require(kind: str, value: str, valid: list[str] | tuple[str, ...]) -> str:
+    """`value` if it is one of `valid`, else an error naming both."""
+    if value not in valid:
+        raise UnknownName(f"{kind} {value!r} is not one of: {', '.join(valid)}")
+    return value
+
+
+def mode(name: str) -> Mode:
+    return MODES[require("mode", name, list(MODES))]
+
+
+def as_dict() -> dict[str, object]:
+    """The whole registry as plain data (for Ansible)."""
+    return {
+        "modes": {name: asdict(m) for name, m in MODES.items()},
+        "mode_files": {name: m.manifest for name, m in MODES.items()},
+        "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
+        "haproxy_backend": HAPROXY_BACKEND,
+    }

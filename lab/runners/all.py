@@ -1,0 +1,213 @@
+"""`make experiment`: every mode on the local lab, side by side, then one comparison.
+
+Each mode runs `playbooks/run-experiment.yml` in its own isolated lab (its own loopback
+/16, ports and files), so the whole command takes about as long as its longest run.
+Each run writes `.lab/<N>/result.json` (where its artifacts are, how it ended), which
+is what this reads.
+
+Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every run:
+each keeps what it recorded and its journal says `interrupted`; then every lab process
+is gone, HAProxy included, and one line per run says where its artifacts are.
+
+    python -m lab.runners.all [--modes current,improved] [--profile quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..analysis.report import write_comparison
+from ..artifacts.rundir import read_result, utc_stamp
+from ..model import registry
+from ..model.plan import check_inputs
+
+ROOT = Path.cwd()
+#: How long an interrupted run may take to write its artifacts before it is killed.
+CLEANUP_TIMEOUT_S = 60
+
+
+@dataclass
+class LabRun:
+    mode: str
+    index: int
+    lab_dir: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def result_file(self) -> Path:
+        return self.lab_dir / "result.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.lab_dir / "ansible.log"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_lab_haproxy(lab_dir: Path) -> None:
+    """Stop the lab's HAProxy (the playbook's `always` step does this unless Ansible
+    itself was interrupted). Only a process whose command line names this lab's config."""
+    pidfile = lab_dir / "haproxy.pid"
+    try:
+        pids = [int(p) for p in pidfile.read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if str(lab_dir / "haproxy.cfg").encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    pidfile.unlink(missing_ok=True)
+
+
+async def run_mode(run: LabRun, profile: str, scenario: str, artifacts: Path | None) -> int:
+    run.lab_dir.mkdir(parents=True, exist_ok=True)
+    progress = run.lab_dir / "progress.log"
+    progress.unlink(missing_ok=True)
+    run.result_file.unlink(missing_ok=True)
+    with run.log_path.open("wb") as log:
+        run.proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "playbooks/run-experiment.yml",
+            "-e",
+            f"mode={run.mode}",
+            "-e",
+            f"lab_index={run.index}",
+            "-e",
+            f"scenario={scenario}",
+            "-e",
+            f"experiment_profile={profile}",
+            "-e",
+            f"experiment_result_file={run.result_file}",
+            *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            # its own process group: Ctrl-C reaches it through us, so that we can wait
+            # for its cleanup and then make sure nothing of the lab is left
+            start_new_session=True,
+        )
+        shown = 0
+        while run.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.proc.wait(), 0.5)
+            if progress.exists():
+                lines = progress.read_text().splitlines()
+                for line in lines[shown:]:
+                    print(f"[{run.mode:>8}] {line}", flush=True)
+                shown = len(lines)
+    return run.proc.returncode or 0
+
+
+async def stop_runs(runs: list[LabRun]) -> None:
+    """SIGINT to each run's process group, wait for its cleanup, then leave nothing."""
+    groups = [r.proc.pid for r in runs if r.proc is not None]
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGINT)
+    deadline = time.monotonic() + CLEANUP_TIMEOUT_S
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    for r in runs:
+        stop_lab_haproxy(r.lab_dir)
+
+
+async def main_async(
+    modes: list[str], profile: str, scenario: str, first_index: int, artifacts: Path | None
+) -> int:
+    started = time.monotonic()
+    runs = [
+        LabRun(m, first_index + i, ROOT / ".lab" / str(first_index + i))
+        for i, m in enumerate(modes)
+    ]
+    tasks = [asyncio.create_task(run_mode(r, profile, scenario, artifacts)) for r in runs]
+    try:
+        codes = await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        await stop_runs(runs)
+        for r in runs:
+            result = read_result(r.result_file)
+            where = result["run_dir"] if result else f"none recorded (see {r.log_path})"
+            print(f"[{r.mode}] interrupted: artifacts kept in {where}", file=sys.stderr)
+        raise
+    finally:
+        for t in tasks:
+            t.cancel()
+    done: list[Path] = []
+    failed = False
+    for r, code in zip(runs, codes, strict=True):
+        result = read_result(r.result_file)
+        if code != 0 or result is None or result["status"] != "completed":
+            failed = True
+            print(
+                f"\n[{r.mode}] the playbook failed (exit {code}); its last lines:", file=sys.stderr
+            )
+            lines = r.log_path.read_text(errors="replace").splitlines()
+            print("\n".join(lines[-25:]), file=sys.stderr)
+            continue
+        done.append(Path(result["run_dir"]).resolve())
+    if done:
+        table, page = write_comparison(done, done[0].parent / f"comparison-{utc_stamp()}.html")
+        print("\n" + table)
+        print(f"\ncomparison report: {page}")
+        for run_dir in done:
+            print(f"run report:        {run_dir / 'report.html'}")
+    print(f"wall time: {time.monotonic() - started:.1f}s for {len(modes)} modes side by side")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default=",".join(registry.MODES))
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--scenario", default="inflight")
+    parser.add_argument("--first-lab-index", type=int, default=1)
+    parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
+    args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    try:
+        if not modes:
+            raise ValueError("--modes names no mode")
+        for mode in modes:
+            check_inputs(mode, args.scenario, args.profile)
+    except ValueError as exc:
+        print(f"lab.runners.all: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(
+            main_async(
+                modes,
+                args.profile,
+                args.scenario,
+                args.first_lab_index,
+                args.artifacts.resolve() if args.artifacts else None,
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""One experiment run on the local lab: bring the mode's pods up behind HAProxy, start
+the collectors, drive load, terminate one gateway pod mid-load, then the shared
+finalize step (merge, summary, journal, report).
+
+    python -m lab.runners.local --mode improved --profile quick --scenario inflight \
+        --lab-index 1 --manifests .lab/1/manifests --haproxy-socket .lab/1/admin.sock \
+        --haproxy-url https://127.31.0.100:8443 --ca .lab/1/certs/igw.pem \
+        --syslog 127.31.0.100:5514 --artifacts artifacts
+
+HAProxy is provisioned and started by the haproxy role before this runs
+(playbooks/run-experiment.yml); this module runs everything behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..analysis.finalize import Termination, finalize, print_summary
+from ..artifacts.events import CollectedDir, now_ms
+from ..artifacts.journal import Journal
+from ..artifacts.rundir import new_run_dir, write_json, write_result
+from ..collectors import envoy, podlogs
+from ..collectors import haproxy as haproxy_collector
+from ..load.driver import LoadDriver, Recorder
+from ..localcluster.cluster import LabCluster, Topology
+from ..localcluster.manifests import Manifests
+from ..model import registry
+from ..model.plan import plan as make_plan
+
+#: The local lab's one HAProxy, as the collectors and the summary name it.
+LOCAL_LB = "lab-haproxy"
+
+
+class Progress:
+    """Progress lines on stdout and, for callers that cannot stream stdout (Ansible), a file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.started = time.monotonic()
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.started:6.1f}s] {msg}"
+        print(line, flush=True)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+async def wait_lb_up(socket_path: str, servers: list[str], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    state: dict[str, str] = {}
+    while loop.time() < end:
+        with contextlib.suppress(OSError):
+            text = await asyncio.to_thread(haproxy_collector.show_stat, socket_path)
+            state = haproxy_collector.parse_show_stat(text, registry.HAPROXY_BACKEND)
+            if all(state.get(s, "").startswith("UP") for s in servers):
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"HAProxy servers not all UP after {timeout}s: {state}")
+
+
+async def start_haproxy_collector(
+    socket_path: str, syslog: str, out: Path
+) -> asyncio.subprocess.Process:
+    """The same collector the homelab runs on its workers, as a subprocess here."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lab.collectors.haproxy",
+        f"--socket={socket_path}",
+        f"--syslog={syslog}",
+        f"--lb={LOCAL_LB}",
+        "--seconds=3600",
+        f"--out={out}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 10)
+    if line.strip() != b"collecting":
+        await proc.wait()
+        raise RuntimeError(f"the HAProxy collector did not start (exit {proc.returncode})")
+    return proc
+
+
+async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float = 5) -> None:
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def run(args: argparse.Namespace) -> Path:
+    progress = Progress(Path(args.progress_file) if args.progress_file else None)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    run_plan = make_plan(args.profile, args.mode, args.scenario, overrides)
+    scenario = run_plan.load
+    topology = Topology(args.lab_index)
+    manifests = Manifests.load(Path(args.manifests), registry.mode(args.mode).manifest)
+    run_dir = new_run_dir(Path(args.artifacts), args.scenario, args.mode)
+    result_file = Path(args.result_file) if args.result_file else None
+    if result_file:
+        write_result(result_file, run_dir, "running")
+    write_json(run_dir / "plan.json", run_plan.as_dict())
+    progress(f"run {run_dir}")
+    collected = CollectedDir(run_dir)
+    experiment_events = collected.log("experiment")
+    pod_events = collected.log("pods")
+
+    def on_log_line(pod: str, container: str, line: str) -> None:
+        found = podlogs.event_from_line(pod, container, line)
+        if found is not None:
+            pod_events.write(found)
+
+    recorder = Recorder(run_dir / "requests.jsonl")
+    journal = Journal(args.mode, args.scenario, args.profile, "local")
+    cluster = LabCluster(topology, manifests, run_dir / "lab", collected, on_log_line)
+    victim = cluster.gateway_pods[0]
+    background: list[asyncio.Task[Any]] = []
+    status, term = "interrupted", None
+    haproxy_proc = None
+    stats_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+    try:
+        step = now_ms()
+        haproxy_proc = await start_haproxy_collector(
+            args.haproxy_socket, args.syslog, collected.path / f"haproxy-{LOCAL_LB}.jsonl"
+        )
+        await cluster.start()
+        await cluster.wait_ready(60)
+        await wait_lb_up(args.haproxy_socket, ["worker1", "worker2"], 30)
+        regex = envoy.active_stat_regex(manifests.gateway_port)
+        fetchers = {
+            p.name: envoy.http_fetcher(stats_session, f"http://{p.ip}:15000", regex)
+            for p in cluster.gateway_pods
+        }
+        background.append(asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers)))
+        journal.step("bring-up-lab", step, output={"pods": [p.name for p in cluster.gateway_pods]})
+        progress("pods ready, HAProxy sees both workers UP")
+
+        t_term = now_ms() + (scenario.warmup_s + scenario.lead_s) * 1000
+        recorder.termination_ms = t_term
+        driver = LoadDriver(args.haproxy_url, args.ca, recorder, scenario)
+        step = now_ms()
+        shorts = asyncio.create_task(driver.shorts())
+        progress(f"short requests at {scenario.short_rate_per_s:g}/s")
+        await asyncio.sleep(scenario.warmup_s)
+        longs = asyncio.create_task(driver.longs())
+        progress(
+            f"{scenario.sleep_count} x /sleep {scenario.long_s}s and {scenario.stream_count} "
+            f"x /stream in flight"
+        )
+        journal.step("start-load", step)
+        await asyncio.sleep(max(0, (t_term - now_ms()) / 1000))
+        step = now_ms()
+        term = Termination(step, victim.name, victim.node, LOCAL_LB)
+        recorder.termination_ms = term.ms
+        experiment_events.emit(
+            "experiment", "termination_issued", ts_ms=term.ms, pod=victim.name, node=victim.node
+        )
+        progress(f"terminating {victim.name}")
+        await victim.terminate()
+        journal.step("terminate-gateway-pod", step, output={"pod": victim.name})
+        progress(f"{victim.name} gone")
+        step = now_ms()
+        await asyncio.sleep(scenario.tail_s)
+        driver.stop_shorts()
+        await longs
+        await shorts
+        journal.step("finish-load", step)
+        progress("load finished")
+        status = "completed"
+    except Exception as exc:
+        status = "failed"
+        experiment_events.emit("experiment", "failed", error=f"{type(exc).__name__}: {exc}")
+        progress(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await stats_session.close()
+        await stop_process(haproxy_proc)
+        await cluster.stop()
+        recorder.close()
+        collected.close()
+        summary = finalize(run_dir, run_plan, status, journal, term)
+        if result_file:
+            write_result(result_file, run_dir, status)
+        if status == "interrupted":
+            print(f"interrupted: artifacts kept in {run_dir}", flush=True)
+    print_summary(run_dir, summary)
+    return run_dir
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="one gateway-termination experiment on the local lab")
+    p.add_argument("--mode", required=True)
+    p.add_argument("--scenario", default="inflight")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--overrides", help="timing overrides as JSON")
+    p.add_argument("--lab-index", type=int, default=1)
+    p.add_argument("--manifests", required=True)
+    p.add_argument("--haproxy-socket", required=True)
+    p.add_argument("--haproxy-url", required=True)
+    p.add_argument("--ca")
+    p.add_argument("--syslog", required=True, help="HOST:PORT HAProxy logs to")
+    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--progress-file", help="also append progress lines here")
+    p.add_argument("--result-file", help="write {run_dir, status} here for the caller")
+    args = p.parse_args()
+    try:
+        make_plan(args.profile, args.mode, args.scenario)
+    except ValueError as exc:
+        print(f"lab.runners.local: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_main_cancellable(args))
+    except KeyboardInterrupt:
+        return 130
+    except asyncio.CancelledError:  # SIGTERM: cleaned up like Ctrl-C
+        return 143
+    return 0
+
+
+async def _main_cancellable(args: argparse.Namespace) -> None:
+    """run(), with SIGTERM cancelling it like Ctrl-C does, so cleanup runs either way."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    await run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Shared test helpers: real processes on loopback ports, started per test and always
+stopped; plain HTTP; the manifests rendered through Ansible. Tests import this module;
+conftest.py only turns `Procs` into a fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from applog import parse_logfmt
+from lab.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DRAIN_SCRIPT = ROOT / "apps" / "hc" / "graceful-drain.sh"
+ISTIO_CRDS = ROOT / "tests" / "data" / "istio" / "gateway-virtualservice-crds.yaml"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+    host: str = "127.0.0.1"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def logfmt_lines(self, msg: str) -> list[dict[str, str]]:
+        """Parsed logfmt lines whose msg is `msg`."""
+        return [f for f in map(parse_logfmt, self.log().splitlines()) if f.get("msg") == msg]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+class Procs:
+    """Starts processes for one test; kills whatever is left at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Proc] = []
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        wait: bool = True,
+    ) -> Proc:
+        log_path = self.tmp / f"{name}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.tmp
+            )
+        proc = Proc(name, popen, log_path, port, host)
+        self.started.append(proc)
+        if wait:
+            try:
+                wait_port(host, port)
+            except TimeoutError:
+                proc.stop(signal.SIGKILL)
+                raise AssertionError(f"{name} did not start:\n{proc.log()}") from None
+        return proc
+
+    def hc(self, env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Proc:
+        port = free_port(host)
+        return self.start(
+            "hc",
+            [sys.executable, "-m", "hc"],
+            port,
+            {"HC_ADDR": f"{host}:{port}", **(env or {})},
+            host,
+        )
+
+    def backend(self, env: dict[str, str] | None = None, name: str = "backend") -> Proc:
+        port = free_port()
+        return self.start(
+            name,
+            [sys.executable, "-m", "backend"],
+            port,
+            {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
+        )
+
+    def envoy(self, upstream: Proc, route_timeout_s: float = 30, drain_time_s: int = 30) -> Proc:
+        port, admin = free_port(), free_port()
+        config = gateway_bootstrap(
+            listen_host="127.0.0.1",
+            listen_port=port,
+            admin_host="127.0.0.1",
+            admin_port=admin,
+            upstreams=[Upstream(upstream.host, upstream.port)],
+            route_timeout_s=route_timeout_s,
+        )
+        path = self.tmp / f"envoy-{port}.json"
+        path.write_text(json.dumps(config))
+        proc = self.start(
+            "envoy", [str(VENV_BIN / "envoy"), *envoy_args(str(path), drain_time_s)], port
+        )
+        proc.extra["admin"] = f"http://127.0.0.1:{admin}"
+        wait_port("127.0.0.1", admin)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop(signal.SIGKILL)
+
+
+def http(
+    method: str, url: str, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with the stdlib (no retries, no pooling): (status, headers, body)."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def render_manifests(dest: Path, *extra_vars: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """The manifests role through playbooks/render-manifests.yml, into `dest`."""
+    argv = [
+        str(VENV_BIN / "ansible-playbook"),
+        "playbooks/render-manifests.yml",
+        "-e",
+        json.dumps({"manifests_dir": str(dest)}),
+    ]
+    for extra in extra_vars:
+        argv += ["-e", json.dumps(extra)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def run_app(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m <module>` with extra env, to completion (for refusals at start-up)."""
+    return subprocess.run(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def require_root_netns() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace")

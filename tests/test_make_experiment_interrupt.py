@@ -1,0 +1,99 @@
+"""Ctrl-C on `make experiment` (SIGINT to the whole process group, as a terminal sends
+it): one line per run saying where its artifacts are, journals saying `interrupted`,
+no process of either lab left, and the next run on the same labs works."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT
+from lab.localcluster.cluster import Topology
+
+pytestmark = pytest.mark.e2e
+FIRST_LAB = 160
+
+
+def lab_leftovers(artifacts: Path, labs: list[Topology]) -> list[str]:
+    """Processes of the labs still alive: anything whose working folder is in a run
+    directory (every pod runs there), HAProxy with a lab config, or a listener on a
+    lab's addresses."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cwd.startswith(str(artifacts)) or any(
+            f".lab/{lab.index}/haproxy.cfg" in cmdline for lab in labs
+        ):
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    listeners = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout
+    found += [
+        line for line in listeners.splitlines() if any(f" {lab.net}." in line for lab in labs)
+    ]
+    return found
+
+
+def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lab.runners.all",
+            f"--first-lab-index={FIRST_LAB}",
+            f"--artifacts={artifacts}",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, like a terminal's job
+    )
+
+
+def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    labs = [Topology(FIRST_LAB), Topology(FIRST_LAB + 1)]
+    proc = run_all(artifacts)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        terminating = set()
+        for line in proc.stdout:
+            if "terminating" in line:
+                terminating.add(line.split("]", 1)[0])
+            if len(terminating) == 2:
+                break
+            assert time.monotonic() < deadline, "the runs never reached the termination"
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
+    assert len(said) == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    for run_dir in artifacts.iterdir():
+        journal = json.loads((run_dir / "journal.json").read_text())
+        assert journal["status"] == "interrupted"
+        assert any(str(run_dir) in line for line in said)
+    assert lab_leftovers(artifacts, labs) == []
+
+    # the next run on the same labs works
+    again = run_all(tmp_path / "again", "--modes=improved")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, out[-2000:] + err[-2000:]

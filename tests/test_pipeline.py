@@ -1,0 +1,150 @@
+"""The pieces of the one collection pipeline that do not need a whole lab: log lines to
+events, Envoy's gauge from its JSON stats (against a real Envoy), the journal's schema,
+the registry as Ansible sees it, and a project that stands alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import jsonschema
+import pytest
+
+from helpers import ROOT, VENV_BIN, Procs, http
+from lab.artifacts.journal import SCHEMA_PATH, Journal
+from lab.collectors import envoy
+from lab.collectors.podlogs import event_from_line
+from lab.model import registry
+
+TS = "2026-11-22T10:00:00.250Z"
+TS_MS = 1795341600250.0
+
+
+def test_an_hc_transition_becomes_an_event() -> None:
+    line = f"ts={TS} level=info app=hc msg=transition from=OPEN to=DRAINING reason=/drain"
+    assert event_from_line("igw-1", "hc", line) == {
+        "ts_ms": TS_MS,
+        "source": "hc",
+        "kind": "transition",
+        "pod": "igw-1",
+        "from": "OPEN",
+        "to": "DRAINING",
+        "reason": "/drain",
+    }
+
+
+@pytest.mark.parametrize("container", ["hc", "prestop"])
+def test_a_drain_script_line_is_a_prestop_step_whichever_stream_carried_it(
+    container: str,
+) -> None:
+    # homelab: mirrored into hc's log (PID 1's stdout); local lab: the hook's own output
+    line = f'ts={TS} app=graceful-drain level=info step=3 msg=poll active=2 elapsed=4 url="x y"'
+    e = event_from_line("igw-1", container, line)
+    assert e is not None
+    assert (e["source"], e["kind"], e["step"], e["active"], e["msg"]) == (
+        "prestop",
+        "step",
+        "3",
+        "2",
+        "poll",
+    )
+
+
+def test_pilot_agent_drain_lines_and_noise() -> None:
+    e = event_from_line(
+        "igw-1", "istio-proxy", f"ts={TS} app=pilot-agent msg=killing_envoy after_s=20"
+    )
+    assert e is not None and e["kind"] == "killing_envoy" and e["after_s"] == "20"
+    assert (
+        event_from_line("igw-1", "istio-proxy", f"ts={TS} app=pilot-agent msg=envoy_started")
+        is None
+    )
+    assert event_from_line("igw-1", "hc", "[warning] not logfmt at all") is None
+    assert event_from_line("b-1", "backend", f"ts={TS} app=backend msg=request status=200") is None
+
+
+def test_active_from_stats_sums_and_unknown_is_none() -> None:
+    stats = {"stats": [{"name": "a", "value": 2}, {"name": "b", "value": 1}]}
+    assert envoy.active_from_stats(stats) == 3
+    assert envoy.active_from_stats({"stats": []}) is None
+    assert envoy.active_from_stats({}) is None
+
+
+def test_the_gauge_of_a_real_envoy_sees_one_then_zero(procs: Procs) -> None:
+    backend = procs.backend()
+    proxy = procs.envoy(backend)
+    regex = envoy.active_stat_regex(proxy.port)
+
+    async def read() -> int | None:
+        async with aiohttp.ClientSession() as session:
+            fetch = envoy.http_fetcher(session, str(proxy.extra["admin"]), regex)
+            return envoy.active_from_stats(await fetch())
+
+    assert asyncio.run(read()) == 0
+    slow = threading.Thread(target=http, args=("GET", f"{proxy.url}/sleep?seconds=2"))
+    slow.start()
+    time.sleep(0.7)
+    assert asyncio.run(read()) == 1
+    slow.join()
+    assert asyncio.run(read()) == 0
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "interrupted"])
+def test_the_journal_follows_its_schema(status: str) -> None:
+    journal = Journal("improved", "inflight", "quick", "local")
+    journal.step("bring-up-lab", journal.start_ms, output={"pods": ["a"]})
+    summary = None if status == "interrupted" else {"cut_in_flight": 0}
+    doc = journal.document(status, summary, None if summary is None else journal.start_ms)
+    jsonschema.validate(doc, json.loads(SCHEMA_PATH.read_text()))
+    assert doc["hypothesis"]["met"] is (None if summary is None else True)
+    with pytest.raises(ValueError, match="'done'"):
+        journal.document("done", None, None)
+
+
+def test_ansible_reads_the_registry(tmp_path: Path) -> None:
+    playbook = tmp_path / "registry.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  roles: [timing]\n  tasks:\n"
+        "    - ansible.builtin.debug:\n"
+        "        msg: \"{{ {'files': 'mode_files' | igw_registry,"
+        " 'backend': 'haproxy_backend' | igw_registry} | to_json }}\"\n"
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": str(VENV_BIN) + ":/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    files = {name: m.manifest for name, m in registry.MODES.items()}
+    assert json.dumps(files) in result.stdout.replace('\\"', '"')
+    assert registry.HAPROXY_BACKEND in result.stdout
+
+
+def test_the_project_stands_alone() -> None:
+    """Nothing in the repository reads or names a folder beside it."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    offenders = [
+        f
+        for f in files
+        if (ROOT / f).is_file()
+        and f != "tests/test_pipeline.py"
+        and any(
+            needle in (ROOT / f).read_text(errors="replace")
+            for needle in ("../shared", "shared/istio", "shared/seeds", "FINDINGS")
+        )
+    ]
+    assert offenders == []
