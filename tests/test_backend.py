@@ -37,6 +37,19 @@ def test_sleep_refuses_bad_seconds_with_a_one_line_reason(
     assert reason in text and "0..600" in text and text.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("/sleep?seconds=1&seconds=2", "seconds is given 2 times ('1', '2')"),
+        ("/stream?chunks=2&interval_ms=1&chunks=3", "chunks is given 2 times"),
+    ],
+)
+def test_a_repeated_parameter_is_a_400_naming_it(procs: Procs, path: str, named: str) -> None:
+    backend = procs.backend()
+    status, _, body = http("GET", backend.url + path)
+    assert status == 400 and named in body.decode()
+
+
 def test_sleep_sleeps(procs: Procs) -> None:
     backend = procs.backend()
     assert http("GET", backend.url + "/sleep?seconds=0")[2] == b"slept 0s\n"
@@ -127,9 +140,36 @@ def test_sigterm_refuses_new_connections_and_gives_in_flight_shutdown_timeout(
     assert status != 200
     # SHUTDOWN_TIMEOUT, not aiohttp's 2 x shutdown_timeout (which would be 6 s)
     assert 2.7 <= cut_after <= 4.5, cut_after
-    assert backend.popen.wait(10) == 0
+    assert backend.popen.wait(10) == 1  # a request was cut at the deadline
     cut = backend.logfmt_lines("cancelled_at_shutdown_timeout")
     assert len(cut) == 1 and cut[0]["path"] == "/sleep?seconds=20"
+    assert backend.logfmt_lines("stopped")[0]["cut_at_shutdown_timeout"] == "1"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_keeps_the_drain_graceful(procs: Procs, sig: signal.Signals) -> None:
+    """The seed's Go server reads the first signal only; a second SIGTERM (or a second
+    Ctrl-C) must not cut what is in flight. SIGKILL remains the way to force."""
+    backend = procs.backend({"SHUTDOWN_TIMEOUT": "30"})
+    leaver = socket.create_connection((backend.host, backend.port))
+    leaver.sendall(b"GET /sleep?seconds=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+    with ThreadPoolExecutor(50) as pool:
+        inflight = [pool.submit(_get, backend.url + "/sleep?seconds=3") for _ in range(50)]
+        time.sleep(1)
+        backend.popen.send_signal(sig)
+        time.sleep(0.5)
+        leaver.close()  # a client that leaves during the drain is not the deadline's cut
+        time.sleep(0.5)
+        backend.popen.send_signal(sig)
+        results = [f.result()[0] for f in inflight]
+    assert results == [200] * 50
+    assert backend.popen.wait(10) == 0
+    log = backend.log()
+    assert "Traceback" not in log
+    ignored = backend.logfmt_lines("signal_ignored")
+    assert len(ignored) == 1 and ignored[0]["signal"] == sig.name
+    assert [f["path"] for f in backend.logfmt_lines("client_disconnected")] == ["/sleep?seconds=20"]
+    assert backend.logfmt_lines("cancelled_at_shutdown_timeout") == []
 
 
 @pytest.mark.parametrize(

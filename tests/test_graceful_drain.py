@@ -8,7 +8,10 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from helpers import DRAIN_SCRIPT, Proc, Procs, free_port, http
+from lab.model import timing
 
 
 def run_drain(
@@ -110,12 +113,70 @@ def test_unreachable_admin_is_unknown_not_zero_and_still_ends_in_time(procs: Pro
     assert json.loads(http("GET", hc.url + "/drain/status")[2])["state"] == "CLOSED"
 
 
-def test_bad_setting_is_refused_before_anything_changes(procs: Procs) -> None:
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("DRAIN_TIMEOUT", "2m"),
+        ("DRAIN_TIMEOUT", "0"),
+        ("DRAIN_TIMEOUT", "99999999999999999999"),  # once: "Illegal number" mid-drain
+        ("POLL_INTERVAL", "0"),  # once: a tight loop of polls
+        ("POLL_INTERVAL", "."),  # once: `sleep .` spinning on its error
+        ("POLL_INTERVAL", "1.2.3"),
+        ("POLL_INTERVAL", "0.01"),
+        ("POLL_INTERVAL", "61"),
+        ("CURL_MAX_TIME", "0"),  # once: no limit, a hung peer held the preStop
+        ("LB_BUFFER", "-1"),
+        ("LB_BUFFER", "601"),
+        ("GATEWAY_PORT", "70000"),
+    ],
+)
+def test_bad_setting_is_refused_before_anything_is_sent(procs: Procs, var: str, value: str) -> None:
     hc = procs.hc()
-    result, _ = run_drain({"HC_URL": hc.url, "DRAIN_TIMEOUT": "2m"})
-    assert result.returncode == 2
-    assert 'var=DRAIN_TIMEOUT value="2m"' in result.stdout
+    envoy_admin = procs.backend()  # stands in for Envoy's admin: it logs every request
+    result, took = run_drain({"HC_URL": hc.url, "ENVOY_ADMIN": envoy_admin.url, var: value})
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stdout.splitlines()
+    assert f'msg=bad_setting var={var} value="{value}" allowed=' in line
+    assert took < 2
     assert json.loads(http("GET", hc.url + "/drain/status")[2])["state"] == "OPEN"
+    assert "msg=request" not in envoy_admin.log()
+
+
+@pytest.mark.parametrize(("key", "limits"), list(timing.DRAIN_SCRIPT_LIMITS.items()))
+def test_the_script_accepts_exactly_the_models_range(
+    procs: Procs, key: str, limits: tuple[str, float, float]
+) -> None:
+    """Each edge of the model's range is accepted by the script (it gets past the
+    checks and logs its start) and the value just outside is refused."""
+    var, low, high = limits
+    step = 0.05 if var == "POLL_INTERVAL" else 1
+    base = {
+        "HC_URL": f"http://127.0.0.1:{free_port()}",
+        "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
+        "DRAIN_TIMEOUT": "1",
+        "POLL_INTERVAL": "1",
+        "LB_BUFFER": "0",
+        "CURL_MAX_TIME": "1",
+    }
+    for value, ok in ((low, True), (high, True), (low - step, False), (high + step, False)):
+        if value < 0:
+            continue
+        text = f"{value:g}"
+        # the first line says it: the refusal, or the start (then it is stopped: an
+        # accepted 3600 s must not make the test wait)
+        proc = subprocess.Popen(
+            ["/bin/sh", str(DRAIN_SCRIPT)],
+            env={"PATH": os.environ["PATH"], "LOG_MIRROR": "", **base, var: text},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+        started = "msg=start" in first
+        assert started is ok, (var, text, first)
 
 
 def test_log_lines_are_mirrored_when_the_target_is_writable(procs: Procs, tmp_path) -> None:

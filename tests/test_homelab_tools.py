@@ -5,6 +5,7 @@ preflight. Nothing here connects to the inventory's (example) addresses."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -202,3 +203,37 @@ def test_preflight_accepts_the_homelab_inventory() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("helm_says", "refused"),
+    [
+        (None, "helm on the controller: not found"),
+        ("v4.0.1", "helm on the controller: v4.0.1"),
+        ("v3.17.2", None),
+    ],
+)
+def test_preflight_wants_helm_3_before_anything_changes(
+    tmp_path: Path, helm_says: str | None, refused: str | None
+) -> None:
+    """The preflight's own check of the controller's helm (a stand-in `helm` that only
+    prints a version: what is tested is our refusal, not Helm)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if helm_says is not None:
+        helm = bin_dir / "helm"
+        helm.write_text(f"#!/bin/sh\necho {helm_says}\n")
+        helm.chmod(0o755)
+    result = subprocess.run(
+        [PLAYBOOK, "-i", "inventory/homelab", "playbooks/preflight.yml", "--tags", "helm"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin"},
+    )
+    out = " ".join(result.stdout.split())
+    if refused is None:
+        assert result.returncode == 0, out[-2000:]
+    else:
+        assert result.returncode != 0 and refused in out and "Helm 3" in out, out[-2000:]

@@ -1,6 +1,7 @@
 """Ctrl-C on `make experiment` (SIGINT to the whole process group, as a terminal sends
 it): one line per run saying where its artifacts are, journals saying `interrupted`,
-no process of either lab left, and the next run on the same labs works."""
+no process of either lab left, and the next run on the same labs works. And a second
+`make experiment` in the same checkout is refused while the first runs."""
 
 from __future__ import annotations
 
@@ -97,3 +98,24 @@ def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -
     again = run_all(tmp_path / "again", "--modes=improved")
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, out[-2000:] + err[-2000:]
+
+
+def test_a_second_make_experiment_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    first = run_all(tmp_path / "first", "--modes=improved")
+    try:
+        assert first.stdout is not None
+        line = first.stdout.readline()  # the first progress line: its labs are taken
+        assert "run " in line, line
+        started = time.monotonic()
+        second = run_all(tmp_path / "second", "--modes=current")
+        _, err = second.communicate(timeout=30)
+        assert time.monotonic() - started < 10  # at once, not after the first
+        assert second.returncode == 1
+        assert "another experiment is running in this checkout" in err
+        assert f'"pid": {first.pid}' in err and '"modes": ["improved"]' in err
+        assert not (tmp_path / "second").exists()  # nothing of it started
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=120)
+    assert lab_leftovers(tmp_path / "first", [Topology(FIRST_LAB)]) == []

@@ -1,8 +1,11 @@
 """`python -m backend`: serve on PORT (default 8080) until SIGTERM/SIGINT.
 
-On SIGTERM the listening socket closes at once (new connections are refused) and
-in-flight requests get SHUTDOWN_TIMEOUT seconds (default 300, the seed's
-srv.Shutdown(ctx 300s)) to finish.
+On the first SIGTERM (or SIGINT) the listening socket closes at once (new connections
+are refused) and in-flight requests get SHUTDOWN_TIMEOUT seconds (default 300, the
+seed's srv.Shutdown(ctx 300s)) to finish. A second signal does not shorten that: like
+the seed's Go server, which reads the first signal and no other, the backend logs it
+and keeps draining; SIGKILL is the way to force. Exit 0 when every in-flight request
+finished, 1 when some were cut at the deadline.
 
 aiohttp's numbers (aiohttp 3.14, measured: tests/test_backend.py): a handler still
 running at shutdown is waited for `shutdown_timeout`, then aiohttp asks it to stop
@@ -13,8 +16,11 @@ that an in-flight request gets SHUTDOWN_TIMEOUT, as the seed's Go server did.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import resource
+import signal
 import socket
 import sys
 
@@ -22,7 +28,7 @@ from aiohttp import web
 
 from applog import get_logger
 
-from .server import build_app
+from .server import SHUTDOWN, build_app
 
 
 def _raise_fd_limit() -> None:
@@ -44,6 +50,54 @@ def _env_int(name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
+async def serve(
+    app: web.Application,
+    host: str | None,
+    port: int,
+    shutdown_timeout: int,
+    log: logging.Logger,
+    hostname: str,
+) -> int:
+    """Serve until the first signal, then drain; the exit code."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,  # ours below: aiohttp's would abort the drain on a 2nd signal
+        shutdown_timeout=shutdown_timeout / 2,  # aiohttp waits it twice: see above
+        # Without it aiohttp (>= 3.7) lets a handler run on after its client left:
+        # the seed's handler returns on r.Context().Done(), and so do ours.
+        handler_cancellation=True,
+        access_log=None,
+    )
+    await runner.setup()
+    # backlog: 10,000 clients connecting at once overflow the default 128
+    await web.TCPSite(runner, host, port, backlog=4096).start()
+    log.info(
+        "listening",
+        extra={"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning(
+                "signal_ignored",
+                extra={"signal": sig.name, "reason": "already draining; SIGKILL forces"},
+            )
+            return
+        app[SHUTDOWN].begin(shutdown_timeout)
+        log.info("shutdown_started", extra={"signal": sig.name, "timeout_s": shutdown_timeout})
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await stop.wait()
+    await runner.cleanup()
+    cut = app[SHUTDOWN].cut
+    log.info("stopped", extra={"cut_at_shutdown_timeout": cut})
+    return 1 if cut else 0
+
+
 def main() -> int:
     try:
         port = _env_int("PORT", 8080, 1, 65535)
@@ -56,24 +110,7 @@ def main() -> int:
     log = get_logger("backend")
     _raise_fd_limit()
     app = build_app(hostname, log)
-    log.info(
-        "listening",
-        extra={"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
-    )
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        shutdown_timeout=shutdown_timeout / 2,  # aiohttp waits it twice: see above
-        # Without it aiohttp (>= 3.7) lets a handler run on after its client left:
-        # the seed's handler returns on r.Context().Done(), and so do ours.
-        handler_cancellation=True,
-        backlog=4096,  # 10,000 clients connecting at once overflow the default 128
-        print=None,
-        access_log=None,
-    )
-    log.info("stopped")
-    return 0
+    return asyncio.run(serve(app, host, port, shutdown_timeout, log, hostname))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,33 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Set (by on_shutdown) once SIGTERM began the graceful stop; tells a cancellation by
-# the shutdown deadline apart from one by a client that went away.
-STOPPING = web.AppKey("stopping", asyncio.Event)
+
+@dataclass
+class Shutdown:
+    """The graceful stop, once a signal began it: when it must end, and what it cut.
+
+    Tells a handler cancelled at the shutdown deadline apart from one whose client went
+    away (aiohttp cancels both the same way)."""
+
+    deadline: float | None = None  # time.monotonic() by which in-flight work must end
+    cut: int = 0  # requests cancelled at the deadline
+
+    def begin(self, timeout_s: float) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + timeout_s
+
+    def at_deadline(self, slack_s: float = 0.5) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline - slack_s
+
+
+SHUTDOWN = web.AppKey("shutdown", Shutdown)
 
 MAX_SLEEP_S = 600
 _WHOLE = re.compile(r"[0-9]{1,9}")
@@ -35,7 +53,12 @@ class BadQuery(web.HTTPBadRequest):
 
 
 def int_param(request: web.Request, name: str, low: int, high: int, default: int | None) -> int:
-    raw = request.query.get(name)
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        # `?seconds=1&seconds=2`: which one the client meant is not ours to guess
+        given = ", ".join(map(repr, values))
+        raise BadQuery(f"{name} is given {len(values)} times ({given}); give it once")
+    raw = values[0] if values else None
     if raw is None:
         if default is None:
             raise BadQuery(f"{name} is required: an integer {low}..{high}")
@@ -92,8 +115,10 @@ def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[we
             status = exc.status
             raise
         except asyncio.CancelledError:
-            if request.app[STOPPING].is_set():
+            shutdown = request.app[SHUTDOWN]
+            if shutdown.at_deadline():
                 status, msg = 503, "cancelled_at_shutdown_timeout"
+                shutdown.cut += 1
             else:
                 status, msg = 499, "client_disconnected"
             raise
@@ -118,12 +143,7 @@ def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[we
 
 def build_app(hostname: str, log: logging.Logger) -> web.Application:
     app = web.Application(middlewares=[access_log(hostname, log)])
-    app[STOPPING] = asyncio.Event()
-
-    async def mark_stopping(app: web.Application) -> None:
-        app[STOPPING].set()
-
-    app.on_shutdown.append(mark_stopping)
+    app[SHUTDOWN] = Shutdown()
     app.router.add_get("/sleep", sleep)
     app.router.add_get("/stream", stream)
     app.router.add_get("/", whoami(hostname))

@@ -48,24 +48,40 @@ log() {
     fi
 }
 
-# Refuse a bad setting before anything changes (exit 2 names the value).
+# Refuse a bad setting before anything changes: exit 2 naming the variable, the value
+# and the allowed range, before the first request. The ranges are the timing model's
+# (DRAIN_SCRIPT_LIMITS in lab/model/timing.py); a test keeps the two equal.
+bad_setting() {
+    log "level=error msg=bad_setting var=$1 value=\"$2\" allowed=\"$3\""
+    exit 2
+}
+# require_whole NAME VALUE LOW HIGH: digits only, and at most 6 of them before any
+# arithmetic (a longer number overflows the shell's: "Illegal number" mid-drain).
+require_whole() {
+    case "$2" in
+        '' | *[!0-9]*) bad_setting "$1" "$2" "whole number $3..$4" ;;
+    esac
+    if [ "${#2}" -gt 6 ] || [ "$2" -lt "$3" ] || [ "$2" -gt "$4" ]; then
+        bad_setting "$1" "$2" "whole number $3..$4"
+    fi
+}
+# require_seconds NAME VALUE LOW HIGH: a decimal like 2 or 0.5 (0 would poll in a
+# tight loop; `sleep .` spins on an error).
 require_seconds() {
     case "$2" in
-        '' | *[!0-9]*)
-            log "level=error msg=bad_setting var=$1 value=\"$2\" allowed=\"whole seconds\""
-            exit 2
-            ;;
+        '' | *[!0-9.]* | *.*.* | .* | *.) bad_setting "$1" "$2" "seconds $3..$4, e.g. 2 or 0.5" ;;
     esac
+    if [ "${#2}" -gt 8 ] || ! awk -v v="$2" -v lo="$3" -v hi="$4" \
+        'BEGIN { exit !(v + 0 >= lo + 0 && v + 0 <= hi + 0) }'; then
+        bad_setting "$1" "$2" "seconds $3..$4, e.g. 2 or 0.5"
+    fi
 }
-require_seconds DRAIN_TIMEOUT "$DRAIN_TIMEOUT"
-require_seconds LB_BUFFER "$LB_BUFFER"
-require_seconds CURL_MAX_TIME "$CURL_MAX_TIME"
-case "$POLL_INTERVAL" in
-    '' | *[!0-9.]* | *.*.*)
-        log "level=error msg=bad_setting var=POLL_INTERVAL value=\"$POLL_INTERVAL\" allowed=\"seconds, e.g. 2 or 0.5\""
-        exit 2
-        ;;
-esac
+require_whole DRAIN_TIMEOUT "$DRAIN_TIMEOUT" 1 3600
+require_seconds POLL_INTERVAL "$POLL_INTERVAL" 0.1 60
+require_whole LB_BUFFER "$LB_BUFFER" 0 600
+# 0 would mean "no limit" to curl: a hung hc or admin would hold the preStop to SIGKILL
+require_whole CURL_MAX_TIME "$CURL_MAX_TIME" 1 60
+require_whole GATEWAY_PORT "$GATEWAY_PORT" 1 65535
 
 START_TS=$(date +%s)
 

@@ -18,7 +18,9 @@ Modelled, each from a Kubernetes fact:
   readiness probes) whether terminating or not; terminating.
 - NodePort with externalTrafficPolicy: Local (kube-proxy): a node forwards only to
   its own pods; ready ones, else serving-and-terminating ones (KEP-1669, since 1.28);
-  with none it refuses new connections while established ones live on (conntrack).
+  with none it drops new connections (the client times out) while established ones
+  live on (conntrack). Traffic that starts on the node itself goes to any ready
+  endpoint in the cluster, whatever the policy (kubeproxy.NodePort).
 
 Lab-only translations, because pods share the host's loopback instead of having their
 own network namespace: a pod's "all interfaces" and its 127.0.0.1 become its own

@@ -35,7 +35,20 @@ def local_endpoints(pods: list[Pod]) -> list[Pod]:
 
 
 class NodePort:
-    """One node's NodePort: forwards to the node's own endpoints, or refuses."""
+    """One node's NodePort with externalTrafficPolicy: Local, as kube-proxy programs it.
+
+    - Traffic from elsewhere goes to the node's own endpoints (`local_endpoints`); with
+      none it is dropped: kube-proxy's rule for a Local service without local endpoints
+      is a DROP, so the client times out rather than being refused. Here the
+      connection is accepted and never answered (a real drop would not even complete
+      the TCP handshake; the client's view, a timeout, is the same).
+    - Traffic that starts on the node itself (source address = the node's) goes to any
+      ready endpoint in the cluster: kube-proxy routes LOCAL-source traffic through the
+      service's cluster-wide chain whatever the policy (pkg/proxy/iptables/proxier.go,
+      "route LOCAL traffic ... to external destinations"). An LB running on a gateway
+      node and checking its own NodePort would never see that node's gateway go away:
+      the lab's HAProxy has an address of its own, as the homelab's must.
+    """
 
     def __init__(
         self, cluster: LabCluster, node: str, ip: str, node_port: int, target_port: int
@@ -46,31 +59,41 @@ class NodePort:
         self.node_port = node_port
         self.target_port = target_port
         self.server: asyncio.Server | None = None
+        self.has_local: bool | None = None
+        self.held: set[asyncio.StreamWriter] = set()
         self.rr = 0
 
     def endpoints(self) -> list[Pod]:
         return local_endpoints([p for p in self.cluster.gateway_pods if p.node == self.node])
 
+    def cluster_endpoints(self) -> list[Pod]:
+        return [
+            p
+            for p in self.cluster.gateway_pods
+            if not p.terminated.is_set() and endpoint_conditions(p)["ready"]
+        ]
+
+    def endpoints_for(self, source_ip: str | None) -> list[Pod]:
+        return self.cluster_endpoints() if source_ip == self.ip else self.endpoints()
+
     async def reconcile(self) -> None:
-        want_open = bool(self.endpoints())
-        if want_open and self.server is None:
+        if self.server is None:
             self.server = await asyncio.start_server(
                 self._accept, self.ip, self.node_port, reuse_address=True, backlog=1024
             )
-            self.cluster.proxy_events.emit(
-                "kube-proxy", "nodeport_open", node=self.node, port=self.node_port
-            )
-        elif not want_open and self.server is not None:
-            self.server.close()  # new connections refused; established ones live on
-            self.server = None
-            self.cluster.proxy_events.emit(
-                "kube-proxy", "nodeport_closed", node=self.node, port=self.node_port
-            )
+        has_local = bool(self.endpoints())
+        if has_local != self.has_local:
+            self.has_local = has_local
+            # "closed": new connections from elsewhere are dropped; established ones
+            # live on (conntrack)
+            kind = "nodeport_open" if has_local else "nodeport_closed"
+            self.cluster.proxy_events.emit("kube-proxy", kind, node=self.node, port=self.node_port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        eps = self.endpoints()
+        peer = writer.get_extra_info("peername")
+        eps = self.endpoints_for(peer[0] if peer else None)
         if not eps:
-            _reset(writer)
+            await self._drop(reader, writer)
             return
         pod = eps[self.rr % len(eps)]
         self.rr += 1
@@ -83,10 +106,24 @@ class NodePort:
             _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
         )
 
+    async def _drop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Never answer; let go when the client does (or the lab stops)."""
+        self.held.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            self.held.discard(writer)
+            writer.transport.abort()
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
             self.server = None
+        for writer in list(self.held):
+            writer.transport.abort()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

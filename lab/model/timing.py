@@ -118,6 +118,17 @@ MAY_BE_ZERO = {
 }
 
 
+#: What graceful-drain.sh accepts (it refuses anything else before sending a request):
+#: model input -> (the script's variable, lowest, highest). An input outside is refused
+#: here too, so a rendered preStop never carries a value its script would refuse.
+DRAIN_SCRIPT_LIMITS: dict[str, tuple[str, float, float]] = {
+    "drain_timeout_s": ("DRAIN_TIMEOUT", 1, 3600),
+    "poll_interval_s": ("POLL_INTERVAL", 0.1, 60),
+    "lb_buffer_s": ("LB_BUFFER", 0, 600),
+    "curl_max_time_s": ("CURL_MAX_TIME", 1, 60),
+}
+
+
 class TimingInputError(ValueError):
     """An input that is unknown, missing, or not a number of the right kind."""
 
@@ -363,4 +374,11 @@ def _number(key: str, value: object) -> float:
         raise TimingInputError(f"timing input {key}={value!r} must be > 0")
     if key in WHOLE and value != int(value):
         raise TimingInputError(f"timing input {key}={value!r} must be a whole number")
+    if key in DRAIN_SCRIPT_LIMITS:
+        var, low, high = DRAIN_SCRIPT_LIMITS[key]
+        if not low <= value <= high:
+            raise TimingInputError(
+                f"timing input {key}={value!r} must be {low:g}..{high:g} "
+                f"(graceful-drain.sh's {var} accepts no other)"
+            )
     return value

@@ -5,6 +5,11 @@ Each mode runs `playbooks/run-experiment.yml` in its own isolated lab (its own l
 Each run writes `.lab/<N>/result.json` (where its artifacts are, how it ended), which
 is what this reads.
 
+One `make experiment` at a time per checkout: a second one, started while the first
+runs, is refused at once with a message naming the first (it would take the same labs:
+addresses, ports, pidfiles). The lock is `.lab/experiment.lock`, released by the
+kernel when its holder exits, however it exits.
+
 Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every run:
 each keeps what it recorded and its journal says `interrupted`; then every lab process
 is gone, HAProxy included, and one line per run says where its artifacts are.
@@ -17,12 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from ..analysis.report import write_comparison
 from ..artifacts.rundir import read_result, utc_stamp
@@ -32,6 +41,40 @@ from ..model.plan import check_inputs
 ROOT = Path.cwd()
 #: How long an interrupted run may take to write its artifacts before it is killed.
 CLEANUP_TIMEOUT_S = 60
+
+
+class Busy(RuntimeError):
+    """Another `make experiment` holds this checkout's labs."""
+
+
+def take_lock(path: Path, modes: list[str], first_index: int) -> IO[str]:
+    """The checkout's experiment lock, or Busy naming its holder. Keep the returned file
+    open for as long as the labs are in use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "(no details)"
+        f.close()
+        raise Busy(holder) from None
+    f.seek(0)
+    f.truncate()
+    labs = list(range(first_index, first_index + len(modes)))
+    f.write(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "modes": modes,
+                "labs": labs,
+            }
+        )
+        + "\n"
+    )
+    f.flush()
+    return f
 
 
 @dataclass
@@ -187,6 +230,9 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
+    if not (ROOT / "playbooks" / "run-experiment.yml").exists():
+        print(f"lab.runners.all: run it from the project's root, not {ROOT}", file=sys.stderr)
+        return 2
     try:
         if not modes:
             raise ValueError("--modes names no mode")
@@ -195,6 +241,15 @@ def main() -> int:
     except ValueError as exc:
         print(f"lab.runners.all: {exc}", file=sys.stderr)
         return 2
+    try:
+        lock = take_lock(ROOT / ".lab" / "experiment.lock", modes, args.first_lab_index)
+    except Busy as exc:
+        print(
+            f"lab.runners.all: another experiment is running in this checkout: {exc}; "
+            "wait for it to end, or stop it with Ctrl-C in its terminal",
+            file=sys.stderr,
+        )
+        return 1
     try:
         return asyncio.run(
             main_async(
@@ -207,6 +262,8 @@ def main() -> int:
         )
     except KeyboardInterrupt:
         return 130
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":
