@@ -17,7 +17,7 @@ help:
 	@echo "make pytest      the test suite (PYTEST_ARGS='-m \"not e2e\"' for the fast loop)"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 	@echo "make experiment  every termination mode on the local lab, side by side, and a comparison"
-	@echo "                 (MODES=current,improved to choose)"
+	@echo "                 (MODES=current,improved and REPEATS=3 to choose)"
 
 setup: apt venv
 
@@ -60,7 +60,7 @@ molecule: venv
 test: setup lint pytest molecule
 
 experiment: setup
-	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES))
+	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(REPEATS),--repeats $(REPEATS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -44,6 +44,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]
             "lab.runners.all",
             "--first-lab-index",
             "180",
+            "--repeats",
+            "1",
             "--artifacts",
             str(artifacts),
         ],
@@ -54,7 +56,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     dirs = {d.name.rsplit("-", 1)[-1]: d for d in artifacts.iterdir() if d.is_dir()}
-    return result.stdout, dirs
+    (comparison,) = artifacts.glob("comparison-*.json")
+    return result.stdout, dirs, json.loads(comparison.read_text())
 
 
 def summary(run: Path) -> dict:
@@ -62,7 +65,7 @@ def summary(run: Path) -> dict:
 
 
 def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
-    _, dirs = runs
+    _, dirs, _ = runs
     current, improved = summary(dirs["current"]), summary(dirs["improved"])
     assert current["in_flight_at_termination"] >= 4
     assert current["cut_in_flight"] >= 1  # shutdown-sessions at the LB's DOWN
@@ -76,8 +79,33 @@ def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
     )
 
 
+def test_every_loss_is_explained_and_exposure_is_counted(runs) -> None:
+    _, dirs, comparison = runs
+    current, improved = summary(dirs["current"]), summary(dirs["improved"])
+    for s in (current, improved):
+        # enough long requests land on the terminating gateway to test both classes
+        assert s["exposure"]["sleep"]["exposed"] >= 2, s["exposure"]
+        assert s["exposure"]["stream"]["exposed"] >= 1, s["exposure"]
+        assert s["missing_hops"] == {}, s["missing_hops"]  # every hop joined
+    assert improved["lost_exposed"] == 0
+    assert current["lost_exposed"] >= 1
+    for f in current["failed"]:
+        # shutdown-sessions at the LB's DOWN, seen in HAProxy's termination state
+        assert f["rule"] == "lb_killed_session_at_down", f
+        # the kill and the DOWN are one instant; the two clocks that see them (the
+        # client, the syslog collector) are a few ms apart
+        assert f["phase"] in ("lb_detection", "after_lb_down"), f
+        assert f["served_by"]["gateway_pod"] == current["terminated_pod"]
+    joined = read_jsonl(dirs["current"] / "requests.jsonl")
+    assert all(r["request_id"] and r["haproxy"] and r["envoy"] for r in joined)
+    modes = comparison["modes"]
+    assert modes["improved"]["verdict"] == "0 lost in 1 of 1 runs"
+    assert modes["current"]["held_in"] == 0
+    assert modes["current"]["causes"] == {"lb_killed_session_at_down": current["lost_exposed"]}
+
+
 def test_artifacts_are_complete(runs) -> None:
-    stdout, dirs = runs
+    stdout, dirs, _ = runs
     assert "comparison report:" in stdout and "wall time:" in stdout
     for mode, run in dirs.items():
         names = {p.name for p in run.iterdir()}

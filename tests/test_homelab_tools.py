@@ -193,6 +193,17 @@ def test_preflight_refuses_a_bad_address(tmp_path: Path) -> None:
     assert code != 0 and "worker1: ansible_host=worker one is not an address" in out
 
 
+def test_preflight_refuses_an_lb_that_is_not_a_worker(tmp_path: Path) -> None:
+    code, out = run_preflight(
+        tmp_path,
+        MASTER
+        + "    workers:\n      hosts:\n        worker1: {ansible_host: 192.0.2.11}\n"
+        + "        worker2: {ansible_host: 192.0.2.12}\n"
+        + "  vars:\n    experiment_lb_host: master1\n",
+    )
+    assert code != 0 and "experiment_lb_host=master1 must be one of the workers" in out
+
+
 def test_preflight_accepts_the_homelab_inventory() -> None:
     # the kube context check needs kubectl and the cluster's kubeconfig: cluster only
     result = subprocess.run(

@@ -41,7 +41,7 @@ async def one(
 ) -> RequestRecord:
     async with new_session(None, timeout) as session:
         record = RequestRecord(
-            1, "stream" if stream else "sleep", path, 0.0, expected_chunks=expected
+            1, "t-000001", "stream" if stream else "sleep", path, 0.0, expected_chunks=expected
         )
         return await fetch(session, url, record, stream)
 
@@ -131,7 +131,7 @@ def _count_attempts(session_factory: Callable[[], aiohttp.ClientSession]) -> tup
 
     async def run(url: str) -> str | None:
         async with session_factory() as session:
-            record = RequestRecord(1, "short", "/", 0.0)
+            record = RequestRecord(1, "t-000001", "short", "/", 0.0)
             return (await fetch(session, url, record, False)).error
 
     error = asyncio.run(with_server(handler, run))

@@ -53,6 +53,7 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
             "-m",
             "lab.runners.all",
             f"--first-lab-index={FIRST_LAB}",
+            "--repeats=1",
             f"--artifacts={artifacts}",
             *extra,
         ],

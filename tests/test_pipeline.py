@@ -148,3 +148,43 @@ def test_the_project_stands_alone() -> None:
         )
     ]
     assert offenders == []
+
+
+def test_names_the_standalone_parts_repeat_are_the_registry_s() -> None:
+    # the HAProxy collector (copied to the workers) and the apps cannot import the lab
+    from backend.server import REQUEST_ID_HEADER as BACKEND_HEADER
+    from lab.collectors import haproxy as haproxy_collector
+
+    assert BACKEND_HEADER == registry.REQUEST_ID_HEADER
+    assert haproxy_collector.REQUEST_LOG_TAG == registry.HAPROXY_REQUEST_LOG_TAG
+
+
+def test_access_log_and_backend_lines_become_hop_events() -> None:
+    access = json.dumps(
+        {"igw_access_log": "1", "request_id": "ab-000001", "response_code": 503}
+        | {"response_flags": "UC", "upstream_host": "127.0.0.1:8080"}
+    )
+    e = event_from_line("gw-1", "istio-proxy", access)
+    assert e is not None and (e["source"], e["kind"], e["pod"]) == ("envoy", "access_log", "gw-1")
+    assert e["request_id"] == "ab-000001" and "igw_access_log" not in e
+    line = f"ts={TS} level=info app=backend msg=request request_id=ab-000001 status=200 path=/"
+    b = event_from_line("backend-1", "backend", line)
+    assert b is not None and (b["kind"], b["request_id"], b["status"]) == (
+        "request",
+        "ab-000001",
+        "200",
+    )
+
+
+def test_the_collector_reads_haproxy_request_lines() -> None:
+    from lab.collectors import haproxy as haproxy_collector
+
+    line = (
+        "<134>Nov 22 14:00:00 haproxy[1]: igw_request rid=ab-000001 srv=worker1 st=502 "
+        "term=DH Tq=1 Tw=0 Tc=0 Tr=-1 Ta=2855 bytes=0 retries=0"
+    )
+    fields = haproxy_collector.request_fields(line)
+    assert fields is not None and fields["rid"] == "ab-000001" and fields["term"] == "DH"
+    assert haproxy_collector.request_fields("Health check for server x/y failed") is None
+    empty = haproxy_collector.request_fields("igw_request rid=- srv=<NOSRV> st=503")
+    assert empty is not None and empty["rid"] == ""

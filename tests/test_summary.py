@@ -13,6 +13,8 @@ def rec(cls: str, start: float, end: float | None, error: str | None = None) -> 
         "start_ms": T + start,
         "end_ms": None if end is None else T + end,
         "error": error,
+        # as the join marks it: in flight on the terminating gateway (here, all that were)
+        "exposed": start < 0 and (end is None or end > 0),
     }
 
 
@@ -87,10 +89,13 @@ def test_counts_cuts_and_timings() -> None:
     assert t["termination_to_pod_gone"] == 20.0
     assert t["last_in_flight_end"] == 8.0
     assert t["drain_overhead"] == 12.0
-    assert verdict(s) == "current: cut 2 of 4 in-flight requests; 3 failed in all"
+    assert verdict(s) == (
+        "current: lost 2 of 4 exposed in-flight requests (sleep 1/2, stream 1/2); "
+        "not tested: short; 3 failed in all"
+    )
 
 
 def test_no_cut_reads_as_none() -> None:
     s = summarize([rec("sleep", -1000, 5000)], [], {**META, "mode": "improved"})
     assert s["cut_in_flight"] == 0 and s["timings_s"]["termination_to_lb_down"] is None
-    assert verdict(s).startswith("improved: cut none of 1")
+    assert verdict(s).startswith("improved: lost none of 1 exposed in-flight requests (sleep 0/1)")

@@ -41,6 +41,9 @@ class Shutdown:
 SHUTDOWN = web.AppKey("shutdown", Shutdown)
 
 MAX_SLEEP_S = 600
+#: The experiment's request-id header (the lab's registry names the same one; the apps
+#: do not import the lab, a test keeps the two equal).
+REQUEST_ID_HEADER = "X-Igw-Request-Id"
 _WHOLE = re.compile(r"[0-9]{1,9}")
 
 
@@ -126,6 +129,8 @@ def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[we
             log.info(
                 msg,
                 extra={
+                    # the experiment's request id, joined with HAProxy's and Envoy's lines
+                    "request_id": request.headers.get(REQUEST_ID_HEADER, ""),
                     "method": request.method,
                     "path": request.path_qs,
                     "remote": request.remote,

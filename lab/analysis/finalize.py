@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import events as ev
 from ..artifacts.journal import STATUSES, Journal
-from ..artifacts.rundir import write_json
+from ..artifacts.rundir import RAW_REQUESTS, write_json
 from ..model.plan import RunPlan
+from .accounting import account
 from .report import write_run_report
 from .summary import summarize, verdict
 
@@ -45,11 +46,20 @@ def finalize(
     """events.jsonl, then summary.json, journal.json and report.html (no summary and no
     report when the run stopped before the termination: there is nothing to judge)."""
     ev.merge(run_dir)
+    events = ev.read_jsonl(run_dir / "events.jsonl")
+    raw = ev.read_jsonl(run_dir / RAW_REQUESTS)
     summary = None
     if term is not None:
+        records, phases = account(raw, events, asdict(term))
+    else:
+        records, phases = raw, None
+    with (run_dir / "requests.jsonl").open("x", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    if term is not None:
         summary = summarize(
-            ev.read_jsonl(run_dir / "requests.jsonl"),
-            ev.read_jsonl(run_dir / "events.jsonl"),
+            records,
+            events,
             {
                 **plan.as_dict(),
                 "termination_ms": term.ms,
@@ -58,6 +68,11 @@ def finalize(
                 "lb": term.lb,
             },
         )
+        summary["phases_s"] = {
+            k: None if v is None else round((v - term.ms) / 1000, 3)
+            for k, v in asdict(phases).items()
+            if k != "termination"
+        }
         summary["notes"] = plan.notes + (
             [] if status == "completed" else [f"run {status}: the figures cover what was recorded"]
         )

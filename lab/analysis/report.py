@@ -139,8 +139,11 @@ def figure(
             "killing_envoy",
         )
     ]
+    failures = [r for r in records if r.get("error") and r.get("end_ms") is not None]
     for ax in axes:
         ax.axvline(0, color="black", lw=1)
+        for r in failures:  # each failed request, where it failed
+            ax.axvline(_s(r["end_ms"], t_ms), color="#c62828", lw=0.7, alpha=0.5, ls="--")
         for e in marks:
             ax.axvline(_s(e["ts_ms"], t_ms), color="grey", lw=0.6, ls=":")
         ax.grid(alpha=0.3)
@@ -161,17 +164,24 @@ def _templates() -> jinja2.Environment:
     )
 
 
+def _per_class(exposure: dict[str, Any], key: str) -> str:
+    return " / ".join(
+        str(e[key]) if e["tested"] or key == "exposed" else "-" for e in exposure.values()
+    )
+
+
 def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for s in summaries:
         t = s["timings_s"]
+        exposure = s.get("exposure") or {}
         rows.append(
             [
                 s["mode"],
                 s["profile"],
-                s["in_flight_at_termination"],
-                s["cut_in_flight"],
-                ", ".join(f"{k}={v}" for k, v in s["cut_in_flight_by_error"].items()) or "-",
+                _per_class(exposure, "exposed") if exposure else "?",
+                _per_class(exposure, "lost") if exposure else "?",
+                ", ".join(f"{k} x{v}" for k, v in s.get("causes", {}).items()) or "-",
                 s["failed_total"],
                 t["termination_to_lb_down"],
                 t["prestop"],
@@ -184,9 +194,9 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
 COMPARISON_HEADER = [
     "mode",
     "profile",
-    "in flight at termination",
-    "cut",
-    "cut by error",
+    "exposed sleep/stream/short",
+    "lost of those",
+    "causes",
     "failed (all)",
     "to LB DOWN (s)",
     "preStop (s)",
@@ -216,6 +226,7 @@ def write_run_report(run_dir: Path) -> Path:
             header=COMPARISON_HEADER,
             rows=comparison_rows([summary]),
             png=figure(records, events, summary, t_ms),
+            failed=summary.get("failed", []),
             summary_json=json.dumps(summary, indent=2),
         )
     )

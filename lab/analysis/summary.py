@@ -1,4 +1,5 @@
-"""summary.json from requests.jsonl and events.jsonl: what was cut, and when things happened."""
+"""summary.json from the joined requests.jsonl and events.jsonl: what was cut, who was
+exposed, each failure's cause and phase, and when things happened."""
 
 from __future__ import annotations
 
@@ -61,6 +62,33 @@ def summarize(
     )
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
+    exposure = {}
+    for cls in CLASSES:
+        mine = [r for r in in_flight if r["class"] == cls]
+        hit = [r for r in mine if r.get("exposed")]
+        exposure[cls] = {
+            "in_flight": len(mine),
+            "exposed": len(hit),
+            "lost": sum(1 for r in hit if r["error"]),
+            "where_unknown": sum(1 for r in mine if r.get("exposed") is None),
+            # no exposed request: this run says nothing about the class
+            "tested": bool(hit),
+        }
+    failed = [
+        {
+            "request_id": r.get("request_id"),
+            "class": r["class"],
+            "error": r["error"],
+            "rule": r.get("rule"),
+            "cause": r.get("cause"),
+            "phase": r.get("phase"),
+            "at_s": None if r.get("end_ms") is None else round((r["end_ms"] - t) / 1000, 3),
+            "served_by": r.get("served_by"),
+            "missing_hops": r.get("missing_hops", []),
+        }
+        for r in sorted(records, key=lambda r: r.get("end_ms") or r["start_ms"])
+        if r["error"]
+    ]
     return {
         "mode": meta["mode"],
         "scenario": meta["scenario"],
@@ -75,6 +103,11 @@ def summarize(
         "cut_in_flight": len(cut),
         "cut_in_flight_by_error": dict(Counter(r["error"] for r in cut)),
         "failed_total": sum(c["failed"] for c in classes.values()),
+        "exposure": exposure,
+        "lost_exposed": sum(c["lost"] for c in exposure.values()),
+        "failed": failed,
+        "causes": dict(Counter(f["rule"] for f in failed if f["rule"])),
+        "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(lb_down, t),
             "prestop": (
@@ -95,8 +128,27 @@ def summarize(
 
 
 def verdict(summary: dict[str, Any]) -> str:
-    cut = summary["cut_in_flight"]
-    n = summary["in_flight_at_termination"]
-    word = "cut none" if cut == 0 else f"cut {cut}"
+    """One line: what the exposed requests say, which classes were not tested."""
+    exposure = summary.get("exposure")
     failed = summary["failed_total"]
-    return f"{summary['mode']}: {word} of {n} in-flight requests; {failed} failed in all"
+    if exposure is None:  # a summary from before exposure was counted
+        cut = summary["cut_in_flight"]
+        n = summary["in_flight_at_termination"]
+        word = "cut none" if cut == 0 else f"cut {cut}"
+        return f"{summary['mode']}: {word} of {n} in-flight requests; {failed} failed in all"
+    tested = {c: e for c, e in exposure.items() if e["tested"]}
+    if not tested:
+        return (
+            f"{summary['mode']}: not tested: no request was in flight on the terminating "
+            f"gateway; {failed} failed in all"
+        )
+    exposed = sum(e["exposed"] for e in tested.values())
+    lost = sum(e["lost"] for e in tested.values())
+    word = "lost none" if lost == 0 else f"lost {lost}"
+    per = ", ".join(f"{c} {e['lost']}/{e['exposed']}" for c, e in tested.items())
+    untested = [c for c, e in exposure.items() if not e["tested"]]
+    tail = f"; not tested: {', '.join(untested)}" if untested else ""
+    return (
+        f"{summary['mode']}: {word} of {exposed} exposed in-flight requests ({per}){tail}; "
+        f"{failed} failed in all"
+    )

@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+#: What the load driver writes, one record a request as the client saw it; the finalize
+#: step joins each with every hop's line into requests.jsonl.
+RAW_REQUESTS = "requests.raw.jsonl"
+
 
 def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

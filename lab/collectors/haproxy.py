@@ -29,6 +29,8 @@ from typing import Any
 # One place for the name (lab/model/registry.py); repeated here only as the default of
 # a script that must run without the package, and checked equal by the tests.
 DEFAULT_BACKEND = "igw_nodeports"
+# Likewise the tag of the per-request log line (the haproxy role's log-format).
+REQUEST_LOG_TAG = "igw_request"
 
 _HEALTH = re.compile(r"(Health check for (?:backup )?server \S+ .*)$")
 _SERVER = re.compile(r"((?:Server|Backup server) \S+ is (?:UP|DOWN|going DOWN|NOLB)\b.*)$")
@@ -55,6 +57,20 @@ def show_stat(path: str, timeout: float = 2.0) -> str:
         while chunk := s.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+def request_fields(text: str) -> dict[str, str] | None:
+    """The key=value fields of a per-request log line, or None for another line."""
+    at = text.find(REQUEST_LOG_TAG + " ")
+    if at < 0:
+        return None
+    fields = dict(
+        token.split("=", 1) for token in text[at + len(REQUEST_LOG_TAG) :].split() if "=" in token
+    )
+    # HAProxy prints `-` for an empty capture (a request without an id)
+    if fields.get("rid") in ("-", ""):
+        fields["rid"] = ""
+    return fields
 
 
 def syslog_event(text: str) -> tuple[str, str] | None:
@@ -108,7 +124,12 @@ class Collector:
                 continue
             except OSError:
                 return
-            found = syslog_event(data.decode(errors="replace").strip())
+            text = data.decode(errors="replace").strip()
+            request = request_fields(text)
+            if request is not None:
+                self._emit("request_log", **request)
+                continue
+            found = syslog_event(text)
             if found:
                 self._emit(found[0], line=found[1])
 

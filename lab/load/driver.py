@@ -13,6 +13,7 @@ import asyncio
 import errno
 import itertools
 import json
+import secrets
 import ssl
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ import aiohttp
 
 from ..artifacts.events import now_ms
 from ..model.plan import InflightScenario
+from ..model.registry import REQUEST_ID_HEADER
 
 ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
 
@@ -30,6 +32,7 @@ ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other"
 @dataclass(slots=True)
 class RequestRecord:
     id: int
+    request_id: str  # sent with the request; every hop logs it (registry.REQUEST_ID_HEADER)
     cls: str
     path: str
     start_ms: float
@@ -122,7 +125,8 @@ async def fetch(
     exc: BaseException | None = None
     truncated = False
     try:
-        async with session.get(base_url + record.path) as resp:
+        headers = {REQUEST_ID_HEADER: record.request_id, "X-Request-Id": record.request_id}
+        async with session.get(base_url + record.path, headers=headers) as resp:
             record.status = resp.status
             async for chunk in resp.content.iter_any():
                 if record.first_byte_ms is None:
@@ -151,6 +155,8 @@ class LoadDriver:
         self.recorder = recorder
         self.scenario = scenario
         self._ids = itertools.count(1)
+        # unique across runs and drivers: a run's ids never match another run's lines
+        self._id_prefix = secrets.token_hex(4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._shorts_stop = asyncio.Event()
 
@@ -161,8 +167,9 @@ class LoadDriver:
         path: str,
         expected_chunks: int | None = None,
     ) -> None:
+        n = next(self._ids)
         record = RequestRecord(
-            next(self._ids), cls, path, now_ms(), expected_chunks=expected_chunks
+            n, f"{self._id_prefix}-{n:06d}", cls, path, now_ms(), expected_chunks=expected_chunks
         )
         self.recorder.write(await fetch(session, self.base_url, record, cls == "stream"))
 

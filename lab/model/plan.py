@@ -18,8 +18,11 @@ class InflightScenario:
     before the termination and last `long_s`, sized from the timing model."""
 
     long_s: int
-    sleep_count: int = 4
-    stream_count: int = 2
+    # Enough long requests that each class has some on the terminating gateway: they
+    # start back to back, so HAProxy's round robin spreads them over both gateways.
+    # More of the same class changes nothing in what one request goes through.
+    sleep_count: int = 6
+    stream_count: int = 4
     stream_interval_ms: int = 500
     short_rate_per_s: float = 20.0
     warmup_s: float = 3.0

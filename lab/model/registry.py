@@ -14,6 +14,35 @@ from dataclasses import asdict, dataclass
 #: `show stat` filter and the runners all use this name.
 HAPROXY_BACKEND = "igw_nodeports"
 
+#: The header that carries each request's id through every hop. The load driver sends
+#: it (and the same value as X-Request-Id); HAProxy, Envoy and the backend log it. Our
+#: own header because a gateway may rewrite X-Request-Id: Istio's gateway treats an
+#: external request's X-Request-Id as untrusted and generates a new one
+#: (istio/istio#10875), which would break the join on the homelab.
+REQUEST_ID_HEADER = "X-Igw-Request-Id"
+
+#: The marker HAProxy's per-request log line starts with (log-format in the haproxy role).
+HAPROXY_REQUEST_LOG_TAG = "igw_request"
+
+#: Envoy's access log, one JSON object a line: the same keys in the local lab's
+#: bootstrap and in the homelab's meshConfig (istio role), so one parser reads both.
+#: Values are Envoy command operators.
+ENVOY_ACCESS_LOG_FORMAT: dict[str, str] = {
+    "igw_access_log": "1",
+    "start_time": "%START_TIME%",
+    "request_id": "%REQ(X-IGW-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    "duration_ms": "%DURATION%",
+    "bytes_sent": "%BYTES_SENT%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ProbePaths:
@@ -108,4 +137,7 @@ def as_dict() -> dict[str, object]:
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
         "haproxy_backend": HAPROXY_BACKEND,
+        "request_id_header": REQUEST_ID_HEADER,
+        "haproxy_request_log_tag": HAPROXY_REQUEST_LOG_TAG,
+        "envoy_access_log_format": ENVOY_ACCESS_LOG_FORMAT,
     }

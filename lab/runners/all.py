@@ -14,7 +14,7 @@ Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every r
 each keeps what it recorded and its journal says `interrupted`; then every lab process
 is gone, HAProxy included, and one line per run says where its artifacts are.
 
-    python -m lab.runners.all [--modes current,improved] [--profile quick]
+    python -m lab.runners.all [--modes current,improved] [--profile quick] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from ..analysis.comparison import compare
 from ..analysis.report import write_comparison
-from ..artifacts.rundir import read_result, utc_stamp
+from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..model import registry
 from ..model.plan import check_inputs
 
@@ -177,17 +178,35 @@ async def stop_runs(runs: list[LabRun]) -> None:
         stop_lab_haproxy(r.lab_dir)
 
 
+async def run_lab(
+    run: LabRun, repeats: int, profile: str, scenario: str, artifacts: Path | None
+) -> list[tuple[int, dict[str, str] | None]]:
+    """The lab's mode, `repeats` times one after the other: (exit code, result) each."""
+    out = []
+    for i in range(repeats):
+        if repeats > 1:
+            print(f"[{run.mode:>8}] run {i + 1} of {repeats}", flush=True)
+        code = await run_mode(run, profile, scenario, artifacts)
+        out.append((code, read_result(run.result_file)))
+    return out
+
+
 async def main_async(
-    modes: list[str], profile: str, scenario: str, first_index: int, artifacts: Path | None
+    modes: list[str],
+    profile: str,
+    scenario: str,
+    first_index: int,
+    artifacts: Path | None,
+    repeats: int,
 ) -> int:
     started = time.monotonic()
     runs = [
         LabRun(m, first_index + i, ROOT / ".lab" / str(first_index + i))
         for i, m in enumerate(modes)
     ]
-    tasks = [asyncio.create_task(run_mode(r, profile, scenario, artifacts)) for r in runs]
+    tasks = [asyncio.create_task(run_lab(r, repeats, profile, scenario, artifacts)) for r in runs]
     try:
-        codes = await asyncio.gather(*tasks)
+        outcomes = await asyncio.gather(*tasks)
     except asyncio.CancelledError:
         await stop_runs(runs)
         for r in runs:
@@ -198,26 +217,45 @@ async def main_async(
     finally:
         for t in tasks:
             t.cancel()
-    done: list[Path] = []
+    done: dict[str, list[Path]] = {}
     failed = False
-    for r, code in zip(runs, codes, strict=True):
-        result = read_result(r.result_file)
-        if code != 0 or result is None or result["status"] != "completed":
-            failed = True
-            print(
-                f"\n[{r.mode}] the playbook failed (exit {code}); its last lines:", file=sys.stderr
-            )
-            lines = r.log_path.read_text(errors="replace").splitlines()
-            print("\n".join(lines[-25:]), file=sys.stderr)
-            continue
-        done.append(Path(result["run_dir"]).resolve())
-    if done:
-        table, page = write_comparison(done, done[0].parent / f"comparison-{utc_stamp()}.html")
+    for r, results in zip(runs, outcomes, strict=True):
+        for code, result in results:
+            if code != 0 or result is None or result["status"] != "completed":
+                failed = True
+                print(f"\n[{r.mode}] a run failed (exit {code}); its last lines:", file=sys.stderr)
+                lines = r.log_path.read_text(errors="replace").splitlines()
+                print("\n".join(lines[-25:]), file=sys.stderr)
+                continue
+            done.setdefault(r.mode, []).append(Path(result["run_dir"]).resolve())
+    all_runs = [d for dirs in done.values() for d in dirs]
+    if all_runs:
+        stamp = utc_stamp()
+        folder = all_runs[0].parent
+        table, page = write_comparison(all_runs, folder / f"comparison-{stamp}.html")
+        doc = {
+            "repeats": repeats,
+            "profile": profile,
+            "scenario": scenario,
+            **compare(
+                {
+                    m: [json.loads((d / "summary.json").read_text()) for d in dirs]
+                    for m, dirs in done.items()
+                }
+            ),
+            "run_dirs": {m: [str(d) for d in dirs] for m, dirs in done.items()},
+        }
+        write_json(folder / f"comparison-{stamp}.json", doc)
         print("\n" + table)
+        print("\nover the repeats:")
+        for mode, m in doc["modes"].items():
+            print(f"  {mode:>8}: {m['verdict']}")
         print(f"\ncomparison report: {page}")
-        for run_dir in done:
-            print(f"run report:        {run_dir / 'report.html'}")
-    print(f"wall time: {time.monotonic() - started:.1f}s for {len(modes)} modes side by side")
+        print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
+    print(
+        f"wall time: {time.monotonic() - started:.1f}s for {len(modes)} modes side by side, "
+        f"{repeats} run(s) each"
+    )
     return 1 if failed else 0
 
 
@@ -228,6 +266,9 @@ def main() -> int:
     parser.add_argument("--scenario", default="inflight")
     parser.add_argument("--first-lab-index", type=int, default=1)
     parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not (ROOT / "playbooks" / "run-experiment.yml").exists():
@@ -236,6 +277,8 @@ def main() -> int:
     try:
         if not modes:
             raise ValueError("--modes names no mode")
+        if not 1 <= args.repeats <= 20:
+            raise ValueError(f"--repeats {args.repeats} must be 1..20")
         for mode in modes:
             check_inputs(mode, args.scenario, args.profile)
     except ValueError as exc:
@@ -258,6 +301,7 @@ def main() -> int:
                 args.scenario,
                 args.first_lab_index,
                 args.artifacts.resolve() if args.artifacts else None,
+                args.repeats,
             )
         )
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from kubernetes import client, config
 
 from ..analysis.finalize import Termination
 from ..artifacts.events import CollectedDir, now_ms
-from ..artifacts.rundir import write_json
+from ..artifacts.rundir import RAW_REQUESTS, write_json
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model.plan import plan as make_plan
@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> None:
             collected.log("envoy"), {p.metadata.name: fetcher(p.metadata.name) for p in pods}, 0.5
         )
     )
-    recorder = Recorder(run_dir / "requests.jsonl")
+    recorder = Recorder(run_dir / RAW_REQUESTS)
     driver = LoadDriver(args.url, args.ca, recorder, scenario)
     try:
         shorts = asyncio.create_task(driver.shorts())

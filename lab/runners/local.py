@@ -28,7 +28,7 @@ import aiohttp
 from ..analysis.finalize import Termination, finalize, print_summary
 from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.journal import Journal
-from ..artifacts.rundir import new_run_dir, write_json, write_result
+from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_result
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
@@ -127,7 +127,7 @@ async def run(args: argparse.Namespace) -> Path:
         if found is not None:
             pod_events.write(found)
 
-    recorder = Recorder(run_dir / "requests.jsonl")
+    recorder = Recorder(run_dir / RAW_REQUESTS)
     journal = Journal(args.mode, args.scenario, args.profile, "local")
     cluster = LabCluster(topology, manifests, run_dir / "lab", collected, on_log_line)
     victim = cluster.gateway_pods[0]

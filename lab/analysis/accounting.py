@@ -1,0 +1,290 @@
+"""Every request accounted for: its hops joined by request id, where it was served, the
+cause and phase of each failure, and who was exposed to the termination.
+
+- The join: the load driver's record (what the client saw) with HAProxy's per-request
+  log line (server, status, termination state, timers), the gateway Envoy's access log
+  (pod, response code and flags, upstream) and the backend's line (pod, status).
+- A failed request's `cause` comes from the first named rule (`RULES`) whose facts hold;
+  none holding is `unexplained`, with what is known. A hop that should have logged and
+  did not is listed in `missing_hops`: unknown is never taken for success.
+- Its `phase` places the failure in the termination sequence: before the termination,
+  drain (the LB check still passes), LB detection (the check fails, the server is still
+  UP), after LB DOWN, after the pod is gone. The failure's time is the client's; the
+  boundaries are stamped by the collectors as the lines arrive (HAProxy's syslog within
+  milliseconds, its runtime API within 0.1 s), so a failure caused by an event can
+  land a few milliseconds before it: read `at_s` beside `phases_s`.
+- Exposure: a request in flight at the termination on the terminating gateway. Only
+  those tested the order; a class with none exposed is "not tested" in that run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Record = dict[str, Any]
+Hops = dict[str, dict[str, Any]]
+
+#: Envoy's response flags, in words (Envoy's access log docs).
+ENVOY_FLAGS = {
+    "UC": "upstream connection terminated",
+    "UF": "upstream connection failure",
+    "UH": "no healthy upstream",
+    "URX": "upstream retry limit exceeded",
+    "UT": "upstream request timeout",
+    "UR": "upstream remote reset",
+    "DC": "downstream connection terminated",
+    "UO": "upstream overflow",
+    "NR": "no route",
+    "LR": "connection local reset",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """The termination sequence on one clock (ms); None for what did not happen."""
+
+    termination: float
+    lb_check_failing: float | None  # HAProxy's first failed check of the victim's node
+    lb_down: float | None  # HAProxy marked it DOWN (or NOLB, MAINT)
+    pod_gone: float | None
+
+    def of(self, t_ms: float) -> str:
+        if t_ms < self.termination:
+            return "before_termination"
+        if self.pod_gone is not None and t_ms >= self.pod_gone:
+            return "after_pod_gone"
+        if self.lb_down is not None and t_ms >= self.lb_down:
+            return "after_lb_down"
+        if self.lb_check_failing is not None and t_ms >= self.lb_check_failing:
+            return "lb_detection"
+        return "drain"
+
+
+def phases(events: list[dict[str, Any]], t_term: float, pod: str, node: str, lb: str) -> Phases:
+    def first(pred: Callable[[dict[str, Any]], bool]) -> float | None:
+        return next((e["ts_ms"] for e in events if e["ts_ms"] >= t_term and pred(e)), None)
+
+    def ours(e: dict[str, Any]) -> bool:
+        return e.get("source") == "haproxy" and e.get("lb") in (None, lb)
+
+    return Phases(
+        termination=t_term,
+        lb_check_failing=first(
+            lambda e: (
+                ours(e)
+                and e.get("kind") == "health_check_log"
+                and f"/{node} " in e.get("line", "")
+                and "failed" in e.get("line", "")
+            )
+        ),
+        # the log line is stamped as it arrives; the runtime API is polled every 0.1 s
+        lb_down=first(lambda e: ours(e) and _marks_out(e, node)),
+        pod_gone=first(lambda e: e.get("kind") == "pod_terminated" and e.get("pod") == pod),
+    )
+
+
+def _marks_out(e: dict[str, Any], node: str) -> bool:
+    """HAProxy took the node out: a DOWN/NOLB/MAINT state, or its log line saying so."""
+    if e.get("kind") == "server_state":
+        return e.get("server") == node and str(e.get("status", "")).startswith(
+            ("DOWN", "NOLB", "MAINT")
+        )
+    line = str(e.get("line", ""))
+    return (
+        e.get("kind") == "server_log"
+        and f"/{node} is " in line
+        and any(w in line for w in (" is DOWN", " is going DOWN", "NOLB"))
+    )
+
+
+def index_hops(events: list[dict[str, Any]], lb: str) -> dict[str, Hops]:
+    """request id -> {"haproxy": line, "envoy": line, "backend": line} (those present)."""
+    out: dict[str, Hops] = {}
+    for e in events:
+        src, kind = e.get("source"), e.get("kind")
+        if src == "haproxy" and kind == "request_log" and e.get("lb") in (None, lb):
+            hop, rid = "haproxy", e.get("rid")
+        elif src == "envoy" and kind == "access_log":
+            hop, rid = "envoy", e.get("request_id")
+        elif src == "backend" and kind == "request":
+            hop, rid = "backend", e.get("request_id")
+        else:
+            continue
+        if rid and rid != "-":
+            out.setdefault(rid, {})[hop] = e
+    return out
+
+
+def expected_hops(record: Record, hops: Hops) -> list[str]:
+    """The hops that must have logged this request, from what the others say."""
+    if record.get("error") in ("refused",) and "haproxy" not in hops:
+        return []  # the client never reached HAProxy
+    want = ["haproxy"]
+    ha = hops.get("haproxy")
+    if ha is None or (ha.get("srv") not in (None, "<NOSRV>") and ha.get("Tc") != "-1"):
+        want.append("envoy")  # HAProxy connected to a gateway (or we cannot tell)
+    env = hops.get("envoy")
+    if "envoy" in want and (env is None or env.get("upstream_host") not in (None, "-", "")):
+        want.append("backend")
+    return want
+
+
+def served_by(hops: Hops) -> dict[str, str | None]:
+    ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
+    return {
+        "node": ha.get("srv"),
+        "gateway_pod": env.get("pod"),
+        "backend_pod": be.get("pod"),
+    }
+
+
+def _flags(env: dict[str, Any]) -> list[str]:
+    raw = str(env.get("response_flags") or "-")
+    return [] if raw == "-" else raw.split(",")
+
+
+# ---------------------------------------------------------------- cause rules
+# Each: (name, holds(record, hops), words(record, hops)). The first that holds names
+# the cause. Keep them small and factual: each is tested with a real case.
+
+
+def _ha(hops: Hops) -> dict[str, Any]:
+    return hops.get("haproxy", {})
+
+
+def _term(hops: Hops) -> str:
+    return str(_ha(hops).get("term", ""))
+
+
+RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], str]]] = [
+    (
+        # HAProxy's termination state D?: "killed by haproxy because the server was
+        # detected as down and was configured to kill all connections when going down"
+        "lb_killed_session_at_down",
+        lambda r, h: _term(h).startswith("D"),
+        lambda r, h: (
+            f"HAProxy {_ha(h).get('st')}, termination state {_term(h)}: HAProxy "
+            "killed the session when it marked the server DOWN (on-marked-down shutdown-sessions)"
+        ),
+    ),
+    (
+        "lb_killed_session",
+        lambda r, h: _term(h).startswith("K"),
+        lambda r, h: (
+            f"HAProxy {_ha(h).get('st')}, termination state {_term(h)}: the session was "
+            "killed on HAProxy (an admin action, e.g. `shutdown sessions`)"
+        ),
+    ),
+    (
+        "lb_no_server",
+        lambda r, h: _ha(h).get("srv") == "<NOSRV>",
+        lambda r, h: (
+            f"HAProxy {_ha(h).get('st')} with no server: every gateway node was out of the backend"
+        ),
+    ),
+    (
+        "backend_cut_at_shutdown",
+        lambda r, h: h.get("backend", {}).get("msg") == "cancelled_at_shutdown_timeout",
+        lambda r, h: "the backend cut it at its shutdown deadline (SHUTDOWN_TIMEOUT)",
+    ),
+    (
+        "gateway_upstream_failure",
+        lambda r, h: any(f in ENVOY_FLAGS and f != "DC" for f in _flags(h.get("envoy", {}))),
+        lambda r, h: "Envoy {} {}: {}".format(
+            h["envoy"].get("response_code"),
+            h["envoy"].get("response_flags"),
+            "; ".join(ENVOY_FLAGS[f] for f in _flags(h["envoy"]) if f in ENVOY_FLAGS),
+        ),
+    ),
+    (
+        "gateway_closed_connection_before_answering",
+        lambda r, h: _term(h) == "SH" and "envoy" not in h,
+        lambda r, h: (
+            f"HAProxy {_ha(h).get('st')}, termination state SH: the gateway closed "
+            "the server connection before answering (Envoy logged no request: a reused "
+            "connection it was closing, or its listener going away)"
+        ),
+    ),
+    (
+        "gateway_aborted_response",
+        lambda r, h: _term(h).startswith("S") and _term(h)[1:2] == "D",
+        lambda r, h: (
+            f"HAProxy termination state {_term(h)}: the gateway side aborted the "
+            "response while it was being sent"
+        ),
+    ),
+    (
+        "gateway_downstream_reset",
+        lambda r, h: "DC" in _flags(h.get("envoy", {})),
+        lambda r, h: (
+            "Envoy DC: the connection from HAProxy to the gateway was closed "
+            "before the response ended"
+        ),
+    ),
+    (
+        "client_could_not_reach_lb",
+        lambda r, h: "haproxy" not in h and r.get("error") in ("refused", "timeout", "reset"),
+        lambda r, h: f"the client got '{r.get('error')}' and HAProxy logged no request",
+    ),
+]
+
+
+def explain(record: Record, hops: Hops) -> tuple[str, str]:
+    """(rule, cause in words) for a failed request."""
+    for name, holds, words in RULES:
+        if holds(record, hops):
+            return name, words(record, hops)
+    ha, env = _ha(hops), hops.get("envoy", {})
+    known = [f"client {record.get('error')}"]
+    if ha:
+        known.append(f"HAProxy {ha.get('st')} {ha.get('term')} via {ha.get('srv')}")
+    if env:
+        known.append(f"Envoy {env.get('response_code')} {env.get('response_flags')}")
+    return "unexplained", "unexplained: " + ", ".join(known)
+
+
+def account(
+    records: list[Record],
+    events: list[dict[str, Any]],
+    term: dict[str, Any],
+) -> tuple[list[Record], Phases]:
+    """Each record joined with its hops; failures with cause and phase."""
+    ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
+    hops_by_id = index_hops(events, term["lb"])
+    out = []
+    for r in records:
+        hops = hops_by_id.get(r.get("request_id") or "", {})
+        joined = dict(r)
+        want = expected_hops(r, hops)
+        joined["served_by"] = served_by(hops)
+        joined["missing_hops"] = [h for h in want if h not in hops]
+        ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
+        joined["haproxy"] = {k: ha.get(k) for k in ("st", "term", "srv", "Ta")} if ha else None
+        joined["envoy"] = (
+            {k: env.get(k) for k in ("response_code", "response_flags", "upstream_host")}
+            if env
+            else None
+        )
+        joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
+        joined["exposed"] = exposed(r, hops, term)
+        if r.get("error"):
+            joined["rule"], joined["cause"] = explain(r, hops)
+            joined["phase"] = ph.of(r.get("end_ms") or r["start_ms"])
+        out.append(joined)
+    return out, ph
+
+
+def exposed(record: Record, hops: Hops, term: dict[str, Any]) -> bool | None:
+    """In flight on the terminating gateway at the termination; None when where it was
+    served is unknown (no HAProxy nor Envoy line)."""
+    t = term["ms"]
+    end = record.get("end_ms")
+    if not (record["start_ms"] < t and (end is None or end > t)):
+        return False
+    if "envoy" in hops:
+        return hops["envoy"].get("pod") == term["pod"]
+    if "haproxy" in hops:
+        return hops["haproxy"].get("srv") == term["node"]
+    return None

@@ -1,0 +1,243 @@
+"""The accounting's pure parts, case by case: the join, each cause rule, the phases,
+exposure, and the comparison's arithmetic. (The end-to-end runs produce real cases of
+the rules against the real HAProxy, Envoy and backend: tests/test_experiment_e2e.py,
+tests/test_failure_causes.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
+from lab.analysis.comparison import compare
+from lab.analysis.summary import summarize, verdict
+
+T = 1_000_000.0
+TERM = {"ms": T, "pod": "gw-w1", "node": "worker1", "lb": "lb1"}
+
+
+def ha(rid: str, srv: str = "worker1", st: str = "200", term: str = "--", **kw: str) -> dict:
+    return {
+        "ts_ms": T,
+        "source": "haproxy",
+        "kind": "request_log",
+        "lb": "lb1",
+        "rid": rid,
+        "srv": srv,
+        "st": st,
+        "term": term,
+        "Tc": "0",
+        **kw,
+    }
+
+
+def envoy(rid: str, pod: str = "gw-w1", code: int = 200, flags: str = "-") -> dict:
+    return {
+        "ts_ms": T,
+        "source": "envoy",
+        "kind": "access_log",
+        "pod": pod,
+        "request_id": rid,
+        "response_code": code,
+        "response_flags": flags,
+        "upstream_host": "10.0.0.1:8080",
+    }
+
+
+def backend(rid: str, msg: str = "request", status: str = "200") -> dict:
+    return {
+        "ts_ms": T,
+        "source": "backend",
+        "kind": "request",
+        "pod": "b-1",
+        "request_id": rid,
+        "msg": msg,
+        "status": status,
+    }
+
+
+def rec(rid: str, start: float, end: float | None, error: str | None = None) -> dict:
+    return {
+        "request_id": rid,
+        "class": "sleep",
+        "start_ms": T + start,
+        "end_ms": None if end is None else T + end,
+        "error": error,
+    }
+
+
+@pytest.mark.parametrize(
+    ("hops", "rule"),
+    [
+        ({"haproxy": ha("r", st="502", term="DH")}, "lb_killed_session_at_down"),
+        ({"haproxy": ha("r", st="200", term="KD")}, "lb_killed_session"),
+        ({"haproxy": ha("r", srv="<NOSRV>", st="503", term="SC")}, "lb_no_server"),
+        (
+            {
+                "haproxy": ha("r", st="502", term="SH"),
+                "backend": backend("r", "cancelled_at_shutdown_timeout", "503"),
+            },
+            "backend_cut_at_shutdown",
+        ),
+        (
+            {"haproxy": ha("r", st="503"), "envoy": envoy("r", code=503, flags="UC")},
+            "gateway_upstream_failure",
+        ),
+        ({"haproxy": ha("r", st="502", term="SH")}, "gateway_closed_connection_before_answering"),
+        ({"haproxy": ha("r", st="200", term="SD")}, "gateway_aborted_response"),
+        (
+            {"haproxy": ha("r", st="200"), "envoy": envoy("r", flags="DC")},
+            "gateway_downstream_reset",
+        ),
+        ({}, "client_could_not_reach_lb"),
+    ],
+)
+def test_each_rule_names_its_cause(hops: dict, rule: str) -> None:
+    name, words = explain(rec("r", -1, 1, "reset"), hops)
+    assert name == rule and words
+
+
+def test_every_rule_is_covered_above() -> None:
+    # a rule added without a case of its own fails here
+    covered = {
+        "lb_killed_session_at_down",
+        "lb_killed_session",
+        "lb_no_server",
+        "backend_cut_at_shutdown",
+        "gateway_upstream_failure",
+        "gateway_closed_connection_before_answering",
+        "gateway_aborted_response",
+        "gateway_downstream_reset",
+        "client_could_not_reach_lb",
+    }
+    assert {name for name, _, _ in RULES} == covered
+
+
+def test_nothing_known_is_unexplained_with_the_facts() -> None:
+    name, words = explain(rec("r", -1, 1, "5xx"), {"haproxy": ha("r", st="500")})
+    assert name == "unexplained" and "HAProxy 500 -- via worker1" in words
+
+
+def test_phases_in_order_and_at_their_boundaries() -> None:
+    p = Phases(termination=T, lb_check_failing=T + 100, lb_down=T + 200, pod_gone=T + 900)
+    assert [p.of(T + d) for d in (-1, 0, 99, 100, 199, 200, 899, 900)] == [
+        "before_termination",
+        "drain",
+        "drain",
+        "lb_detection",
+        "lb_detection",
+        "after_lb_down",
+        "after_lb_down",
+        "after_pod_gone",
+    ]
+    # nothing happened after the termination: all of it is drain
+    assert Phases(T, None, None, None).of(T + 10_000) == "drain"
+
+
+def test_phases_come_from_this_lb_and_this_node() -> None:
+    check = "Health check for server igw_nodeports/{} failed, reason: Layer7 wrong status"
+
+    def log(dt: float, lb: str, kind: str, **kw: str) -> dict:
+        return {"ts_ms": T + dt, "source": "haproxy", "kind": kind, "lb": lb, **kw}
+
+    events = [
+        log(50, "lb2", "health_check_log", line=check.format("worker1")),  # another LB
+        log(60, "lb1", "health_check_log", line=check.format("worker2")),  # another node
+        log(70, "lb1", "health_check_log", line=check.format("worker1")),
+        log(80, "lb1", "server_log", line="Server igw_nodeports/worker1 is DOWN. 1 active"),
+        log(95, "lb1", "server_state", server="worker1", status="DOWN"),  # polled: later
+        {"ts_ms": T + 500, "source": "kubelet", "kind": "pod_terminated", "pod": "gw-w1"},
+    ]
+    p = phases(events, T, "gw-w1", "worker1", "lb1")
+    assert (p.lb_check_failing, p.lb_down, p.pod_gone) == (T + 70, T + 80, T + 500)
+
+
+def test_expected_hops_follow_what_the_others_say() -> None:
+    r = rec("r", -1, 1, "5xx")
+    assert expected_hops(r, {}) == ["haproxy", "envoy", "backend"]
+    assert expected_hops(r, {"haproxy": ha("r", srv="<NOSRV>", st="503")}) == ["haproxy"]
+    assert expected_hops(rec("r", -1, 1, "refused"), {}) == []
+    no_upstream = envoy("r", code=503, flags="UH") | {"upstream_host": "-"}
+    assert expected_hops(r, {"haproxy": ha("r"), "envoy": no_upstream}) == ["haproxy", "envoy"]
+
+
+def test_join_exposure_and_missing_hops() -> None:
+    records = [
+        rec("a", -500, 1000),  # in flight, on the terminating gateway, fine
+        rec("b", -500, 1000, "5xx"),  # in flight, terminating gateway, lost
+        rec("c", -500, 1000),  # in flight on the other gateway: not exposed
+        rec("d", -500, 1000),  # in flight, no line anywhere: where is unknown
+        rec("e", 100, 200),  # after the termination: not in flight
+    ]
+    events = [
+        ha("a"), envoy("a"), backend("a"),
+        ha("b", st="502", term="DH"), envoy("b", flags="DC"), backend("b"),
+        ha("c", srv="worker2"), envoy("c", pod="gw-w2"), backend("c"),
+        ha("e", srv="worker2"), envoy("e", pod="gw-w2"),
+    ]  # fmt: skip
+    joined, _ = account(records, events, TERM)
+    by_id = {r["request_id"]: r for r in joined}
+    assert [by_id[i]["exposed"] for i in "abcde"] == [True, True, False, None, False]
+    assert by_id["d"]["missing_hops"] == ["haproxy", "envoy", "backend"]
+    assert by_id["e"]["missing_hops"] == ["backend"]
+    assert by_id["b"]["rule"] == "lb_killed_session_at_down"
+    assert by_id["b"]["served_by"] == {
+        "node": "worker1",
+        "gateway_pod": "gw-w1",
+        "backend_pod": "b-1",
+    }
+    s = summarize(
+        [r | {"class": "sleep"} for r in joined],
+        events,
+        {
+            "mode": "improved",
+            "scenario": "inflight",
+            "profile": "quick",
+            "termination_ms": T,
+            "terminated_pod": "gw-w1",
+            "terminated_node": "worker1",
+            "lb": "lb1",
+        },
+    )
+    assert s["exposure"]["sleep"] == {
+        "in_flight": 4,
+        "exposed": 2,
+        "lost": 1,
+        "where_unknown": 1,
+        "tested": True,
+    }
+    assert s["exposure"]["stream"]["tested"] is False
+    assert s["missing_hops"] == {"haproxy": 1, "envoy": 1, "backend": 2}
+    line = verdict(s)
+    assert "lost 1 of 2 exposed in-flight requests (sleep 1/2)" in line
+    assert "not tested: stream, short" in line
+
+
+def test_comparison_over_repeats() -> None:
+    def run(lost: int, exposed: int, causes: dict[str, int]) -> dict:
+        exposure = {
+            "sleep": {"exposed": exposed, "lost": lost, "tested": exposed > 0},
+            "stream": {"exposed": 1, "lost": 0, "tested": True},
+            "short": {"exposed": 0, "lost": 0, "tested": False},
+        }
+        return {
+            "exposure": exposure,
+            "lost_exposed": lost,
+            "causes": causes,
+            "failed_total": lost + 1,
+        }
+
+    doc = compare(
+        {
+            "improved": [run(0, 3, {}), run(0, 2, {}), run(0, 3, {})],
+            "current": [run(2, 3, {"lb_killed_session_at_down": 2}), run(0, 0, {})],
+        }
+    )
+    improved, current = doc["modes"]["improved"], doc["modes"]["current"]
+    assert improved["verdict"] == "0 lost in 3 of 3 runs"
+    assert improved["exposed"] == {"sleep": 8, "stream": 3, "short": 0}
+    assert improved["tested_in_runs"] == {"sleep": 3, "stream": 3, "short": 0}
+    assert current["lost_exposed"]["sleep"] == 2 and current["held_in"] == 1
+    assert current["failed_all"] == 4
+    assert current["verdict"] == (
+        "2 exposed lost over 2 runs; no loss in 1 of 2; causes: lb_killed_session_at_down x2"
+    )
