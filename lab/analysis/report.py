@@ -70,7 +70,14 @@ def figure(
         ax_long.text(
             _s(end, t_ms) + 0.2, i, r["error"] or str(r.get("status")), va="center", fontsize=8
         )
-    ax_long.set_yticks(range(len(longs)), [f"{r['class']} #{r['id']}" for r in longs], fontsize=8)
+    ax_long.set_yticks(
+        range(len(longs)),
+        [
+            f"{r['class']} #{r['id']} via {(r.get('served_by') or {}).get('node') or '?'}"
+            for r in longs
+        ],
+        fontsize=8,
+    )
     ax_long.set_title(verdict(summary))
 
     shorts = [r for r in records if r["class"] == "short"]

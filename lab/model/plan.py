@@ -5,6 +5,7 @@ the timing budget. Both runners (local lab, homelab) and the analysis read it fr
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,6 +66,14 @@ class RunPlan:
             notes=list(d["notes"]),
             budget=dict(d["budget"]),
         )
+
+
+def add_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
+    """--mode, --scenario and --profile, their choices from the registry: argparse
+    refuses anything else, naming the value and the valid ones, before anything runs."""
+    parser.add_argument("--mode", required=True, choices=list(registry.MODES))
+    parser.add_argument("--scenario", default="inflight", choices=list(registry.SCENARIOS))
+    parser.add_argument("--profile", default=profile, choices=list(timing.PROFILES))
 
 
 def check_inputs(mode: str, scenario: str, profile: str) -> None:

@@ -32,6 +32,7 @@ from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.rundir import RAW_REQUESTS, write_json
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
+from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
 
 GATEWAY_SELECTOR = "app=service-a-igw"
@@ -164,17 +165,10 @@ def main() -> int:
     p.add_argument("--ca")
     p.add_argument("--lb", required=True, help="inventory name of the HAProxy the load uses")
     p.add_argument("--workers", required=True, help="comma-separated worker node names")
-    p.add_argument("--mode", required=True)
-    p.add_argument("--scenario", default="inflight")
-    p.add_argument("--profile", default="seed")
+    add_arguments(p, profile="seed")
     p.add_argument("--gateway-port", type=int, default=8080)
     p.add_argument("--run-dir", required=True)
     args = p.parse_args()
-    try:
-        make_plan(args.profile, args.mode, args.scenario)
-    except ValueError as exc:
-        print(f"lab.runners.homelab: {exc}", file=sys.stderr)
-        return 2
     asyncio.run(run(args))
     return 0
 

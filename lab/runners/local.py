@@ -35,6 +35,7 @@ from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster, Topology
 from ..localcluster.manifests import Manifests
 from ..model import registry
+from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
@@ -209,9 +210,7 @@ async def run(args: argparse.Namespace) -> Path:
 
 def main() -> int:
     p = argparse.ArgumentParser(description="one gateway-termination experiment on the local lab")
-    p.add_argument("--mode", required=True)
-    p.add_argument("--scenario", default="inflight")
-    p.add_argument("--profile", default="quick")
+    add_arguments(p, profile="quick")
     p.add_argument("--overrides", help="timing overrides as JSON")
     p.add_argument("--lab-index", type=int, default=1)
     p.add_argument("--manifests", required=True)
@@ -223,11 +222,6 @@ def main() -> int:
     p.add_argument("--progress-file", help="also append progress lines here")
     p.add_argument("--result-file", help="write {run_dir, status} here for the caller")
     args = p.parse_args()
-    try:
-        make_plan(args.profile, args.mode, args.scenario)
-    except ValueError as exc:
-        print(f"lab.runners.local: {exc}", file=sys.stderr)
-        return 2
     try:
         asyncio.run(_main_cancellable(args))
     except KeyboardInterrupt:
