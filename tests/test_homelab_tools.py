@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -248,3 +249,83 @@ def test_preflight_wants_helm_3_before_anything_changes(
         assert result.returncode == 0, out[-2000:]
     else:
         assert result.returncode != 0 and refused in out and "Helm 3" in out, out[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """The homelab playbook's own task files (copy, `command` with async/poll 0, wait,
+    fetch) against localhost and a real HAProxy: the start returns at once while the
+    collector runs (the `script` action it replaced cannot run async), and the fetched
+    file holds HAProxy's state changes."""
+    hc = procs.hc()
+    syslog = f"127.0.0.1:{free_port()}"
+    cfg = haproxy_config(tmp_path, hc.port, free_port(), syslog)
+    haproxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    tasks = ROOT / "playbooks" / "tasks"
+    dest = tmp_path / "run" / "collected" / "haproxy-worker9.jsonl"
+    collector_vars = {
+        "collector_src": str(ROOT / "lab" / "collectors" / "haproxy.py"),
+        "collector_path": str(tmp_path / "worker" / "haproxy_collector.py"),
+        "collector_out": str(tmp_path / "worker" / "out.jsonl"),
+        "collector_socket": str(tmp_path / "admin.sock"),
+        "collector_syslog": syslog,
+        "collector_lb": "worker9",
+        "collector_seconds": 4,
+        "collector_dest": str(dest),
+    }
+    start, fetch = (
+        [{"ansible.builtin.include_tasks": str(tasks / f"haproxy-collector-{step}.yml")}]
+        for step in ("start", "fetch")
+    )
+    play = tmp_path / "play.yml"
+    play.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "start",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": collector_vars,
+                    "tasks": start,
+                },
+                {
+                    "name": "meanwhile: the check fails",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "tasks": [
+                        {"ansible.builtin.uri": {"url": f"{hc.url}/drain", "method": "POST"}},
+                        {"ansible.builtin.uri": {"url": f"{hc.url}/close-lb", "method": "POST"}},
+                    ],
+                },
+                {
+                    "name": "fetch",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": collector_vars,
+                    "tasks": fetch,
+                },
+            ]
+        )
+    )
+    try:
+        time.sleep(1)
+        result = subprocess.run(
+            [PLAYBOOK, "-i", "localhost,", "-c", "local", str(play)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": sys.executable},
+        )
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
+    assert result.returncode == 0, result.stdout[-3000:]
+    events = read_jsonl(dest)
+    states = [(e["server"], e["status"].split()[0]) for e in events if e["kind"] == "server_state"]
+    assert ("worker1", "UP") in states and ("worker1", "DOWN") in states, states
+    assert {e["lb"] for e in events} == {"worker9"}
