@@ -11,6 +11,7 @@ An event is `{"ts_ms", "source", "kind", ...fields}`.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -40,16 +41,21 @@ class EventLog:
         self.path = path
         # "x": an artifact is never overwritten
         self._file: IO[str] = path.open("x", encoding="utf-8", buffering=1)
+        # the homelab's log-stream threads share one file: one whole line at a time
+        self._lock = threading.Lock()
 
     def emit(self, source: str, kind: str, ts_ms: float | None = None, **fields: Any) -> None:
         self.write(event(source, kind, ts_ms, **fields))
 
     def write(self, record: dict[str, Any]) -> None:
-        if not self._file.closed:
-            self._file.write(json.dumps(record, default=str) + "\n")
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 class CollectedDir:
