@@ -128,6 +128,12 @@ def test_ansible_reads_the_registry(tmp_path: Path) -> None:
     assert registry.HAPROXY_BACKEND in result.stdout
 
 
+# The folder beside a development checkout, and its files, spelt in pieces so that this
+# test does not itself name them.
+OUTSIDE = "shar" + "ed"
+OUTSIDE_NAMES = (f"../{OUTSIDE}", f"{OUTSIDE}/istio", f"{OUTSIDE}/seeds", "FIND" + "INGS")
+
+
 def test_the_project_stands_alone() -> None:
     """Nothing in the repository reads or names a folder beside it."""
     files = subprocess.run(
@@ -141,11 +147,7 @@ def test_the_project_stands_alone() -> None:
         f
         for f in files
         if (ROOT / f).is_file()
-        and f != "tests/test_pipeline.py"
-        and any(
-            needle in (ROOT / f).read_text(errors="replace")
-            for needle in ("../shared", "shared/istio", "shared/seeds", "FINDINGS")
-        )
+        and any(needle in (ROOT / f).read_text(errors="replace") for needle in OUTSIDE_NAMES)
     ]
     assert offenders == []
 
