@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import jsonschema
 import pytest
+import yaml
 
 from helpers import ROOT, VENV_BIN, Procs, http
 from lab.artifacts.journal import SCHEMA_PATH, Journal
@@ -190,3 +191,54 @@ def test_the_collector_reads_haproxy_request_lines() -> None:
     assert haproxy_collector.request_fields("Health check for server x/y failed") is None
     empty = haproxy_collector.request_fields("igw_request rid=- srv=<NOSRV> st=503")
     assert empty is not None and empty["rid"] == ""
+
+
+@pytest.mark.parametrize(
+    ("haproxy_mode", "shutdown_sessions", "disable_on_404"),
+    # the switches are set against the mode's settings: a mode's must win
+    [("current", True, False), ("improved", True, False), ("", False, True)],
+)
+def test_haproxy_config_takes_the_mode_s_lb_settings(
+    tmp_path: Path, haproxy_mode: str, shutdown_sessions: bool, disable_on_404: bool
+) -> None:
+    if haproxy_mode:
+        lb = registry.MODES[haproxy_mode].lb
+        assert (lb.shutdown_sessions, lb.disable_on_404) == (shutdown_sessions, disable_on_404)
+    out = tmp_path / "haproxy.cfg"
+    role = ROOT / "roles" / "haproxy"
+    play_vars = {
+        # the role's documented defaults, then the case
+        **yaml.safe_load((role / "defaults" / "main.yml").read_text()),
+        "timing_profile": "quick",
+        "haproxy_mode": haproxy_mode,
+        "haproxy_shutdown_sessions": False,
+        "haproxy_disable_on_404": True,
+        "haproxy_servers": [{"name": "worker1", "address": "127.0.0.1"}],
+    }
+    template = {"src": str(role / "templates" / "haproxy.cfg.j2"), "dest": str(out)}
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": play_vars,
+                    "roles": ["timing"],  # the budget and the registry's filter
+                    "tasks": [{"ansible.builtin.template": template}],
+                }
+            ]
+        )
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    cfg = out.read_text()
+    assert ("on-marked-down shutdown-sessions" in cfg) is shutdown_sessions
+    assert ("http-check disable-on-404" in cfg) is disable_on_404
