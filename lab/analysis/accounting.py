@@ -41,6 +41,12 @@ ENVOY_FLAGS = {
 }
 
 
+def in_flight_at(record: Record, t_ms: float) -> bool:
+    """Started before t and not ended by t (a request with no end never ended)."""
+    end = record.get("end_ms")
+    return record["start_ms"] < t_ms and (end is None or end > t_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class Phases:
     """The termination sequence on one clock (ms); None for what did not happen."""
@@ -279,9 +285,7 @@ def account(
 def exposed(record: Record, hops: Hops, term: dict[str, Any]) -> bool | None:
     """In flight on the terminating gateway at the termination; None when where it was
     served is unknown (no HAProxy nor Envoy line)."""
-    t = term["ms"]
-    end = record.get("end_ms")
-    if not (record["start_ms"] < t and (end is None or end > t)):
+    if not in_flight_at(record, term["ms"]):
         return False
     if "envoy" in hops:
         return hops["envoy"].get("pod") == term["pod"]

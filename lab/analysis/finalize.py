@@ -67,12 +67,8 @@ def finalize(
                 "terminated_node": term.node,
                 "lb": term.lb,
             },
+            phases,
         )
-        summary["phases_s"] = {
-            k: None if v is None else round((v - term.ms) / 1000, 3)
-            for k, v in asdict(phases).items()
-            if k != "termination"
-        }
         summary["notes"] = plan.notes + (
             [] if status == "completed" else [f"run {status}: the figures cover what was recorded"]
         )

@@ -4,15 +4,12 @@ exposed, each failure's cause and phase, and when things happened."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
+from .accounting import Phases, in_flight_at, phases
+
 CLASSES = ("sleep", "stream", "short")
-
-
-def in_flight_at(record: dict[str, Any], t_ms: float) -> bool:
-    """Started before t and not ended by t (a request with no end never ended)."""
-    end = record.get("end_ms")
-    return record["start_ms"] < t_ms and (end is None or end > t_ms)
 
 
 def _first(events: list[dict[str, Any]], after_ms: float, **match: Any) -> dict[str, Any] | None:
@@ -24,13 +21,17 @@ def _first(events: list[dict[str, Any]], after_ms: float, **match: Any) -> dict[
     return None
 
 
-def _offset_s(event: dict[str, Any] | None, t_ms: float) -> float | None:
-    return None if event is None else round((event["ts_ms"] - t_ms) / 1000, 3)
+def _offset_s(ts_ms: float | None, t_ms: float) -> float | None:
+    return None if ts_ms is None else round((ts_ms - t_ms) / 1000, 3)
 
 
 def summarize(
-    records: list[dict[str, Any]], events: list[dict[str, Any]], meta: dict[str, Any]
+    records: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    meta: dict[str, Any],
+    ph: Phases | None = None,
 ) -> dict[str, Any]:
+    """`ph`: the termination's phases when the caller has them (the accounting did)."""
     t = meta["termination_ms"]
     classes: dict[str, dict[str, Any]] = {}
     for cls in CLASSES:
@@ -44,22 +45,12 @@ def summarize(
         }
     in_flight = [r for r in records if in_flight_at(r, t)]
     cut = [r for r in in_flight if r["error"]]
-    pod = meta["terminated_pod"]
-    node = meta["terminated_node"]
+    pod, node = meta["terminated_pod"], meta["terminated_node"]
     pod_events = [e for e in events if e.get("pod") == pod]
     prestop_start = _first(pod_events, t, kind="prestop_started")
     prestop_end = _first(pod_events, t, kind="prestop_finished")
-    terminated = _first(pod_events, t, kind="pod_terminated")
-    lb_down = _first(
-        events,
-        t,
-        source="haproxy",
-        kind="server_state",
-        server=node,
-        # the LB the load went through; the local lab's collector names it too
-        lb=lambda name: name in (None, meta.get("lb")),
-        status=lambda s: isinstance(s, str) and s.startswith(("DOWN", "NOLB", "MAINT")),
-    )
+    if ph is None:
+        ph = phases(events, t, pod, node, meta.get("lb", ""))
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
     exposure = {}
@@ -109,21 +100,23 @@ def summarize(
         "causes": dict(Counter(f["rule"] for f in failed if f["rule"])),
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
-            "termination_to_lb_down": _offset_s(lb_down, t),
+            "termination_to_lb_down": _offset_s(ph.lb_down, t),
             "prestop": (
                 None
                 if prestop_start is None or prestop_end is None
                 else round((prestop_end["ts_ms"] - prestop_start["ts_ms"]) / 1000, 3)
             ),
-            "termination_to_pod_gone": _offset_s(terminated, t),
+            "termination_to_pod_gone": _offset_s(ph.pod_gone, t),
             "last_in_flight_end": None if last_end is None else round((last_end - t) / 1000, 3),
             # how long the pod lived on after its last in-flight request ended
             "drain_overhead": (
                 None
-                if terminated is None or last_end is None
-                else round(max(0.0, terminated["ts_ms"] - last_end) / 1000, 3)
+                if ph.pod_gone is None or last_end is None
+                else round(max(0.0, ph.pod_gone - last_end) / 1000, 3)
             ),
         },
+        # the termination sequence's boundaries, which each failure's phase refers to
+        "phases_s": {k: _offset_s(v, t) for k, v in asdict(ph).items() if k != "termination"},
     }
 
 
