@@ -4,17 +4,19 @@ preflight. Nothing here connects to the inventory's (example) addresses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, VENV_BIN, Procs, free_port, http
+from helpers import ROOT, VENV_BIN, Proc, Procs, free_port, http
 from lab.artifacts.events import merge, read_jsonl
 from lab.collectors import haproxy as haproxy_collector
 from lab.model import registry
@@ -45,6 +47,24 @@ backend {registry.HAPROXY_BACKEND}
     return cfg
 
 
+@contextlib.contextmanager
+def haproxy_checking_hc(procs: Procs, tmp: Path) -> Iterator[tuple[Proc, str]]:
+    """A real HAProxy whose worker1 is checked against a real hc, logging to a syslog
+    address of its own: (hc, that address); stopped afterwards."""
+    hc = procs.hc()
+    syslog = f"127.0.0.1:{free_port()}"
+    cfg = haproxy_config(tmp, hc.port, free_port(), syslog)
+    haproxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1)  # its first checks
+        yield hc, syslog
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
+
+
 def test_the_collector_default_backend_is_the_registry_name() -> None:
     # the script cannot import the registry (it runs alone on the workers)
     assert haproxy_collector.DEFAULT_BACKEND == registry.HAPROXY_BACKEND
@@ -57,28 +77,21 @@ def test_haproxy_collector_runs_alone_and_records_states_and_log_lines(
     """Copied out of the package and run by the system's python3 in isolated mode, as
     the homelab playbook runs it on a worker: state changes from the runtime API and
     log-health-checks lines over syslog; SIGTERM stops it at once, lines kept."""
-    hc = procs.hc()
-    syslog = f"127.0.0.1:{free_port()}"
-    cfg = haproxy_config(tmp_path, hc.port, free_port(), syslog)
-    haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     script = tmp_path / "copied" / "haproxy_collector.py"
     script.parent.mkdir()
     shutil.copy(ROOT / "lab" / "collectors" / "haproxy.py", script)
     out = tmp_path / "haproxy-worker9.jsonl"
-    argv = [
-        "/usr/bin/python3",
-        "-I",
-        str(script),
-        f"--socket={tmp_path / 'admin.sock'}",
-        f"--syslog={syslog}",
-        "--lb=worker9",
-        "--seconds=60",
-        f"--out={out}",
-    ]
-    try:
-        time.sleep(1)
+    with haproxy_checking_hc(procs, tmp_path) as (hc, syslog):
+        argv = [
+            "/usr/bin/python3",
+            "-I",
+            str(script),
+            f"--socket={tmp_path / 'admin.sock'}",
+            f"--syslog={syslog}",
+            "--lb=worker9",
+            "--seconds=60",
+            f"--out={out}",
+        ]
         collector = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert collector.stdout is not None and collector.stdout.readline() == "collecting\n"
         time.sleep(0.5)
@@ -89,9 +102,6 @@ def test_haproxy_collector_runs_alone_and_records_states_and_log_lines(
         collector.terminate()
         assert collector.wait(5) == 0
         assert time.monotonic() - started < 2  # not the 60 s it was given
-    finally:
-        haproxy.terminate()
-        haproxy.wait(10)
     events = read_jsonl(out)
     assert {e["lb"] for e in events} == {"worker9"}
     states = [(e["server"], e["status"].split()[0]) for e in events if e["kind"] == "server_state"]
@@ -259,60 +269,58 @@ def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
     fetch) against localhost and a real HAProxy: the start returns at once while the
     collector runs (the `script` action it replaced cannot run async), and the fetched
     file holds HAProxy's state changes."""
-    hc = procs.hc()
-    syslog = f"127.0.0.1:{free_port()}"
-    cfg = haproxy_config(tmp_path, hc.port, free_port(), syslog)
-    haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    tasks = ROOT / "playbooks" / "tasks"
-    dest = tmp_path / "run" / "collected" / "haproxy-worker9.jsonl"
-    collector_vars = {
-        "collector_src": str(ROOT / "lab" / "collectors" / "haproxy.py"),
-        "collector_path": str(tmp_path / "worker" / "haproxy_collector.py"),
-        "collector_out": str(tmp_path / "worker" / "out.jsonl"),
-        "collector_socket": str(tmp_path / "admin.sock"),
-        "collector_syslog": syslog,
-        "collector_lb": "worker9",
-        "collector_seconds": 4,
-        "collector_dest": str(dest),
-    }
-    start, fetch = (
-        [{"ansible.builtin.include_tasks": str(tasks / f"haproxy-collector-{step}.yml")}]
-        for step in ("start", "fetch")
-    )
-    play = tmp_path / "play.yml"
-    play.write_text(
-        json.dumps(
-            [
-                {
-                    "name": "start",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars": collector_vars,
-                    "tasks": start,
-                },
-                {
-                    "name": "meanwhile: the check fails",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "tasks": [
-                        {"ansible.builtin.uri": {"url": f"{hc.url}/drain", "method": "POST"}},
-                        {"ansible.builtin.uri": {"url": f"{hc.url}/close-lb", "method": "POST"}},
-                    ],
-                },
-                {
-                    "name": "fetch",
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars": collector_vars,
-                    "tasks": fetch,
-                },
-            ]
+    with haproxy_checking_hc(procs, tmp_path) as (hc, syslog):
+        tasks = ROOT / "playbooks" / "tasks"
+        dest = tmp_path / "run" / "collected" / "haproxy-worker9.jsonl"
+        collector_vars = {
+            "collector_src": str(ROOT / "lab" / "collectors" / "haproxy.py"),
+            "collector_path": str(tmp_path / "worker" / "haproxy_collector.py"),
+            "collector_out": str(tmp_path / "worker" / "out.jsonl"),
+            "collector_socket": str(tmp_path / "admin.sock"),
+            "collector_syslog": syslog,
+            "collector_lb": "worker9",
+            "collector_seconds": 4,
+            "collector_dest": str(dest),
+        }
+        start, fetch = (
+            [{"ansible.builtin.include_tasks": str(tasks / f"haproxy-collector-{step}.yml")}]
+            for step in ("start", "fetch")
         )
-    )
-    try:
-        time.sleep(1)
+        play = tmp_path / "play.yml"
+        play.write_text(
+            json.dumps(
+                [
+                    {
+                        "name": "start",
+                        "hosts": "localhost",
+                        "gather_facts": False,
+                        "vars": collector_vars,
+                        "tasks": start,
+                    },
+                    {
+                        "name": "meanwhile: the check fails",
+                        "hosts": "localhost",
+                        "gather_facts": False,
+                        "tasks": [
+                            {"ansible.builtin.uri": {"url": f"{hc.url}/drain", "method": "POST"}},
+                            {
+                                "ansible.builtin.uri": {
+                                    "url": f"{hc.url}/close-lb",
+                                    "method": "POST",
+                                }
+                            },
+                        ],
+                    },
+                    {
+                        "name": "fetch",
+                        "hosts": "localhost",
+                        "gather_facts": False,
+                        "vars": collector_vars,
+                        "tasks": fetch,
+                    },
+                ]
+            )
+        )
         result = subprocess.run(
             [PLAYBOOK, "-i", "localhost,", "-c", "local", str(play)],
             cwd=ROOT,
@@ -321,9 +329,6 @@ def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
             timeout=120,
             env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": sys.executable},
         )
-    finally:
-        haproxy.terminate()
-        haproxy.wait(10)
     assert result.returncode == 0, result.stdout[-3000:]
     events = read_jsonl(dest)
     states = [(e["server"], e["status"].split()[0]) for e in events if e["kind"] == "server_state"]
