@@ -16,8 +16,8 @@ help:
 	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint, import-linter (layers)"
 	@echo "make pytest      the test suite (PYTEST_ARGS='-m \"not e2e\"' for the fast loop)"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
-	@echo "make experiment  every termination mode on the local lab, side by side, and a comparison"
-	@echo "                 (MODES=current,improved and REPEATS=3 to choose)"
+	@echo "make experiment  every termination mode in every scenario on the local lab, side by side,"
+	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose)"
 
 setup: apt venv
 
@@ -60,7 +60,7 @@ molecule: venv
 test: setup lint pytest molecule
 
 experiment: setup
-	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(REPEATS),--repeats $(REPEATS))
+	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

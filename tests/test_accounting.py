@@ -166,17 +166,19 @@ def test_join_exposure_and_missing_hops() -> None:
         rec("b", -500, 1000, "5xx"),  # in flight, terminating gateway, lost
         rec("c", -500, 1000),  # in flight on the other gateway: not exposed
         rec("d", -500, 1000),  # in flight, no line anywhere: where is unknown
-        rec("e", 100, 200),  # after the termination: not in flight
+        rec("e", 100, 200),  # after the termination, on the other gateway
+        rec("f", 100, 200),  # sent to the terminating gateway while it drained: exposed
     ]
     events = [
         ha("a"), envoy("a"), backend("a"),
         ha("b", st="502", term="DH"), envoy("b", flags="DC"), backend("b"),
         ha("c", srv="worker2"), envoy("c", pod="gw-w2"), backend("c"),
         ha("e", srv="worker2"), envoy("e", pod="gw-w2"),
+        ha("f"), envoy("f"), backend("f"),
     ]  # fmt: skip
     joined, _ = account(records, events, TERM)
     by_id = {r["request_id"]: r for r in joined}
-    assert [by_id[i]["exposed"] for i in "abcde"] == [True, True, False, None, False]
+    assert [by_id[i]["exposed"] for i in "abcdef"] == [True, True, False, None, False, True]
     assert by_id["d"]["missing_hops"] == ["haproxy", "envoy", "backend"]
     assert by_id["e"]["missing_hops"] == ["backend"]
     assert by_id["b"]["rule"] == "lb_killed_session_at_down"
@@ -200,15 +202,16 @@ def test_join_exposure_and_missing_hops() -> None:
     )
     assert s["exposure"]["sleep"] == {
         "in_flight": 4,
-        "exposed": 2,
+        "exposed": 3,
         "lost": 1,
+        "lost_beyond_protection": 0,
         "where_unknown": 1,
         "tested": True,
     }
     assert s["exposure"]["stream"]["tested"] is False
     assert s["missing_hops"] == {"haproxy": 1, "envoy": 1, "backend": 2}
     line = verdict(s)
-    assert "lost 1 of 2 exposed in-flight requests (sleep 1/2)" in line
+    assert "lost 1 of 3 exposed requests (sleep 1/3)" in line
     assert "not tested: stream, short" in line
 
 

@@ -189,3 +189,32 @@ def test_bad_settings_exit_2_naming_the_value(env: dict[str, str], named: str) -
         timeout=20,
     )
     assert result.returncode == 2 and named in result.stderr
+
+
+@pytest.mark.parametrize("through_envoy", [False, True])
+def test_websocket_echoes_each_message_directly_and_through_the_gateway(
+    procs: Procs, through_envoy: bool
+) -> None:
+    """The steady scenario's ws class: the load driver's own client against the real
+    backend, and through the real Envoy with the lab's bootstrap (upgrade_configs)."""
+    import asyncio
+
+    from lab.artifacts.events import now_ms
+    from lab.load.driver import RequestRecord, new_session, websocket
+
+    backend = procs.backend()
+    base = procs.envoy(backend).url if through_envoy else backend.url
+
+    async def session() -> RequestRecord:
+        record = RequestRecord(1, "ws-test-000001", "ws", "/ws", now_ms(), expected_chunks=4)
+        async with new_session(None, 10) as s:
+            return await websocket(s, base, record, interval_ms=100)
+
+    record = asyncio.run(session())
+    assert record.error is None, record.detail
+    assert (record.status, record.chunks) == (101, 4)
+    # the backend logs the session once its handler returns, just after the client closed
+    deadline = time.monotonic() + 5
+    while "status=101" not in backend.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "path=/ws" in backend.log() and "status=101" in backend.log()

@@ -1,7 +1,8 @@
-"""A short end-to-end run of every mode on the local lab, through the real playbook.
+"""A short end-to-end run of every mode in both scenarios on the local lab, through the
+real playbook.
 
 Real HAProxy (provisioned by the haproxy role), real Envoy, hc, backend and drain
-script; about a minute for both modes side by side.
+script; eight labs side by side, about a minute and a half.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from helpers import ROOT, VENV_BIN
 from lab.artifacts.events import read_jsonl
 from lab.artifacts.journal import SCHEMA_PATH
 from lab.artifacts.rundir import new_run_dir
+from lab.model import registry
 
 SUMMARY_KEYS = {
     "mode",
@@ -55,9 +57,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    dirs = {d.name.rsplit("-", 1)[-1]: d for d in artifacts.iterdir() if d.is_dir()}
+    # run directories are <stamp>-<scenario>-<mode>; a mode may hold a hyphen
+    named = {tuple(d.name.split("-", 2)[1:]): d for d in artifacts.iterdir() if d.is_dir()}
+    dirs = {mode: d for (scenario, mode), d in named.items() if scenario == "inflight"}
+    steady = {mode: d for (scenario, mode), d in named.items() if scenario == "steady"}
+    assert set(dirs) == set(steady) == set(registry.MODES)
     (comparison,) = artifacts.glob("comparison-*.json")
-    return result.stdout, dirs, json.loads(comparison.read_text())
+    return result.stdout, dirs, json.loads(comparison.read_text()), steady
 
 
 def summary(run: Path) -> dict:
@@ -65,7 +71,7 @@ def summary(run: Path) -> dict:
 
 
 def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
-    _, dirs, _ = runs
+    _, dirs, _, _ = runs
     current, improved = summary(dirs["current"]), summary(dirs["improved"])
     assert current["in_flight_at_termination"] >= 4
     assert current["cut_in_flight"] >= 1  # shutdown-sessions at the LB's DOWN
@@ -80,7 +86,7 @@ def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
 
 
 def test_every_loss_is_explained_and_exposure_is_counted(runs) -> None:
-    _, dirs, comparison = runs
+    _, dirs, comparison, _ = runs
     current, improved = summary(dirs["current"]), summary(dirs["improved"])
     for s in (current, improved):
         # enough long requests land on the terminating gateway to test both classes
@@ -98,14 +104,49 @@ def test_every_loss_is_explained_and_exposure_is_counted(runs) -> None:
         assert f["served_by"]["gateway_pod"] == current["terminated_pod"]
     joined = read_jsonl(dirs["current"] / "requests.jsonl")
     assert all(r["request_id"] and r["haproxy"] and r["envoy"] for r in joined)
-    modes = comparison["modes"]
+    modes = comparison["scenarios"]["inflight"]["modes"]
     assert modes["improved"]["verdict"] == "0 lost in 1 of 1 runs"
     assert modes["current"]["held_in"] == 0
     assert modes["current"]["causes"] == {"lb_killed_session_at_down": current["lost_exposed"]}
 
 
+def test_ordered_loses_nothing_in_either_scenario(runs) -> None:
+    """LB first: no class loses a request, under the seed's load and under steady
+    traffic; the LB is out long before zero in flight, and zero before the DOWN."""
+    _, dirs, comparison, steady = runs
+    for run in (dirs["ordered"], steady["ordered"]):
+        s = summary(run)
+        assert s["lost_exposed"] == 0 and s["failed_total"] == 0, s["failed"]
+        assert s["missing_hops"] == {}, s["missing_hops"]
+    s = summary(steady["ordered"])
+    for cls in ("sleep", "stream", "ws"):  # the long classes were on the victim
+        assert s["exposure"][cls]["tested"], s["exposure"]
+    t = s["timings_s"]
+    assert t["termination_to_lb_down"] < 2  # the 404 at the next check: NOLB
+    assert t["termination_to_zero_in_flight"] < 12  # before DRAIN_TIMEOUT
+    for cls, rate in s["rates"].items():  # the driver offered what the plan said
+        assert not rate["shortfall"], (cls, rate)
+    for scenario in ("inflight", "steady"):
+        assert comparison["scenarios"][scenario]["modes"]["ordered"]["verdict"] == (
+            "0 lost in 1 of 1 runs"
+        )
+
+
+def test_steady_traffic_defeats_the_seed_order_and_istio_s_own_drain(runs) -> None:
+    """improved: new requests keep the gauge above zero, the poll runs to DRAIN_TIMEOUT
+    and the DOWN cuts what is in flight then. istio-native: readiness fails at SIGTERM,
+    so the DOWN comes at once and cuts what is in flight. Each loss has its cause."""
+    _, _, _, steady = runs
+    improved, native = summary(steady["improved"]), summary(steady["istio-native"])
+    assert improved["lost_exposed"] >= 1
+    assert improved["timings_s"]["termination_to_lb_down"] > 10  # DRAIN_TIMEOUT 12
+    assert native["timings_s"]["termination_to_lb_down"] < 3
+    for s in (improved, native):
+        assert s["causes"] and "unexplained" not in s["causes"], s["causes"]
+
+
 def test_artifacts_are_complete(runs) -> None:
-    stdout, dirs, _ = runs
+    stdout, dirs, _, _ = runs
     assert "comparison report:" in stdout and "wall time:" in stdout
     for mode, run in dirs.items():
         names = {p.name for p in run.iterdir()}
@@ -142,17 +183,17 @@ def test_artifacts_are_complete(runs) -> None:
         assert len(requests) == sum(c["total"] for c in s["classes"].values())
         assert all("start_offset_ms" in r and "error" in r for r in requests)
         kinds = {(e["source"], e["kind"]) for e in read_jsonl(run / "events.jsonl")}
+        has_hc = registry.MODES[mode].probes is not None  # istio-native: no hc, no preStop
         for needed in [
             ("experiment", "termination_issued"),
-            ("kubelet", "prestop_started"),
-            ("hc", "transition"),
+            *([("kubelet", "prestop_started"), ("hc", "transition")] if has_hc else []),
             ("haproxy", "server_state"),
             ("envoy", "active_requests"),
             ("kubelet", "pod_terminated"),
             ("haproxy", "health_check_log"),
         ]:
             assert needed in kinds, needed
-        assert ("prestop", "step") in kinds or mode == "current"
+        assert ("prestop", "step") in kinds or mode in ("current", "istio-native")
         page = (run / "report.html").read_text()
         assert "data:image/png;base64," in page and "<script" not in page
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import pytest
 
@@ -71,6 +72,45 @@ def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Proc
     assert http("GET", hc.url + "/health")[0] == 503
 
 
+def test_lb_first_order_stops_new_traffic_before_envoy_drains(procs: Procs) -> None:
+    """DRAIN_ORDER=lb-first (ordered mode): 404 first, Envoy drained only NOLB_WAIT
+    later, the in-flight request finishes, then the LB check fails and readiness."""
+    backend = procs.backend()
+    envoy = procs.envoy(backend)
+    hc = procs.hc()
+    with ThreadPoolExecutor(2) as pool:
+        request = pool.submit(timed_get, f"{envoy.url}/sleep?seconds=3")
+        time.sleep(0.5)
+        result, took = run_drain(
+            {
+                "HC_URL": hc.url,
+                "ENVOY_ADMIN": str(envoy.extra["admin"]),
+                "GATEWAY_PORT": str(envoy.port),
+                "DRAIN_ORDER": "lb-first",
+                "NOLB_WAIT": "1.5",
+                "DRAIN_TIMEOUT": "30",
+                "POLL_INTERVAL": "0.5",
+                "LB_BUFFER": "1",
+            }
+        )
+        status, ended = request.result()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status == 200
+    assert "order=lb-first" in result.stdout and "outcome=drained" in result.stdout
+    t = transitions(hc)
+    assert list(t) == ["NOLB", "CLOSING", "CLOSED"]
+    # Envoy's drain came NOLB_WAIT after the 404 (its step's log line, in wall time)
+    drained_at = next(
+        line.split()[0].removeprefix("ts=")
+        for line in result.stdout.splitlines()
+        if "step=2 msg=ok" in line
+    )
+    drain_wall = datetime.fromisoformat(drained_at.replace("Z", "+00:00")).timestamp()
+    assert drain_wall - t["NOLB"] >= 1.5
+    assert t["CLOSING"] >= ended - 0.05, (t, ended)
+    assert took < 8, result.stdout
+
+
 def test_the_seed_filter_never_reaches_zero(procs: Procs) -> None:
     """docs/design.md: `downstream_rq_active|upstream_rq_active` counts the admin's own /stats."""
     backend = procs.backend()
@@ -128,6 +168,8 @@ def test_unreachable_admin_is_unknown_not_zero_and_still_ends_in_time(procs: Pro
         ("LB_BUFFER", "-1"),
         ("LB_BUFFER", "601"),
         ("GATEWAY_PORT", "70000"),
+        ("DRAIN_ORDER", "lbfirst"),
+        ("NOLB_WAIT", "0"),
     ],
 )
 def test_bad_setting_is_refused_before_anything_is_sent(procs: Procs, var: str, value: str) -> None:
@@ -149,7 +191,7 @@ def test_the_script_accepts_exactly_the_models_range(
     """Each edge of the model's range is accepted by the script (it gets past the
     checks and logs its start) and the value just outside is refused."""
     var, low, high = limits
-    step = 0.05 if var == "POLL_INTERVAL" else 1
+    step = 0.05 if var in ("POLL_INTERVAL", "NOLB_WAIT") else 1
     base = {
         "HC_URL": f"http://127.0.0.1:{free_port()}",
         "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",

@@ -13,6 +13,8 @@ PROBES = ("/health_check.html", "/health", "/live")
 # seed 003 §4, per state: status of each probe path
 EXPECTED = {
     "OPEN": (200, 200, 200),
+    # the ordered mode's state: 404 for HAProxy's disable-on-404, the others pass
+    "NOLB": (404, 200, 200),
     "DRAINING": (200, 200, 200),
     "CLOSING": (503, 200, 200),
     "CLOSED": (503, 503, 200),
@@ -21,6 +23,7 @@ EXPECTED = {
 # the POSTs that reach each state from OPEN
 PATH_TO = {
     "OPEN": [],
+    "NOLB": ["/nolb"],
     "DRAINING": ["/drain"],
     "CLOSING": ["/drain", "/close-lb"],
     "CLOSED": ["/drain", "/close-lb", "/close"],
@@ -40,16 +43,41 @@ def test_probe_answers_per_state(procs: Procs, state: str) -> None:
         assert headers["Cache-Control"] == "max-age=1"
         assert headers["ETag"] == f'"hc-{state.lower()}"'
         if path == "/health_check.html":
-            assert body == (b"OK" if status == 200 else b"DRAIN")
+            assert body == {200: b"OK", 404: b"NOLB", 503: b"DRAIN"}[status]
     assert tuple(got) == EXPECTED[state]
     status, _, body = http("GET", hc.url + "/drain/status")
     doc = json.loads(body)
     assert doc["state"] == state
     assert doc["ready"] is (EXPECTED[state][1] == 200)
     assert [t["to"] for t in doc["progress"]["transitions"]] == [
-        {"/drain": "DRAINING", "/close-lb": "CLOSING", "/close": "CLOSED", "/fault": "FAULT"}[p]
+        {
+            "/nolb": "NOLB",
+            "/drain": "DRAINING",
+            "/close-lb": "CLOSING",
+            "/close": "CLOSED",
+            "/fault": "FAULT",
+        }[p]
         for p in PATH_TO[state]
     ]
+
+
+def test_ordered_path_nolb_then_close_lb_then_close(procs: Procs) -> None:
+    hc = procs.hc()
+    assert http("POST", hc.url + "/nolb")[0] == 200
+    assert http("POST", hc.url + "/drain")[0] == 409  # NOLB is not the seed's drain window
+    assert http("POST", hc.url + "/close-lb")[0] == 200
+    assert http("GET", hc.url + "/health_check.html")[0] == 503
+    assert http("POST", hc.url + "/close")[0] == 200
+    assert http("GET", hc.url + "/health")[0] == 503
+
+
+def test_reopen_from_nolb_readmits_at_once(procs: Procs) -> None:
+    hc = procs.hc()
+    assert http("POST", hc.url + "/nolb")[0] == 200
+    status, headers, _ = http("POST", hc.url + "/reopen")
+    # NOLB is UP to HAProxy: the next 200 takes it back, no rise x inter to wait
+    assert status == 200 and "Warning" not in headers
+    assert http("GET", hc.url + "/health_check.html")[0] == 200
 
 
 def test_wrong_method_is_405(procs: Procs) -> None:

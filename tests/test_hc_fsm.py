@@ -20,6 +20,14 @@ def test_probe_table_matches_the_seed() -> None:
     }
     for state, (lb, ready, live) in expected.items():
         assert (state.lb_healthy, state.ready, state.live) == (lb, ready, live), state
+        assert not state.lb_soft_drain, state
+
+
+def test_nolb_only_turns_the_lb_check_soft() -> None:
+    # the ordered mode's state: HAProxy's check neither passes nor fails hard (404),
+    # readiness and liveness pass
+    assert State.NOLB.lb_soft_drain
+    assert (State.NOLB.lb_healthy, State.NOLB.ready, State.NOLB.live) == (False, True, True)
 
 
 def test_advance_refuses_wrong_state_and_keeps_it() -> None:

@@ -55,6 +55,7 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
             f"--first-lab-index={FIRST_LAB}",
             "--repeats=1",
             f"--artifacts={artifacts}",
+            "--scenarios=inflight",  # one lab per mode: the labs the checks look at
             *extra,
         ],
         cwd=ROOT,
@@ -113,7 +114,7 @@ def test_a_second_make_experiment_is_refused_while_the_first_runs(tmp_path: Path
         assert time.monotonic() - started < 10  # at once, not after the first
         assert second.returncode == 1
         assert "another experiment is running in this checkout" in err
-        assert f'"pid": {first.pid}' in err and '"modes": ["improved"]' in err
+        assert f'"pid": {first.pid}' in err and f'"{FIRST_LAB}": "improved/inflight"' in err
         assert not (tmp_path / "second").exists()  # nothing of it started
     finally:
         if first.poll() is None:

@@ -24,6 +24,8 @@ SEED_FILES = [
     "20-igw-current.yaml",
     "21-igw-improved.yaml",
     "22-igw-service.yaml",
+    "23-igw-ordered.yaml",
+    "24-igw-istio-native.yaml",
     "30-gateway.yaml",
     "31-virtualservice.yaml",
 ]
@@ -87,8 +89,8 @@ def test_core_objects_pass_strict_kubernetes_validation(
                 continue
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
             checked += 1
-    # 1 namespace + 2 backend (Deployment, Service) + 2 x 2 gateway (SA, Deployment) + 1 Service
-    assert checked == 8
+    # 1 namespace + 2 backend (Deployment, Service) + 4 x 2 gateway (SA, Deployment) + 1 Service
+    assert checked == 12
 
 
 def closed(schema: Any) -> Any:
@@ -172,6 +174,27 @@ def test_current_and_improved_differ_in_exactly_the_seeds_five_places() -> None:
             ".spec.template.metadata.labels.mode",  # 2
         ]
     )
+
+
+def test_ordered_and_istio_native_vary_only_the_mode_s_places() -> None:
+    """ordered: improved's Deployment with the lb-first order and its NOLB_WAIT;
+    istio-native: no hc container, pilot-agent's own drain in the proxy's env."""
+    improved = docs(ROOT / "manifests" / "21-igw-improved.yaml")[1]
+    ordered = docs(ROOT / "manifests" / "23-igw-ordered.yaml")[1]
+    native = docs(ROOT / "manifests" / "24-igw-istio-native.yaml")[1]
+    hc = ".spec.template.spec.containers[hc]"
+    assert sorted(leaf_diffs(improved, ordered)) == sorted(
+        [".metadata.labels.mode", ".spec.template.metadata.labels.mode", f"{hc}.env"]
+    )
+    henv = {e["name"]: e["value"] for e in container(ordered, "hc")["env"]}
+    assert (henv["DRAIN_ORDER"], henv["NOLB_WAIT"]) == ("lb-first", "5")
+    names = [c["name"] for c in native["spec"]["template"]["spec"]["containers"]]
+    assert names == ["istio-proxy"]
+    penv = {e["name"]: e.get("value") for e in container(native, "istio-proxy")["env"]}
+    assert penv["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"] == "true"
+    # over the seed HAProxy's worst detection (6 s); Istio's default 5 s is not
+    assert penv["MINIMUM_DRAIN_DURATION"] == "10s"
+    assert json.loads(penv["PROXY_CONFIG"])["terminationDrainDuration"] == "150s"
 
 
 def test_seed_numbers_and_wiring_are_exact() -> None:

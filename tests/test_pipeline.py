@@ -196,7 +196,13 @@ def test_the_collector_reads_haproxy_request_lines() -> None:
 @pytest.mark.parametrize(
     ("haproxy_mode", "shutdown_sessions", "disable_on_404"),
     # the switches are set against the mode's settings: a mode's must win
-    [("current", True, False), ("improved", True, False), ("", False, True)],
+    [
+        ("current", True, False),
+        ("improved", True, False),
+        ("ordered", True, True),
+        ("istio-native", True, False),
+        ("", False, True),
+    ],
 )
 def test_haproxy_config_takes_the_mode_s_lb_settings(
     tmp_path: Path, haproxy_mode: str, shutdown_sessions: bool, disable_on_404: bool
@@ -242,3 +248,7 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
     cfg = out.read_text()
     assert ("on-marked-down shutdown-sessions" in cfg) is shutdown_sessions
     assert ("http-check disable-on-404" in cfg) is disable_on_404
+    # the check goes where the mode says: hc's NodePort, or the gateway's status port
+    status = haproxy_mode and registry.MODES[haproxy_mode].lb.check == "status"
+    port, uri = (32021, "/healthz/ready") if status else (30180, "/health_check.html")
+    assert f"check port {port} " in cfg and f"uri {uri} " in cfg

@@ -90,7 +90,7 @@ def test_counts_cuts_and_timings() -> None:
     assert t["last_in_flight_end"] == 8.0
     assert t["drain_overhead"] == 12.0
     assert verdict(s) == (
-        "current: lost 2 of 4 exposed in-flight requests (sleep 1/2, stream 1/2); "
+        "current: lost 2 of 4 exposed requests (sleep 1/2, stream 1/2); "
         "not tested: short; 3 failed in all"
     )
 
@@ -98,4 +98,4 @@ def test_counts_cuts_and_timings() -> None:
 def test_no_cut_reads_as_none() -> None:
     s = summarize([rec("sleep", -1000, 5000)], [], {**META, "mode": "improved"})
     assert s["cut_in_flight"] == 0 and s["timings_s"]["termination_to_lb_down"] is None
-    assert verdict(s).startswith("improved: lost none of 1 exposed in-flight requests (sleep 0/1)")
+    assert verdict(s).startswith("improved: lost none of 1 exposed requests (sleep 0/1)")

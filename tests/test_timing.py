@@ -57,6 +57,12 @@ RULES = [
     ("backend_grace_covers_longest_request", {"backend_grace_s": 300}, ["300s", "305s"]),
     ("backend_shutdown_within_grace", {"backend_shutdown_timeout_s": 305}, ["305s"]),
     ("envoy_readiness_has_time_for_xds", {"envoy_readiness_failure_threshold": 5}, ["2s x 5"]),
+    # ordered: a 404 seen at the next check (inter 2 + check timeout 2)
+    ("nolb_wait_exceeds_soft_detection", {"nolb_wait_s": 4}, ["4s", "4s"]),
+    ("drain_timeout_leaves_a_poll_after_nolb_wait", {"nolb_wait_s": 115}, ["120s", "115s"]),
+    # istio-native: Istio's default MINIMUM_DRAIN_DURATION against the seed's HAProxy
+    ("minimum_drain_covers_lb_detection", {"minimum_drain_s": 5}, ["5s", "6s"]),
+    ("minimum_drain_within_termination_drain", {"minimum_drain_s": 150}, ["150s"]),
 ]
 
 
@@ -109,6 +115,9 @@ def test_protected_per_path() -> None:
     assert seed["gateway_improved"]["longest_s"] == 120
     assert seed["gateway_current"]["longest_s"] == 0
     assert seed["gateway_current"]["survives_if_ends_within_s"] == 2
+    # ordered: DRAIN_TIMEOUT 120 - the /nolb call 5 - the 404's detection 4
+    assert seed["gateway_ordered"]["longest_s"] == 111
+    assert seed["gateway_istio_native"]["longest_s"] == 0
 
 
 def test_haproxy_duration_syntax() -> None:

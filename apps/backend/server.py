@@ -2,6 +2,7 @@
 
 GET /sleep?seconds=N   answers `slept Ns` after N seconds (N integer 0..600)
 GET /stream?chunks=N&interval_ms=M   N chunked lines `chunk i @ Tms`, each flushed
+GET /ws                WebSocket: each text message is echoed back until the client closes
 GET /                  {"pod": "<HOSTNAME>"}
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,6 +96,24 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+#: The longest a WebSocket may stay silent before the backend closes it (1001).
+WS_IDLE_S = 60.0
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Echo every text message; the client decides when the session ends (the load
+    driver sends one each interval and closes normally after its last echo)."""
+    ws = web.WebSocketResponse(receive_timeout=WS_IDLE_S)
+    await ws.prepare(request)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+    except TimeoutError:
+        await ws.close(code=1001, message=b"idle")
+    return ws
+
+
 def whoami(hostname: str) -> Handler:
     async def handle(_: web.Request) -> web.Response:
         return web.json_response({"pod": hostname})
@@ -151,5 +170,6 @@ def build_app(hostname: str, log: logging.Logger) -> web.Application:
     app[SHUTDOWN] = Shutdown()
     app.router.add_get("/sleep", sleep)
     app.router.add_get("/stream", stream)
+    app.router.add_get("/ws", websocket)
     app.router.add_get("/", whoami(hostname))
     return app

@@ -4,6 +4,11 @@ OPEN -> DRAINING -> CLOSING -> CLOSED, and any -> FAULT. One state answers
 differently on each probe path (seed 003 §4): HAProxy's /health_check.html fails
 from CLOSING, Kubernetes readiness (/health) only from CLOSED, liveness (/live)
 only in FAULT. That asymmetry is the drain window.
+
+Beyond the seed, for the `ordered` mode: OPEN -> NOLB -> CLOSING -> CLOSED. In NOLB
+/health_check.html answers 404, which HAProxy's `http-check disable-on-404` turns into
+its own NOLB state at the first check: no new requests, established sessions go on.
+Readiness and liveness still pass. The seed's rows are unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ HISTORY_SIZE = 100
 
 class State(StrEnum):
     OPEN = "OPEN"
+    NOLB = "NOLB"
     DRAINING = "DRAINING"
     CLOSING = "CLOSING"
     CLOSED = "CLOSED"
@@ -32,9 +38,15 @@ class State(StrEnum):
         return self in (State.OPEN, State.DRAINING)
 
     @property
+    def lb_soft_drain(self) -> bool:
+        """HAProxy's check gets 404: with disable-on-404 the server keeps its sessions
+        and gets no new requests (HAProxy's NOLB)."""
+        return self is State.NOLB
+
+    @property
     def ready(self) -> bool:
         """Kubernetes readiness (/health) passes: the pod stays an endpoint."""
-        return self in (State.OPEN, State.DRAINING, State.CLOSING)
+        return self in (State.OPEN, State.NOLB, State.DRAINING, State.CLOSING)
 
     @property
     def live(self) -> bool:

@@ -10,6 +10,15 @@
 #   [6] POST hc /close              CLOSING -> CLOSED: readiness fails, endpoint removed
 #   [7] done
 #
+# DRAIN_ORDER=lb-first (the `ordered` mode, beyond the seed) puts the LB first:
+#   [1] POST hc /nolb               OPEN -> NOLB: HAProxy's check gets 404, which
+#                                   `http-check disable-on-404` turns into NOLB: no new
+#                                   requests, established sessions go on
+#   [1b] sleep NOLB_WAIT            longer than HAProxy needs to see the 404
+#   [2]-[7] as above, with [4] going NOLB -> CLOSING. Nothing new arrives once Envoy
+#   drains, so the gauge reaches 0 as soon as the requests already here end, and the
+#   DOWN's shutdown-sessions in [4] finds nothing to cut.
+#
 # Fixed here, from docs/design.md:
 # - The seed's filter `downstream_rq_active|upstream_rq_active` also matches the admin
 #   listener's own /stats request (http.admin.downstream_rq_active is 1 while /stats is
@@ -36,6 +45,8 @@ POLL_INTERVAL="${POLL_INTERVAL:-2}"
 LB_BUFFER="${LB_BUFFER:-10}"
 CURL_MAX_TIME="${CURL_MAX_TIME:-5}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
+DRAIN_ORDER="${DRAIN_ORDER:-seed}"
+NOLB_WAIT="${NOLB_WAIT:-5}"
 ACTIVE_STATS_FILTER="${ACTIVE_STATS_FILTER:-^http\.outbound_0\.0\.0\.0_${GATEWAY_PORT}\.downstream_rq_active\$}"
 # preStop output never reaches `kubectl logs`; PID 1's stdout does.
 LOG_MIRROR="${LOG_MIRROR:-/proc/1/fd/1}"
@@ -82,6 +93,11 @@ require_whole LB_BUFFER "$LB_BUFFER" 0 600
 # 0 would mean "no limit" to curl: a hung hc or admin would hold the preStop to SIGKILL
 require_whole CURL_MAX_TIME "$CURL_MAX_TIME" 1 60
 require_whole GATEWAY_PORT "$GATEWAY_PORT" 1 65535
+case "$DRAIN_ORDER" in
+    seed | lb-first) ;;
+    *) bad_setting DRAIN_ORDER "$DRAIN_ORDER" "seed or lb-first" ;;
+esac
+require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
 
 START_TS=$(date +%s)
 
@@ -110,10 +126,18 @@ read_active() {
         END { if (n == 0) exit 1; print sum }'
 }
 
-log "level=info step=0 msg=start drain_timeout=${DRAIN_TIMEOUT} poll_interval=${POLL_INTERVAL} lb_buffer=${LB_BUFFER} filter=\"${ACTIVE_STATS_FILTER}\""
+log "level=info step=0 msg=start order=${DRAIN_ORDER} drain_timeout=${DRAIN_TIMEOUT} poll_interval=${POLL_INTERVAL} lb_buffer=${LB_BUFFER} filter=\"${ACTIVE_STATS_FILTER}\""
 
-# [1] open the drain window: the FSM leaves OPEN, both probes still pass.
-do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/drain" || true
+if [ "$DRAIN_ORDER" = lb-first ]; then
+    # [1] stop new LB traffic without touching the sessions (404 -> HAProxy NOLB).
+    do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/nolb" || true
+    # [1b] HAProxy sees the 404 at its next check (the timing model checks the margin).
+    log "level=info step=1b msg=nolb_wait seconds=${NOLB_WAIT}"
+    sleep "$NOLB_WAIT"
+else
+    # [1] open the drain window: the FSM leaves OPEN, both probes still pass.
+    do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/drain" || true
+fi
 
 # [2] graceful listener drain. skip_exit keeps the listeners after --drain-time-s
 # (the LB may still send requests here, see above); Envoy itself never exits on a

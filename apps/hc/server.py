@@ -23,15 +23,22 @@ PROBES: dict[str, tuple[Callable[[State], bool], str, int, str]] = {
     "/health": (lambda s: s.ready, "OK", 503, "NOT READY"),
     "/live": (lambda s: s.live, "OK", 500, "FAULT"),
 }
+# path -> (in state, status, body): answers that replace the failing one above. 404 on
+# HAProxy's path in NOLB: `http-check disable-on-404` keeps the sessions, stops new ones.
+SOFT_ANSWERS: dict[str, tuple[Callable[[State], bool], int, str]] = {
+    "/health_check.html": (lambda s: s.lb_soft_drain, 404, "NOLB"),
+}
 
 # path -> (states it may start from, target state); /fault is separate (any state).
 TRANSITIONS: dict[str, tuple[tuple[State, ...], State]] = {
     "/drain": ((State.OPEN,), State.DRAINING),
-    "/close-lb": ((State.DRAINING,), State.CLOSING),
+    # the ordered mode's first step: no new LB traffic, nothing else changes
+    "/nolb": ((State.OPEN,), State.NOLB),
+    "/close-lb": ((State.DRAINING, State.NOLB), State.CLOSING),
     "/close": ((State.CLOSING,), State.CLOSED),
     # CLOSED is not here: once readiness failed the endpoint is gone, reopening
     # would only confuse the LB and kube-proxy (unrecoverable, 409).
-    "/reopen": ((State.DRAINING, State.CLOSING), State.OPEN),
+    "/reopen": ((State.NOLB, State.DRAINING, State.CLOSING), State.OPEN),
 }
 
 
@@ -51,11 +58,18 @@ def _if_none_match(header: str | None, etag: str) -> bool:
 
 
 def probe_handler(
-    fsm: FSM, passes: Callable[[State], bool], ok_body: str, fail_status: int, fail_body: str
+    fsm: FSM,
+    passes: Callable[[State], bool],
+    ok_body: str,
+    fail_status: int,
+    fail_body: str,
+    soft: tuple[Callable[[State], bool], int, str] | None = None,
 ) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         state = fsm.state
         headers = {"Cache-Control": "max-age=1", "ETag": _etag(state)}
+        if soft is not None and soft[0](state):
+            return web.Response(status=soft[1], text=soft[2], headers=headers)
         if not passes(state):
             return web.Response(status=fail_status, text=fail_body, headers=headers)
         # RFC 9110 §13.1.2: a conditional GET only turns a would-be 2xx into 304.
@@ -106,6 +120,7 @@ def status_handler(fsm: FSM) -> Handler:
                 "progress": {
                     "since": _iso(since),
                     "lb_healthy": state.lb_healthy,
+                    "lb_soft_drain": state.lb_soft_drain,
                     "live": state.live,
                     "transitions": [{**t.as_dict(), "at": _iso(t.wall)} for t in history],
                 },
@@ -166,7 +181,10 @@ async def openapi(_: web.Request) -> web.Response:
 def build_app(fsm: FSM, config: Config, log: logging.Logger) -> web.Application:
     app = web.Application(middlewares=[admin_guard(config, log)])
     for path, (passes, ok_body, fail_status, fail_body) in PROBES.items():
-        app.router.add_get(path, probe_handler(fsm, passes, ok_body, fail_status, fail_body))
+        app.router.add_get(
+            path,
+            probe_handler(fsm, passes, ok_body, fail_status, fail_body, SOFT_ANSWERS.get(path)),
+        )
     for path, (allowed_from, to) in TRANSITIONS.items():
         app.router.add_post(path, transition_handler(fsm, allowed_from, to, config))
     app.router.add_post("/fault", fault_handler(fsm))

@@ -13,8 +13,12 @@ cause and phase of each failure, and who was exposed to the termination.
   boundaries are stamped by the collectors as the lines arrive (HAProxy's syslog within
   milliseconds, its runtime API within 0.1 s), so a failure caused by an event can
   land a few milliseconds before it: read `at_s` beside `phases_s`.
-- Exposure: a request in flight at the termination on the terminating gateway. Only
-  those tested the order; a class with none exposed is "not tested" in that run.
+- Exposure: a request served by the terminating gateway and in flight at some moment
+  between the termination and the pod's end: in flight when it began, or sent to it
+  while it drained (the steady scenario's point). Only those tested the order; a class
+  with none exposed is "not tested" in that run. A request longer than the mode's path
+  can carry (the timing model's protected window) is `beyond_protection`: its loss is
+  the deadline's, reported apart from the order's.
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ def account(
             else None
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
-        joined["exposed"] = exposed(r, hops, term)
+        joined["exposed"] = exposed(r, hops, term, ph.pod_gone)
         if r.get("error"):
             joined["rule"], joined["cause"] = explain(r, hops)
             joined["phase"] = ph.of(r.get("end_ms") or r["start_ms"])
@@ -282,10 +286,19 @@ def account(
     return out, ph
 
 
-def exposed(record: Record, hops: Hops, term: dict[str, Any]) -> bool | None:
-    """In flight on the terminating gateway at the termination; None when where it was
-    served is unknown (no HAProxy nor Envoy line)."""
-    if not in_flight_at(record, term["ms"]):
+def in_flight_during(record: Record, start_ms: float, end_ms: float | None) -> bool:
+    """In flight at some moment of [start, end] (no end: until now)."""
+    end = record.get("end_ms")
+    began_in_time = end_ms is None or record["start_ms"] <= end_ms
+    return began_in_time and (end is None or end > start_ms)
+
+
+def exposed(
+    record: Record, hops: Hops, term: dict[str, Any], pod_gone: float | None = None
+) -> bool | None:
+    """On the terminating gateway while it terminated; None when where it was served is
+    unknown (no HAProxy nor Envoy line)."""
+    if not in_flight_during(record, term["ms"], pod_gone):
         return False
     if "envoy" in hops:
         return hops["envoy"].get("pod") == term["pod"]

@@ -35,7 +35,7 @@ OUTCOME_COLOURS = {
     "4xx": "#f9a825",
     "other": "#616161",
 }
-HC_LEVEL = {"OPEN": 4, "DRAINING": 3, "CLOSING": 2, "CLOSED": 1, "FAULT": 0}
+HC_LEVEL = {"OPEN": 5, "NOLB": 4, "DRAINING": 3, "CLOSING": 2, "CLOSED": 1, "FAULT": 0}
 
 
 def _s(ts_ms: float, t_ms: float) -> float:
@@ -57,7 +57,9 @@ def figure(
         5, 1, figsize=(12, 13), sharex=True, gridspec_kw={"height_ratios": [3, 1.4, 1.2, 1.2, 1.4]}
     )
     ax_long, ax_short, ax_hc, ax_lb, ax_envoy = axes
-    longs = sorted((r for r in records if r["class"] != "short"), key=lambda r: r["start_ms"])
+    longs = sorted(
+        (r for r in records if not r["class"].startswith("short")), key=lambda r: r["start_ms"]
+    )
     for i, r in enumerate(longs):
         end = r["end_ms"] if r.get("end_ms") is not None else r["start_ms"]
         ax_long.plot(
@@ -70,17 +72,20 @@ def figure(
         ax_long.text(
             _s(end, t_ms) + 0.2, i, r["error"] or str(r.get("status")), va="center", fontsize=8
         )
-    ax_long.set_yticks(
-        range(len(longs)),
-        [
-            f"{r['class']} #{r['id']} via {(r.get('served_by') or {}).get('node') or '?'}"
-            for r in longs
-        ],
-        fontsize=8,
-    )
+    if len(longs) <= 40:  # beyond that the labels overlap; the table has each request
+        ax_long.set_yticks(
+            range(len(longs)),
+            [
+                f"{r['class']} #{r['id']} via {(r.get('served_by') or {}).get('node') or '?'}"
+                for r in longs
+            ],
+            fontsize=8,
+        )
+    else:
+        ax_long.set_ylabel("long requests, by start")
     ax_long.set_title(verdict(summary))
 
-    shorts = [r for r in records if r["class"] == "short"]
+    shorts = [r for r in records if r["class"].startswith("short")]
     if shorts:
         lo = int(min(_s(r["start_ms"], t_ms) for r in shorts)) - 1
         hi = int(max(_s(r["start_ms"], t_ms) for r in shorts)) + 1
@@ -102,10 +107,11 @@ def figure(
         xs = [_s(ts, t_ms) for ts, _ in steps]
         ys = [lvl for _, lvl in steps]
         if xs:
-            ax_hc.step([x_lo, *xs, x_hi], [4, *ys, ys[-1]], where="post", label=pod)
+            ax_hc.step([x_lo, *xs, x_hi], [HC_LEVEL["OPEN"], *ys, ys[-1]], where="post", label=pod)
     ax_hc.set_yticks(list(HC_LEVEL.values()), list(HC_LEVEL))
     ax_hc.set_ylabel("hc FSM")
-    ax_hc.legend(loc="lower left", fontsize=7)
+    if ax_hc.get_legend_handles_labels()[0]:  # istio-native has no hc
+        ax_hc.legend(loc="lower left", fontsize=7)
 
     for server in sorted({e["server"] for e in events if e.get("kind") == "server_state"}):
         pts = [
@@ -172,8 +178,9 @@ def _templates() -> jinja2.Environment:
 
 
 def _per_class(exposure: dict[str, Any], key: str) -> str:
-    return " / ".join(
-        str(e[key]) if e["tested"] or key == "exposed" else "-" for e in exposure.values()
+    """`sleep 3 stream 2 short -`: a class nothing exposed shows `-` (not tested)."""
+    return " ".join(
+        f"{c} {e[key] if e['tested'] or key == 'exposed' else '-'}" for c, e in exposure.items()
     )
 
 
@@ -185,13 +192,14 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
         rows.append(
             [
                 s["mode"],
-                s["profile"],
+                s["scenario"],
                 _per_class(exposure, "exposed") if exposure else "?",
                 _per_class(exposure, "lost") if exposure else "?",
+                s.get("lost_beyond_protection", "?"),
                 ", ".join(f"{k} x{v}" for k, v in s.get("causes", {}).items()) or "-",
                 s["failed_total"],
                 t["termination_to_lb_down"],
-                t["prestop"],
+                t.get("termination_to_zero_in_flight"),
                 t["termination_to_pod_gone"],
             ]
         )
@@ -200,13 +208,14 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
 
 COMPARISON_HEADER = [
     "mode",
-    "profile",
-    "exposed sleep/stream/short",
+    "scenario",
+    "exposed per class",
     "lost of those",
+    "beyond protection",
     "causes",
     "failed (all)",
-    "to LB DOWN (s)",
-    "preStop (s)",
+    "to LB out (s)",
+    "to zero in flight (s)",
     "to pod gone (s)",
 ]
 

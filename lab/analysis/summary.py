@@ -7,9 +7,35 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from ..model import registry
+from ..model.plan import LoadShape
 from .accounting import Phases, in_flight_at, phases
 
-CLASSES = ("sleep", "stream", "short")
+
+def scenario_classes(scenario: str) -> tuple[str, ...]:
+    """The request classes the scenario drives (every class for an unknown one)."""
+    known = registry.SCENARIOS.get(scenario)
+    return known.classes if known else registry.REQUEST_CLASSES
+
+
+def rates(records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per class, the rate the plan offered and the rate the driver achieved over the
+    load's span (first to last start): a shortfall means the tooling, not the gateway,
+    shaped the run."""
+    load = meta.get("load")
+    offered = LoadShape(**load).offered_per_s() if load else {}
+    starts = [r["start_ms"] for r in records]
+    span_s = (max(starts) - min(starts)) / 1000 if len(starts) > 1 else 0.0
+    out: dict[str, dict[str, Any]] = {}
+    for cls, rate in offered.items():
+        n = sum(1 for r in records if r["class"] == cls)
+        achieved = round(n / span_s, 2) if span_s > 0 else None
+        out[cls] = {
+            "offered_per_s": rate,
+            "achieved_per_s": achieved,
+            "shortfall": achieved is not None and achieved < 0.9 * rate,
+        }
+    return out
 
 
 def _first(events: list[dict[str, Any]], after_ms: float, **match: Any) -> dict[str, Any] | None:
@@ -33,8 +59,10 @@ def summarize(
 ) -> dict[str, Any]:
     """`ph`: the termination's phases when the caller has them (the accounting did)."""
     t = meta["termination_ms"]
+    names = scenario_classes(meta["scenario"])
+    protected_s = meta.get("protected_s")
     classes: dict[str, dict[str, Any]] = {}
-    for cls in CLASSES:
+    for cls in names:
         mine = [r for r in records if r["class"] == cls]
         errors = Counter(r["error"] for r in mine if r["error"])
         classes[cls] = {
@@ -51,17 +79,34 @@ def summarize(
     prestop_end = _first(pod_events, t, kind="prestop_finished")
     if ph is None:
         ph = phases(events, t, pod, node, meta.get("lb", ""))
+    # the victim's data plane had nothing in flight (Envoy's gauge, polled) after the LB
+    # stopped sending: from then on the termination could cut nothing
+    zero = _first(
+        events,
+        ph.lb_down if ph.lb_down is not None else t,
+        source="envoy",
+        kind="active_requests",
+        pod=pod,
+        value=0,
+    )
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
     exposure = {}
-    for cls in CLASSES:
-        mine = [r for r in in_flight if r["class"] == cls]
+    for cls in names:
+        mine = [r for r in records if r["class"] == cls]
         hit = [r for r in mine if r.get("exposed")]
+        lost = [r for r in hit if r["error"]]
         exposure[cls] = {
-            "in_flight": len(mine),
+            "in_flight": sum(1 for r in mine if in_flight_at(r, t)),
             "exposed": len(hit),
-            "lost": sum(1 for r in hit if r["error"]),
-            "where_unknown": sum(1 for r in mine if r.get("exposed") is None),
+            "lost": len(lost),
+            # longer than the mode's path can carry: the deadline's loss, not the order's
+            "lost_beyond_protection": sum(
+                1 for r in lost if protected_s is not None and r.get("planned_s", 0) > protected_s
+            ),
+            "where_unknown": sum(
+                1 for r in mine if r.get("exposed") is None and in_flight_at(r, t)
+            ),
             # no exposed request: this run says nothing about the class
             "tested": bool(hit),
         }
@@ -96,11 +141,17 @@ def summarize(
         "failed_total": sum(c["failed"] for c in classes.values()),
         "exposure": exposure,
         "lost_exposed": sum(c["lost"] for c in exposure.values()),
+        "lost_beyond_protection": sum(c["lost_beyond_protection"] for c in exposure.values()),
+        "rates": rates(records, meta),
         "failed": failed,
         "causes": dict(Counter(f["rule"] for f in failed if f["rule"])),
+        # failures before the termination say the lab itself was unsteady (e.g. a false
+        # DOWN from a starved health check): such a run is no clean test of the order
+        "failed_before_termination": sum(1 for f in failed if f["phase"] == "before_termination"),
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
+            "termination_to_zero_in_flight": _offset_s(zero["ts_ms"] if zero else None, t),
             "prestop": (
                 None
                 if prestop_start is None or prestop_end is None
@@ -139,9 +190,19 @@ def verdict(summary: dict[str, Any]) -> str:
     lost = sum(e["lost"] for e in tested.values())
     word = "lost none" if lost == 0 else f"lost {lost}"
     per = ", ".join(f"{c} {e['lost']}/{e['exposed']}" for c, e in tested.items())
+    beyond = sum(e.get("lost_beyond_protection", 0) for e in tested.values())
+    if beyond:
+        per += (
+            f"; {beyond} of them longer than the {summary.get('protected_s')}s this path protects"
+        )
     untested = [c for c, e in exposure.items() if not e["tested"]]
     tail = f"; not tested: {', '.join(untested)}" if untested else ""
+    slow = [c for c, r in summary.get("rates", {}).items() if r.get("shortfall")]
+    warn = f"; WARNING achieved rate under offered for {', '.join(slow)}" if slow else ""
+    before = summary.get("failed_before_termination", 0)
+    if before:
+        warn += f"; NOT A CLEAN RUN: {before} failed before the termination"
     return (
-        f"{summary['mode']}: {word} of {exposed} exposed in-flight requests ({per}){tail}; "
-        f"{failed} failed in all"
+        f"{summary['mode']}: {word} of {exposed} exposed requests ({per}){tail}; "
+        f"{failed} failed in all{warn}"
     )

@@ -1,15 +1,19 @@
-"""The load driver: long and short requests through the LB, one JSON line per request.
+"""The load driver: requests of every class through the LB, one JSON line per request.
 
-The `inflight` scenario (lab.model.plan) is the seed's S1: K long requests (`/sleep` and
-`/stream`) in flight when the termination begins, plus short requests at a fixed rate
-before, during and after it. Each request is recorded with its start, first byte and end (wall
-clock, ms), their offsets from the termination, the status, bytes and chunks received,
-and an error kind: refused, reset, timeout, truncated, 5xx (or 4xx, other).
+The scenarios (lab.model.plan.LoadShape): `inflight` is the seed's S1, K long requests
+(`/sleep` and `/stream`) in flight when the termination begins plus short requests at a
+fixed rate; `steady` keeps every class starting throughout: short requests over fresh
+and over pooled keep-alive connections, /sleep, /stream and WebSocket sessions (`/ws`,
+a message sent and its echo awaited every interval). Each request is recorded with its
+start, first byte and end (wall clock, ms), their offsets from the termination, the
+status, bytes and chunks (stream lines, WebSocket echoes) received, and an error kind:
+refused, reset, timeout, truncated, 5xx (or 4xx, other).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import json
@@ -23,7 +27,7 @@ from typing import IO, Any
 import aiohttp
 
 from ..artifacts.events import now_ms
-from ..model.plan import InflightScenario
+from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
 
 ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
@@ -44,6 +48,7 @@ class RequestRecord:
     expected_chunks: int | None = None
     error: str | None = None
     detail: str | None = None
+    planned_s: float = 0.0  # how long it lasts when nothing goes wrong
 
     def as_dict(self, termination_ms: float | None) -> dict[str, Any]:
         d = asdict(self)
@@ -87,12 +92,24 @@ def classify(exc: BaseException | None, status: int | None, truncated: bool) -> 
     return "truncated" if truncated else None
 
 
-def new_session(ca_file: str | None, timeout_s: float) -> aiohttp.ClientSession:
+#: How long the pooled class keeps an idle connection: well under HAProxy's keep-alive
+#: timeout (its `timeout client`, at least the route timeout), so the client never
+#: sends on a connection HAProxy is closing; that race is the client's, not the order's.
+POOL_KEEPALIVE_S = 4.0
+
+
+def new_session(ca_file: str | None, timeout_s: float, pool_size: int = 0) -> aiohttp.ClientSession:
+    """`pool_size` 0: a new connection per request. Otherwise a keep-alive pool of that
+    many connections, reused the way browsers and SDKs reuse theirs."""
     ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else False
     if isinstance(ctx, ssl.SSLContext):
         ctx.check_hostname = False  # the lab's certificate names the homelab host
-    # A new connection per request: no pooled connection outlives the LB's view of a server.
-    connector = aiohttp.TCPConnector(ssl=ctx, limit=0, force_close=True)
+    if pool_size:
+        connector = aiohttp.TCPConnector(
+            ssl=ctx, limit=pool_size, keepalive_timeout=POOL_KEEPALIVE_S
+        )
+    else:
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=0, force_close=True)
     session = aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
     )
@@ -146,9 +163,48 @@ async def fetch(
     return record
 
 
+async def websocket(
+    session: aiohttp.ClientSession, base_url: str, record: RequestRecord, interval_ms: int
+) -> RequestRecord:
+    """A WebSocket session: send a message every interval and await its echo, then
+    close normally. Every echo missing or out of order is a truncated session."""
+    exc: BaseException | None = None
+    truncated = False
+    url = base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    headers = {REQUEST_ID_HEADER: record.request_id, "X-Request-Id": record.request_id}
+    expected = record.expected_chunks or 1
+    try:
+        async with session.ws_connect(url + record.path, headers=headers, autoping=True) as ws:
+            record.status = 101
+            for i in range(expected):
+                if i:
+                    await asyncio.sleep(interval_ms / 1000)
+                await ws.send_str(str(i))
+                msg = await ws.receive(timeout=max(2.0, 4 * interval_ms / 1000))
+                if msg.type is not aiohttp.WSMsgType.TEXT or msg.data != str(i):
+                    truncated = True
+                    record.detail = f"message {i}: got {msg.type.name} {str(msg.data)[:80]!r}"
+                    break
+                if record.first_byte_ms is None:
+                    record.first_byte_ms = now_ms()
+                record.chunks += 1
+                record.bytes += len(msg.data)
+            else:
+                await ws.close()
+    except aiohttp.WSServerHandshakeError as e:
+        record.status = e.status
+        record.detail = f"handshake: {e.status} {e.message}"[:300]
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        exc = e
+        record.detail = f"{type(e).__name__}: {e}"[:300]
+    record.end_ms = now_ms()
+    record.error = classify(exc, record.status, truncated)
+    return record
+
+
 class LoadDriver:
     def __init__(
-        self, base_url: str, ca_file: str | None, recorder: Recorder, scenario: InflightScenario
+        self, base_url: str, ca_file: str | None, recorder: Recorder, scenario: LoadShape
     ) -> None:
         self.base_url = base_url
         self.ca_file = ca_file
@@ -158,58 +214,87 @@ class LoadDriver:
         # unique across runs and drivers: a run's ids never match another run's lines
         self._id_prefix = secrets.token_hex(4)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._shorts_stop = asyncio.Event()
+        self._stop = asyncio.Event()
 
-    async def _run_one(
-        self,
-        session: aiohttp.ClientSession,
-        cls: str,
-        path: str,
-        expected_chunks: int | None = None,
-    ) -> None:
+    async def _run_one(self, session: aiohttp.ClientSession, cls: str) -> None:
+        s = self.scenario
         n = next(self._ids)
+        path, expected = {
+            "short": ("/", None),
+            "short_pooled": ("/", None),
+            "sleep": (f"/sleep?seconds={s.long_s}", None),
+            "stream": (
+                f"/stream?chunks={s.stream_chunks}&interval_ms={s.stream_interval_ms}",
+                s.stream_chunks,
+            ),
+            "ws": ("/ws", s.ws_messages),
+        }[cls]
         record = RequestRecord(
-            n, f"{self._id_prefix}-{n:06d}", cls, path, now_ms(), expected_chunks=expected_chunks
+            n,
+            f"{self._id_prefix}-{n:06d}",
+            cls,
+            path,
+            now_ms(),
+            expected_chunks=expected,
+            planned_s=s.planned_s(cls),
         )
-        self.recorder.write(await fetch(session, self.base_url, record, cls == "stream"))
+        if cls == "ws":
+            done = await websocket(session, self.base_url, record, s.ws_interval_ms)
+        else:
+            done = await fetch(session, self.base_url, record, cls == "stream")
+        self.recorder.write(done)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def shorts(self) -> None:
-        """Short requests at a fixed rate until stopped (each its own task)."""
-        async with new_session(self.ca_file, 10) as session:
-            interval = 1 / self.scenario.short_rate_per_s
-            next_at = time.monotonic()
-            while not self._shorts_stop.is_set():
-                self._spawn(self._run_one(session, "short", "/"))
-                next_at += interval
-                await asyncio.sleep(max(0, next_at - time.monotonic()))
+    async def _at_rate(self, session: aiohttp.ClientSession, cls: str, rate: float) -> None:
+        """Start one request of `cls` every 1/rate s (each its own task) until stopped."""
+        interval = 1 / rate
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self._spawn(self._run_one(session, cls))
+            next_at += interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0, next_at - time.monotonic()))
+
+    async def _burst(self, session: aiohttp.ClientSession, after_s: float) -> None:
+        """inflight: the long requests, all at once, `after_s` after the load starts."""
+        s = self.scenario
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), after_s)
+        if self._stop.is_set():
+            return
+        # interleaved with the round-robin LB: each gateway gets some of each class
+        for _ in range(s.sleep_count):
+            self._spawn(self._run_one(session, "sleep"))
+        for _ in range(s.stream_count):
+            self._spawn(self._run_one(session, "stream"))
+
+    async def run(self) -> None:
+        """The scenario's load until `stop()`, then every request to its end."""
+        s = self.scenario
+        long_timeout = s.long_s + 60
+        async with (
+            new_session(self.ca_file, 10) as fresh,
+            new_session(self.ca_file, 10, pool_size=s.pool_size) as pooled,
+            new_session(self.ca_file, long_timeout) as longs,
+        ):
+            loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
+            if s.scenario == "steady":
+                loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
+                loops += [
+                    self._at_rate(longs, c, s.long_rate_per_s) for c in ("sleep", "stream", "ws")
+                ]
+            else:
+                loops.append(self._burst(longs, s.warmup_s))
+            await asyncio.gather(*loops)
             await self.drain()
 
-    async def longs(self) -> None:
-        s = self.scenario
-        async with new_session(self.ca_file, s.long_s + 60) as session:
-            jobs = [
-                self._run_one(session, "sleep", f"/sleep?seconds={s.long_s}")
-                for _ in range(s.sleep_count)
-            ]
-            jobs += [
-                self._run_one(
-                    session,
-                    "stream",
-                    f"/stream?chunks={s.stream_chunks}&interval_ms={s.stream_interval_ms}",
-                    expected_chunks=s.stream_chunks,
-                )
-                for _ in range(s.stream_count)
-            ]
-            # interleaved with the round-robin LB: each gateway gets some of each class
-            await asyncio.gather(*jobs)
-
-    def stop_shorts(self) -> None:
-        self._shorts_stop.set()
+    def stop(self) -> None:
+        """Start nothing new; what is in flight runs to its end."""
+        self._stop.set()
 
     async def drain(self) -> None:
         while self._tasks:

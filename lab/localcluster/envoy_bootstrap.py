@@ -39,6 +39,8 @@ def gateway_bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix(listen_port),
+        # WebSocket through the gateway, as Istio configures its gateways by default
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
         # the access log the homelab's meshConfig asks of Istio: the same JSON keys
         "access_log": [
             {

@@ -7,6 +7,14 @@ EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true it waits MINIMUM_DRAIN_DURATION instead and
 polls the listeners' downstream_cx_active every second, exiting at zero. It also serves
 the status port's /healthz/ready from Envoy's /ready, as pilot-agent does on 15021.
 
+Readiness after SIGTERM: pilot-agent cancels its context on SIGTERM
+(pilot/cmd/pilot-agent/app/cmd.go: `cmd.WaitSignalFunc(cancel)`), and the status server
+runs on that context (status/server.go `Run`: `<-ctx.Done()`, then its listener closes).
+The gateway's 15021 is an Envoy listener that routes /healthz/ready to that server, so
+from SIGTERM on it answers 503 while Envoy's own listeners are still draining. A check
+on 15021 (the istio-native mode's HAProxy) therefore fails at once, like the seed's
+current mode's check.
+
 What it leaves out: xDS, certificates, iptables; the Envoy config is a static bootstrap
 generated from the rendered Gateway and VirtualService (envoy_bootstrap.py).
 
@@ -60,6 +68,8 @@ async def run(args: argparse.Namespace) -> int:
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
 
     async def ready(_: web.Request) -> web.Response:
+        if terminated.is_set():
+            return web.Response(status=503, text="pilot-agent terminating: status server stopped")
         try:
             async with session.get(f"{args.admin}/ready") as r:
                 body = await r.text()

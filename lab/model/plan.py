@@ -14,18 +14,30 @@ from . import registry, timing
 
 
 @dataclass(frozen=True, slots=True)
-class InflightScenario:
-    """The `inflight` scenario. Durations in seconds; the long requests start `lead_s`
-    before the termination and last `long_s`, sized from the timing model."""
+class LoadShape:
+    """What the load driver sends, in seconds. The termination comes `warmup_s + lead_s`
+    after the load starts; the load stops `tail_s` after the pod is gone.
+
+    inflight (the seed's S1): `sleep_count` /sleep and `stream_count` /stream requests
+    of `long_s` start together `lead_s` before the termination, short requests over
+    fresh connections at `short_rate_per_s` throughout.
+    steady: every class keeps starting until the load stops: short requests over fresh
+    connections and over a keep-alive pool of `pool_size` (`pooled_rate_per_s`), and a
+    /sleep, a /stream and a WebSocket session of `long_s` each `1 / long_rate_per_s`.
+    """
 
     long_s: int
-    # Enough long requests that each class has some on the terminating gateway: they
-    # start back to back, so HAProxy's round robin spreads them over both gateways.
-    # More of the same class changes nothing in what one request goes through.
+    scenario: str = "inflight"
+    # inflight: enough that each class has some on the terminating gateway (HAProxy's
+    # round robin spreads requests started back to back over both gateways)
     sleep_count: int = 6
     stream_count: int = 4
     stream_interval_ms: int = 500
     short_rate_per_s: float = 20.0
+    pooled_rate_per_s: float = 0.0
+    pool_size: int = 4
+    long_rate_per_s: float = 0.0
+    ws_interval_ms: int = 500
     warmup_s: float = 3.0
     lead_s: float = 2.0
     tail_s: float = 3.0
@@ -34,13 +46,35 @@ class InflightScenario:
     def stream_chunks(self) -> int:
         return max(1, int(self.long_s * 1000 / self.stream_interval_ms))
 
+    @property
+    def ws_messages(self) -> int:
+        return max(1, int(self.long_s * 1000 / self.ws_interval_ms))
+
+    def offered_per_s(self) -> dict[str, float]:
+        """The rate each class is offered at (inflight's long requests are one burst)."""
+        if self.scenario == "steady":
+            return {
+                "short": self.short_rate_per_s,
+                "short_pooled": self.pooled_rate_per_s,
+                **dict.fromkeys(("sleep", "stream", "ws"), self.long_rate_per_s),
+            }
+        return {"short": self.short_rate_per_s}
+
+    def planned_s(self, cls: str) -> float:
+        """How long a request of the class lasts when nothing goes wrong."""
+        return {
+            "sleep": float(self.long_s),
+            "stream": (self.stream_chunks - 1) * self.stream_interval_ms / 1000,
+            "ws": self.ws_messages * self.ws_interval_ms / 1000,
+        }.get(cls, 0.0)
+
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     mode: str
     scenario: str
     profile: str
-    load: InflightScenario
+    load: LoadShape
     protected_s: float
     notes: list[str]
     budget: dict[str, Any] = field(repr=False)
@@ -61,7 +95,7 @@ class RunPlan:
             mode=d["mode"],
             scenario=d["scenario"],
             profile=d["profile"],
-            load=InflightScenario(**d["load"]),
+            load=LoadShape(**d["load"]),
             protected_s=d["protected_s"],
             notes=list(d["notes"]),
             budget=dict(d["budget"]),
@@ -90,15 +124,35 @@ def plan(
     check_inputs(mode, scenario, profile)
     budget = timing.derive(profile, overrides)
     protected = timing.protected_by_path(budget)
-    best = float(protected["gateway_improved"]["longest_s"])
     mine = float(protected[registry.mode(mode).protected_path]["longest_s"])
-    long_s = max(1, int(best) - 2)  # ends inside the improved path's window, 2 s to spare
-    load = InflightScenario(long_s=long_s)
-    notes = [
-        f"Long requests last {long_s}s and start {load.lead_s:g}s before the termination: "
-        f"inside the {best:g}s a gateway termination can protect at best (improved: "
-        "DRAIN_TIMEOUT; pilot-agent kills Envoy at terminationDrainDuration).",
-    ]
+    if scenario == "steady":
+        # A long request may start on the gateway until the LB stops sending; in the
+        # ordered path that is just before NOLB, so half its window leaves room.
+        window = float(protected["gateway_ordered"]["longest_s"])
+        long_s = max(1, int(window / 2))
+        load = LoadShape(
+            long_s=long_s,
+            scenario="steady",
+            short_rate_per_s=8.0,
+            pooled_rate_per_s=8.0,
+            long_rate_per_s=1.0,
+            ws_interval_ms=250,
+            stream_interval_ms=250,
+        )
+        notes = [
+            f"Every class keeps starting through the termination; long requests last "
+            f"{long_s}s, half the {window:g}s the ordered path protects for a request "
+            "that starts just before the LB stops sending.",
+        ]
+    else:
+        best = float(protected["gateway_improved"]["longest_s"])
+        long_s = max(1, int(best) - 2)  # ends inside the improved path's window, 2 s to spare
+        load = LoadShape(long_s=long_s)
+        notes = [
+            f"Long requests last {long_s}s and start {load.lead_s:g}s before the termination: "
+            f"inside the {best:g}s a gateway termination can protect at best (improved: "
+            "DRAIN_TIMEOUT; pilot-agent kills Envoy at terminationDrainDuration).",
+        ]
     if long_s > mine:
         notes.append(
             f"The {mode} path protects {mine:g}s: these requests are longer than it can carry "

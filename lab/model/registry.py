@@ -53,12 +53,27 @@ class ProbePaths:
     liveness: str
 
 
+#: What HAProxy's check may target: the hc sidecar's port or istio-proxy's status port
+#: (pilot-agent's /healthz/ready). The NodePorts themselves are the roles' defaults.
+LB_CHECK_TARGETS = ("hc", "status")
+
+#: How a gateway pod's termination is driven (the preStop in the hc container):
+#: fail-and-sleep - the seed's current mode: fail the LB check at once, sleep
+#: graceful-drain - graceful-drain.sh in the seed's order (drain, zero, LB, readiness)
+#: ordered-drain  - graceful-drain.sh with DRAIN_ORDER=lb-first (NOLB, wait, drain, zero,
+#:                  LB DOWN, readiness)
+#: none           - no preStop: pilot-agent's own drain on SIGTERM
+PRESTOPS = ("fail-and-sleep", "graceful-drain", "ordered-drain", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class LbSettings:
-    """What HAProxy must do for the mode's order to hold."""
+    """What HAProxy must do for the mode's order to hold, and what it checks."""
 
     shutdown_sessions: bool
     disable_on_404: bool
+    check: str  # one of LB_CHECK_TARGETS
+    check_uri: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +81,19 @@ class Mode:
     name: str
     manifest: str  # the gateway Deployment's file in manifests/
     summary: str
-    probes: ProbePaths
-    prestop: str  # "fail-and-sleep" (current) or "graceful-drain" (graceful-drain.sh)
+    probes: ProbePaths | None  # the hc sidecar's probe paths; None: no hc sidecar
+    prestop: str  # one of PRESTOPS
     lb: LbSettings
     protected_path: str  # key of timing.protected_by_path()
+    # pilot-agent's EXIT_ON_ZERO_ACTIVE_CONNECTIONS (with MINIMUM_DRAIN_DURATION)
+    proxy_exit_on_zero: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     summary: str
+    classes: tuple[str, ...]  # the request classes it drives (REQUEST_CLASSES)
 
 
 MODES: dict[str, Mode] = {
@@ -87,7 +105,7 @@ MODES: dict[str, Mode] = {
             summary="one probe path for all observers, failed at once by the preStop",
             probes=ProbePaths("/health_check.html", "/health_check.html", "/health_check.html"),
             prestop="fail-and-sleep",
-            lb=LbSettings(shutdown_sessions=True, disable_on_404=False),
+            lb=LbSettings(True, False, "hc", "/health_check.html"),
             protected_path="gateway_current",
         ),
         Mode(
@@ -97,8 +115,34 @@ MODES: dict[str, Mode] = {
             "the LB check and, LB_BUFFER later, readiness",
             probes=ProbePaths("/health_check.html", "/health", "/live"),
             prestop="graceful-drain",
-            lb=LbSettings(shutdown_sessions=True, disable_on_404=False),
+            lb=LbSettings(True, False, "hc", "/health_check.html"),
             protected_path="gateway_improved",
+        ),
+        Mode(
+            name="ordered",
+            manifest="23-igw-ordered.yaml",
+            summary="LB first: the check answers 404 (HAProxy NOLB: no new requests, sessions "
+            "kept), NOLB_WAIT, then Envoy drains, zero in flight, the LB DOWN and, "
+            "LB_BUFFER later, readiness",
+            probes=ProbePaths("/health_check.html", "/health", "/live"),
+            prestop="ordered-drain",
+            # disable-on-404 makes the 404 a soft drain; the DOWN's shutdown-sessions
+            # comes after zero in flight, so it cuts nothing the order protects
+            lb=LbSettings(True, True, "hc", "/health_check.html"),
+            protected_path="gateway_ordered",
+        ),
+        Mode(
+            name="istio-native",
+            manifest="24-igw-istio-native.yaml",
+            summary="no hc sidecar: pilot-agent's own drain (EXIT_ON_ZERO_ACTIVE_CONNECTIONS, "
+            "MINIMUM_DRAIN_DURATION, terminationDrainDuration); HAProxy checks the "
+            "gateway's readiness (/healthz/ready on 15021)",
+            probes=None,
+            prestop="none",
+            # the seed's HAProxy, with only the check moved to the status port
+            lb=LbSettings(True, False, "status", "/healthz/ready"),
+            protected_path="gateway_istio_native",
+            proxy_exit_on_zero=True,
         ),
     )
 }
@@ -110,9 +154,20 @@ SCENARIOS: dict[str, Scenario] = {
             name="inflight",
             summary="long /sleep and /stream requests in flight at the termination, short "
             "requests at a fixed rate before, during and after it",
+            classes=("sleep", "stream", "short"),
+        ),
+        Scenario(
+            name="steady",
+            summary="every class keeps starting throughout the termination: short requests "
+            "over pooled keep-alive and over fresh connections, /sleep, /stream and "
+            "WebSocket sessions",
+            classes=("sleep", "stream", "ws", "short", "short_pooled"),
         ),
     )
 }
+
+#: Every request class any scenario drives, in the order reports show them.
+REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled")
 
 
 class UnknownName(ValueError):
@@ -130,12 +185,17 @@ def mode(name: str) -> Mode:
     return MODES[require("mode", name, list(MODES))]
 
 
+def scenario(name: str) -> Scenario:
+    return SCENARIOS[require("scenario", name, list(SCENARIOS))]
+
+
 def as_dict() -> dict[str, object]:
     """The whole registry as plain data (for Ansible)."""
     return {
         "modes": {name: asdict(m) for name, m in MODES.items()},
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
+        "lb_check_targets": list(LB_CHECK_TARGETS),
         "haproxy_backend": HAPROXY_BACKEND,
         "request_id_header": REQUEST_ID_HEADER,
         "haproxy_request_log_tag": HAPROXY_REQUEST_LOG_TAG,

@@ -31,6 +31,12 @@ PROFILES: dict[str, dict[str, float]] = {
         "poll_interval_s": 2,
         "lb_buffer_s": 10,
         "curl_max_time_s": 5,
+        # ordered: how long after answering 404 the drain waits before touching Envoy;
+        # more than HAProxy needs to see it (one inter + the check timeout)
+        "nolb_wait_s": 5,
+        # istio-native: pilot-agent's MINIMUM_DRAIN_DURATION. Istio's default is 5s, under
+        # this HAProxy's worst detection of 6s (fall 2 x inter 2 + check timeout 2)
+        "minimum_drain_s": 10,
         "haproxy_inter_s": 2,
         "haproxy_fall": 2,
         "haproxy_rise": 2,
@@ -58,6 +64,8 @@ PROFILES: dict[str, dict[str, float]] = {
         "poll_interval_s": 0.5,
         "lb_buffer_s": 2,
         "curl_max_time_s": 1,
+        "nolb_wait_s": 1.5,
+        "minimum_drain_s": 3,
         "haproxy_inter_s": 0.5,
         "haproxy_fall": 2,
         "haproxy_rise": 2,
@@ -126,6 +134,7 @@ DRAIN_SCRIPT_LIMITS: dict[str, tuple[str, float, float]] = {
     "poll_interval_s": ("POLL_INTERVAL", 0.1, 60),
     "lb_buffer_s": ("LB_BUFFER", 0, 600),
     "curl_max_time_s": ("CURL_MAX_TIME", 1, 60),
+    "nolb_wait_s": ("NOLB_WAIT", 0.1, 600),
 }
 
 
@@ -149,6 +158,7 @@ class Budget:
     gateway_grace_s: float
     lb_detect_worst_s: float
     lb_detect_best_s: float
+    lb_soft_detect_worst_s: float
     poll_end_worst_s: float
 
     def as_dict(self) -> dict[str, object]:
@@ -207,6 +217,9 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
     )
     lb_detect_worst = i["haproxy_fall"] * i["haproxy_inter_s"] + i["haproxy_check_timeout_s"]
     lb_detect_best = (i["haproxy_fall"] - 1) * i["haproxy_inter_s"]
+    # disable-on-404 acts on the first 404 (a conditional pass, no `fall` count; checked
+    # against HAProxy 2.6): at worst the next check, an interval away, plus its timeout
+    lb_soft_detect_worst = i["haproxy_inter_s"] + i["haproxy_check_timeout_s"]
     return Budget(
         profile=profile,
         inputs=i,
@@ -220,6 +233,7 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
         gateway_grace_s=gateway_grace,
         lb_detect_worst_s=lb_detect_worst,
         lb_detect_best_s=lb_detect_best,
+        lb_soft_detect_worst_s=lb_soft_detect_worst,
         poll_end_worst_s=poll_end,
     )
 
@@ -282,6 +296,34 @@ def check(b: Budget) -> list[Violation]:
         "readiness fails while HAProxy still sends traffic; raise lb_buffer_s or check faster",
     )
     rule(
+        "nolb_wait_exceeds_soft_detection",
+        i["nolb_wait_s"] > b.lb_soft_detect_worst_s,
+        f"ordered: NOLB_WAIT {i['nolb_wait_s']:g}s must exceed the time HAProxy may take to "
+        f"see the 404 ({b.lb_soft_detect_worst_s:g}s: inter {i['haproxy_inter_s']:g}s + check "
+        f"timeout {i['haproxy_check_timeout_s']:g}s), or Envoy starts draining while new "
+        "requests still arrive; raise nolb_wait_s",
+    )
+    rule(
+        "drain_timeout_leaves_a_poll_after_nolb_wait",
+        i["drain_timeout_s"] > i["nolb_wait_s"] + 2 * i["curl_max_time_s"],
+        f"ordered: DRAIN_TIMEOUT {i['drain_timeout_s']:g}s counts from the preStop's start "
+        f"and must exceed NOLB_WAIT {i['nolb_wait_s']:g}s + 2 x curl "
+        f"{i['curl_max_time_s']:g}s, or the poll for zero never runs; raise drain_timeout_s",
+    )
+    rule(
+        "minimum_drain_covers_lb_detection",
+        i["minimum_drain_s"] > b.lb_detect_worst_s,
+        f"istio-native: MINIMUM_DRAIN_DURATION {i['minimum_drain_s']:g}s must exceed "
+        f"HAProxy's worst detection {b.lb_detect_worst_s:g}s, or pilot-agent may stop Envoy "
+        "at zero connections while HAProxy still sends new ones; raise minimum_drain_s",
+    )
+    rule(
+        "minimum_drain_within_termination_drain",
+        i["minimum_drain_s"] < i["envoy_drain_s"],
+        f"istio-native: MINIMUM_DRAIN_DURATION {i['minimum_drain_s']:g}s must be below "
+        f"terminationDrainDuration {i['envoy_drain_s']:g}s; lower minimum_drain_s",
+    )
+    rule(
         "haproxy_timeout_server_covers_vs_timeout",
         b.haproxy_timeout_server_s >= b.vs_timeout_s,
         f"HAProxy timeout server {b.haproxy_timeout_server_s:g}s is shorter than the "
@@ -339,6 +381,23 @@ def protected_by_path(b: Budget) -> dict[str, dict[str, object]]:
             "why": "the poll waits for zero only until DRAIN_TIMEOUT, then the LB DOWN with "
             "shutdown-sessions cuts what is left; pilot-agent kills Envoy at "
             "terminationDrainDuration whatever the backend's grace (docs/design.md)",
+        },
+        "gateway_ordered": {
+            # a request may still arrive until HAProxy sees the 404 (after the /nolb
+            # call); it must end before DRAIN_TIMEOUT, counted from the preStop's start
+            "longest_s": min(
+                i["drain_timeout_s"] - i["curl_max_time_s"] - b.lb_soft_detect_worst_s,
+                i["envoy_drain_s"],
+            ),
+            "why": "new LB traffic stops first (404, NOLB); the poll then waits for zero "
+            "until DRAIN_TIMEOUT, counted from the preStop's start; what is still in "
+            "flight then is cut by the DOWN",
+        },
+        "gateway_istio_native": {
+            "longest_s": 0,
+            "survives_if_ends_within_s": b.lb_detect_best_s,
+            "why": "pilot-agent's readiness fails at SIGTERM; HAProxy marks the node DOWN "
+            "after fall x inter and shutdown-sessions resets what is in flight",
         },
     }
 

@@ -1,7 +1,9 @@
-"""`make experiment`: every mode on the local lab, side by side, then one comparison.
+"""`make experiment`: every mode in every scenario on the local lab, side by side, then
+one comparison.
 
-Each mode runs `playbooks/run-experiment.yml` in its own isolated lab (its own loopback
-/16, ports and files), so the whole command takes about as long as its longest run.
+Each (scenario, mode) pair runs `playbooks/run-experiment.yml` in its own isolated lab
+(its own loopback /16, ports and files), its repeats one after the other, so the whole
+command takes about as long as its longest lab.
 Each run writes `.lab/<N>/result.json` (where its artifacts are, how it ended), which
 is what this reads.
 
@@ -14,7 +16,7 @@ Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every r
 each keeps what it recorded and its journal says `interrupted`; then every lab process
 is gone, HAProxy included, and one line per run says where its artifacts are.
 
-    python -m lab.runners.all [--modes current,improved] [--profile quick] [--repeats 3]
+    python -m lab.runners.all [--modes current,ordered] [--scenarios steady] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -42,13 +44,17 @@ from ..model.plan import check_inputs
 ROOT = Path.cwd()
 #: How long an interrupted run may take to write its artifacts before it is killed.
 CLEANUP_TIMEOUT_S = 60
+#: Labs start this far apart: on two cores, eight labs booting their pods at the same
+#: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
+#: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
+LAB_STAGGER_S = 2.5
 
 
 class Busy(RuntimeError):
     """Another `make experiment` holds this checkout's labs."""
 
 
-def take_lock(path: Path, modes: list[str], first_index: int) -> IO[str]:
+def take_lock(path: Path, labs: list[str], first_index: int) -> IO[str]:
     """The checkout's experiment lock, or Busy naming its holder. Keep the returned file
     open for as long as the labs are in use."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +68,12 @@ def take_lock(path: Path, modes: list[str], first_index: int) -> IO[str]:
         raise Busy(holder) from None
     f.seek(0)
     f.truncate()
-    labs = list(range(first_index, first_index + len(modes)))
     f.write(
         json.dumps(
             {
                 "pid": os.getpid(),
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
-                "modes": modes,
-                "labs": labs,
+                "labs": dict(zip(range(first_index, first_index + len(labs)), labs, strict=True)),
             }
         )
         + "\n"
@@ -81,9 +85,14 @@ def take_lock(path: Path, modes: list[str], first_index: int) -> IO[str]:
 @dataclass
 class LabRun:
     mode: str
+    scenario: str
     index: int
     lab_dir: Path
     proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}/{self.scenario}"
 
     @property
     def result_file(self) -> Path:
@@ -123,7 +132,7 @@ def stop_lab_haproxy(lab_dir: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-async def run_mode(run: LabRun, profile: str, scenario: str, artifacts: Path | None) -> int:
+async def run_mode(run: LabRun, profile: str, artifacts: Path | None) -> int:
     run.lab_dir.mkdir(parents=True, exist_ok=True)
     progress = run.lab_dir / "progress.log"
     progress.unlink(missing_ok=True)
@@ -137,7 +146,7 @@ async def run_mode(run: LabRun, profile: str, scenario: str, artifacts: Path | N
             "-e",
             f"lab_index={run.index}",
             "-e",
-            f"scenario={scenario}",
+            f"scenario={run.scenario}",
             "-e",
             f"experiment_profile={profile}",
             "-e",
@@ -157,7 +166,7 @@ async def run_mode(run: LabRun, profile: str, scenario: str, artifacts: Path | N
             if progress.exists():
                 lines = progress.read_text().splitlines()
                 for line in lines[shown:]:
-                    print(f"[{run.mode:>8}] {line}", flush=True)
+                    print(f"[{run.name:>21}] {line}", flush=True)
                 shown = len(lines)
     return run.proc.returncode or 0
 
@@ -179,14 +188,16 @@ async def stop_runs(runs: list[LabRun]) -> None:
 
 
 async def run_lab(
-    run: LabRun, repeats: int, profile: str, scenario: str, artifacts: Path | None
+    run: LabRun, repeats: int, profile: str, artifacts: Path | None, start_after_s: float = 0
 ) -> list[tuple[int, dict[str, str] | None]]:
-    """The lab's mode, `repeats` times one after the other: (exit code, result) each."""
+    """The lab's mode and scenario, `repeats` times one after the other: (exit code,
+    result) each."""
+    await asyncio.sleep(start_after_s)
     out = []
     for i in range(repeats):
         if repeats > 1:
-            print(f"[{run.mode:>8}] run {i + 1} of {repeats}", flush=True)
-        code = await run_mode(run, profile, scenario, artifacts)
+            print(f"[{run.name:>21}] run {i + 1} of {repeats}", flush=True)
+        code = await run_mode(run, profile, artifacts)
         out.append((code, read_result(run.result_file)))
     return out
 
@@ -194,17 +205,21 @@ async def run_lab(
 async def main_async(
     modes: list[str],
     profile: str,
-    scenario: str,
+    scenarios: list[str],
     first_index: int,
     artifacts: Path | None,
     repeats: int,
 ) -> int:
     started = time.monotonic()
+    pairs = [(m, sc) for sc in scenarios for m in modes]
     runs = [
-        LabRun(m, first_index + i, ROOT / ".lab" / str(first_index + i))
-        for i, m in enumerate(modes)
+        LabRun(m, sc, first_index + i, ROOT / ".lab" / str(first_index + i))
+        for i, (m, sc) in enumerate(pairs)
     ]
-    tasks = [asyncio.create_task(run_lab(r, repeats, profile, scenario, artifacts)) for r in runs]
+    tasks = [
+        asyncio.create_task(run_lab(r, repeats, profile, artifacts, i * LAB_STAGGER_S))
+        for i, r in enumerate(runs)
+    ]
     try:
         outcomes = await asyncio.gather(*tasks)
     except asyncio.CancelledError:
@@ -212,23 +227,25 @@ async def main_async(
         for r in runs:
             result = read_result(r.result_file)
             where = result["run_dir"] if result else f"none recorded (see {r.log_path})"
-            print(f"[{r.mode}] interrupted: artifacts kept in {where}", file=sys.stderr)
+            print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
     finally:
         for t in tasks:
             t.cancel()
-    done: dict[str, list[Path]] = {}
+    done: dict[str, dict[str, list[Path]]] = {}
     failed = False
     for r, results in zip(runs, outcomes, strict=True):
         for code, result in results:
             if code != 0 or result is None or result["status"] != "completed":
                 failed = True
-                print(f"\n[{r.mode}] a run failed (exit {code}); its last lines:", file=sys.stderr)
+                print(f"\n[{r.name}] a run failed (exit {code}); its last lines:", file=sys.stderr)
                 lines = r.log_path.read_text(errors="replace").splitlines()
                 print("\n".join(lines[-25:]), file=sys.stderr)
                 continue
-            done.setdefault(r.mode, []).append(Path(result["run_dir"]).resolve())
-    all_runs = [d for dirs in done.values() for d in dirs]
+            done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
+                Path(result["run_dir"]).resolve()
+            )
+    all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
     if all_runs:
         stamp = utc_stamp()
         folder = all_runs[0].parent
@@ -236,25 +253,31 @@ async def main_async(
         doc = {
             "repeats": repeats,
             "profile": profile,
-            "scenario": scenario,
-            **compare(
-                {
-                    m: [json.loads((d / "summary.json").read_text()) for d in dirs]
-                    for m, dirs in done.items()
-                }
-            ),
-            "run_dirs": {m: [str(d) for d in dirs] for m, dirs in done.items()},
+            "scenarios": {
+                sc: compare(
+                    {
+                        m: [json.loads((d / "summary.json").read_text()) for d in dirs]
+                        for m, dirs in by_mode.items()
+                    }
+                )
+                for sc, by_mode in done.items()
+            },
+            "run_dirs": {
+                sc: {m: [str(d) for d in dirs] for m, dirs in by_mode.items()}
+                for sc, by_mode in done.items()
+            },
         }
         write_json(folder / f"comparison-{stamp}.json", doc)
         print("\n" + table)
         print("\nover the repeats:")
-        for mode, m in doc["modes"].items():
-            print(f"  {mode:>8}: {m['verdict']}")
+        for sc, cmp_ in doc["scenarios"].items():
+            for mode, m in cmp_["modes"].items():
+                print(f"  {mode:>12} {sc:>8}: {m['verdict']}")
         print(f"\ncomparison report: {page}")
         print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
     print(
-        f"wall time: {time.monotonic() - started:.1f}s for {len(modes)} modes side by side, "
-        f"{repeats} run(s) each"
+        f"wall time: {time.monotonic() - started:.1f}s for {len(runs)} labs side by side "
+        f"({len(modes)} modes x {len(scenarios)} scenarios), {repeats} run(s) each"
     )
     return 1 if failed else 0
 
@@ -263,7 +286,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default=",".join(registry.MODES))
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--scenario", default="inflight")
+    parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
     parser.add_argument("--first-lab-index", type=int, default=1)
     parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
     parser.add_argument(
@@ -271,21 +294,29 @@ def main() -> int:
     )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
+    scenarios = [sc for sc in args.scenarios.split(",") if sc]
     if not (ROOT / "playbooks" / "run-experiment.yml").exists():
         print(f"lab.runners.all: run it from the project's root, not {ROOT}", file=sys.stderr)
         return 2
     try:
         if not modes:
             raise ValueError("--modes names no mode")
+        if not scenarios:
+            raise ValueError("--scenarios names no scenario")
         if not 1 <= args.repeats <= 20:
             raise ValueError(f"--repeats {args.repeats} must be 1..20")
         for mode in modes:
-            check_inputs(mode, args.scenario, args.profile)
+            for sc in scenarios:
+                check_inputs(mode, sc, args.profile)
     except ValueError as exc:
         print(f"lab.runners.all: {exc}", file=sys.stderr)
         return 2
     try:
-        lock = take_lock(ROOT / ".lab" / "experiment.lock", modes, args.first_lab_index)
+        lock = take_lock(
+            ROOT / ".lab" / "experiment.lock",
+            [f"{m}/{sc}" for sc in scenarios for m in modes],
+            args.first_lab_index,
+        )
     except Busy as exc:
         print(
             f"lab.runners.all: another experiment is running in this checkout: {exc}; "
@@ -298,7 +329,7 @@ def main() -> int:
             main_async(
                 modes,
                 args.profile,
-                args.scenario,
+                scenarios,
                 args.first_lab_index,
                 args.artifacts.resolve() if args.artifacts else None,
                 args.repeats,

@@ -118,10 +118,8 @@ async def run(args: argparse.Namespace) -> None:
     recorder = Recorder(run_dir / RAW_REQUESTS)
     driver = LoadDriver(args.url, args.ca, recorder, scenario)
     try:
-        shorts = asyncio.create_task(driver.shorts())
-        await asyncio.sleep(scenario.warmup_s)
-        longs = asyncio.create_task(driver.longs())
-        await asyncio.sleep(scenario.lead_s)
+        load = asyncio.create_task(driver.run())
+        await asyncio.sleep(scenario.warmup_s + scenario.lead_s)
         term = Termination(now_ms(), victim.metadata.name, victim.spec.node_name, args.lb)
         recorder.termination_ms = term.ms
         collected.log("experiment").emit(
@@ -142,9 +140,8 @@ async def run(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(1)
         await asyncio.sleep(scenario.tail_s)
-        driver.stop_shorts()
-        await longs
-        await shorts
+        driver.stop()
+        await load
     finally:
         stop.set()
         gauge.cancel()

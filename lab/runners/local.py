@@ -57,18 +57,27 @@ class Progress:
                 f.write(line + "\n")
 
 
-async def wait_lb_up(socket_path: str, servers: list[str], timeout: float) -> None:
+async def wait_lb_up(
+    socket_path: str, servers: list[str], timeout: float, stable_s: float = 2.0
+) -> None:
+    """Every server UP (not `UP 1/2`, a check already failing) for `stable_s` in a row:
+    a lab that flaps before the load would blame the termination for its own start."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     state: dict[str, str] = {}
+    up_since: float | None = None
     while loop.time() < end:
         with contextlib.suppress(OSError):
             text = await asyncio.to_thread(haproxy_collector.show_stat, socket_path)
             state = haproxy_collector.parse_show_stat(text, registry.HAPROXY_BACKEND)
-            if all(state.get(s, "").startswith("UP") for s in servers):
-                return
+            if all(state.get(s, "") == "UP" for s in servers):
+                up_since = loop.time() if up_since is None else up_since
+                if loop.time() - up_since >= stable_s:
+                    return
+            else:
+                up_since = None
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"HAProxy servers not all UP after {timeout}s: {state}")
+    raise TimeoutError(f"HAProxy servers not all steadily UP after {timeout}s: {state}")
 
 
 async def start_haproxy_collector(
@@ -157,14 +166,15 @@ async def run(args: argparse.Namespace) -> Path:
         recorder.termination_ms = t_term
         driver = LoadDriver(args.haproxy_url, args.ca, recorder, scenario)
         step = now_ms()
-        shorts = asyncio.create_task(driver.shorts())
-        progress(f"short requests at {scenario.short_rate_per_s:g}/s")
-        await asyncio.sleep(scenario.warmup_s)
-        longs = asyncio.create_task(driver.longs())
-        progress(
-            f"{scenario.sleep_count} x /sleep {scenario.long_s}s and {scenario.stream_count} "
-            f"x /stream in flight"
-        )
+        load = asyncio.create_task(driver.run())
+        offered = ", ".join(f"{c} {r:g}/s" for c, r in scenario.offered_per_s().items())
+        progress(f"{args.scenario} load: {offered}")
+        if args.scenario == "inflight":
+            await asyncio.sleep(scenario.warmup_s)
+            progress(
+                f"{scenario.sleep_count} x /sleep {scenario.long_s}s and "
+                f"{scenario.stream_count} x /stream in flight"
+            )
         journal.step("start-load", step)
         await asyncio.sleep(max(0, (t_term - now_ms()) / 1000))
         step = now_ms()
@@ -179,9 +189,8 @@ async def run(args: argparse.Namespace) -> Path:
         progress(f"{victim.name} gone")
         step = now_ms()
         await asyncio.sleep(scenario.tail_s)
-        driver.stop_shorts()
-        await longs
-        await shorts
+        driver.stop()
+        await load
         journal.step("finish-load", step)
         progress("load finished")
         status = "completed"
