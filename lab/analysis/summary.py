@@ -51,6 +51,21 @@ def _offset_s(ts_ms: float | None, t_ms: float) -> float | None:
     return None if ts_ms is None else round((ts_ms - t_ms) / 1000, 3)
 
 
+def zero_in_flight(events: list[dict[str, Any]], pod: str, t_ms: float) -> float | None:
+    """When the victim's data plane (Envoy's gauge, as polled) last fell to zero after
+    the termination and stayed there: from then on the termination could cut nothing."""
+    gauge = sorted(
+        (e["ts_ms"], int(e["value"]))
+        for e in events
+        if e.get("source") == "envoy"
+        and e.get("kind") == "active_requests"
+        and e.get("pod") == pod
+        and e.get("value") is not None
+    )
+    last_busy = max((ts for ts, v in gauge if v > 0), default=t_ms)
+    return next((ts for ts, v in gauge if v == 0 and ts >= max(last_busy, t_ms)), None)
+
+
 def summarize(
     records: list[dict[str, Any]],
     events: list[dict[str, Any]],
@@ -79,16 +94,7 @@ def summarize(
     prestop_end = _first(pod_events, t, kind="prestop_finished")
     if ph is None:
         ph = phases(events, t, pod, node, meta.get("lb", ""))
-    # the victim's data plane had nothing in flight (Envoy's gauge, polled) after the LB
-    # stopped sending: from then on the termination could cut nothing
-    zero = _first(
-        events,
-        ph.lb_down if ph.lb_down is not None else t,
-        source="envoy",
-        kind="active_requests",
-        pod=pod,
-        value=0,
-    )
+    zero = zero_in_flight(events, pod, t)
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
     exposure = {}
@@ -151,7 +157,7 @@ def summarize(
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
-            "termination_to_zero_in_flight": _offset_s(zero["ts_ms"] if zero else None, t),
+            "termination_to_zero_in_flight": _offset_s(zero, t),
             "prestop": (
                 None
                 if prestop_start is None or prestop_end is None

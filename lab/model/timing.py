@@ -56,8 +56,10 @@ PROFILES: dict[str, dict[str, float]] = {
     "quick": {
         "longest_request_s": 30,
         "backend_grace_margin_s": 2,
-        "envoy_drain_s": 20,
-        "envoy_listener_drain_s": 20,
+        # just over the latest LB DOWN the checker allows (poll end 12.5 + curl 1 +
+        # detection 1.5 = 15 s): every run waits this long for pilot-agent to stop Envoy
+        "envoy_drain_s": 16,
+        "envoy_listener_drain_s": 16,
         "gateway_grace_margin_s": 10,
         "current_prestop_sleep_s": 3,
         "drain_timeout_s": 12,
