@@ -69,7 +69,7 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
 def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     labs = [Topology(FIRST_LAB), Topology(FIRST_LAB + 1)]
-    proc = run_all(artifacts)
+    proc = run_all(artifacts, "--modes=current,improved")
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 180

@@ -11,6 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lab.model import registry
+
 OUT = Path("/tmp/molecule-manifests")
 CRDS = (
     Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -40,8 +42,11 @@ def istio_spec_schema(kind: str) -> dict:
 
 
 @pytest.mark.parametrize("profile", ["seed", "quick"])
-def test_seven_files_and_valid_objects(profile: str) -> None:
-    assert len(list((OUT / profile).glob("*.yaml"))) == 7
+def test_every_file_and_valid_objects(profile: str) -> None:
+    # five shared files and one gateway Deployment per mode of the registry
+    modes = {m.manifest for m in registry.MODES.values()}
+    names = {p.name for p in (OUT / profile).glob("*.yaml")}
+    assert modes <= names and len(names) == 5 + len(modes)
     for obj in objects(profile):
         if obj["apiVersion"].startswith("networking.istio.io/"):
             jsonschema.validate(obj["spec"], istio_spec_schema(obj["kind"]))
