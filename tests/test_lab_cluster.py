@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from helpers import Procs, free_port, render_manifests
+from helpers import Procs, free_port, http, render_manifests
 from lab.artifacts.events import CollectedDir, merge, read_jsonl
 from lab.collectors.podlogs import event_from_line
 from lab.localcluster.cluster import LabCluster, Topology
@@ -280,8 +280,14 @@ def test_pilot_agent_exit_on_zero_active_connections(procs: Procs, tmp_path: Pat
         {**os.environ, "EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true", "MINIMUM_DRAIN_DURATION": "1s"},
     )
     time.sleep(1)
+    ready = f"http://127.0.0.1:{status}/healthz/ready"
+    assert http("GET", ready)[0] == 200
     started = time.monotonic()
     agent.popen.send_signal(signal.SIGTERM)
+    # Istio: the status server stops with the agent's context at SIGTERM, so 15021's
+    # readiness fails at once while Envoy still drains (istio-native's LB check)
+    time.sleep(0.2)
+    assert http("GET", ready)[0] == 503
     assert agent.popen.wait(15) == 0
     took = time.monotonic() - started
     assert 0.9 <= took < 5, took  # not the 30 s terminationDrainDuration

@@ -99,3 +99,50 @@ def test_no_cut_reads_as_none() -> None:
     s = summarize([rec("sleep", -1000, 5000)], [], {**META, "mode": "improved"})
     assert s["cut_in_flight"] == 0 and s["timings_s"]["termination_to_lb_down"] is None
     assert verdict(s).startswith("improved: lost none of 1 exposed requests (sleep 0/1)")
+
+
+def test_zero_in_flight_is_when_the_gauge_last_fell_to_zero() -> None:
+    from lab.analysis.summary import zero_in_flight
+
+    def gauge(at: float, value: int) -> dict:
+        return {
+            "ts_ms": T + at,
+            "source": "envoy",
+            "kind": "active_requests",
+            "pod": "gw-w1",
+            "value": value,
+        }
+
+    events = [gauge(-500, 2), gauge(100, 0), gauge(300, 1), gauge(900, 0), gauge(950, 0)]
+    assert zero_in_flight(events, "gw-w1", T) == T + 900  # not the brief zero at 100
+    assert zero_in_flight(events[:3], "gw-w1", T) is None  # busy when the polls ended
+    assert zero_in_flight(events, "gw-w2", T) is None
+
+
+def test_offered_and_achieved_rates_and_the_shortfall_warning() -> None:
+    from dataclasses import asdict
+
+    from lab.model.plan import plan
+
+    load = asdict(plan("quick", "ordered", "steady").load)
+    # steady: long requests last half the 10 s the ordered path protects
+    assert load["long_s"] == 5
+    shorts = [rec("short", i * 125.0, i * 125.0 + 5) for i in range(80)]  # 8/s for 10 s
+    pooled = [rec("short_pooled", i * 250.0, i * 250.0 + 5) for i in range(40)]  # 4/s
+    meta = {**META, "scenario": "steady", "load": load}
+    s = summarize(shorts + pooled, [], meta)
+    assert s["rates"]["short"]["offered_per_s"] == 8.0
+    assert not s["rates"]["short"]["shortfall"]
+    assert s["rates"]["short_pooled"]["shortfall"]  # 4/s achieved of 8/s offered
+    assert "WARNING achieved rate under offered for short_pooled" in verdict(s)
+    assert set(s["exposure"]) == {"sleep", "stream", "ws", "short", "short_pooled"}
+
+
+def test_losses_beyond_the_protected_window_are_counted_apart() -> None:
+    records = [
+        rec("sleep", -1000, 500, "5xx") | {"planned_s": 10.0},  # longer than 0 s: beyond
+        rec("short", -1, 1, "5xx") | {"planned_s": 0.0},  # within: the order's loss
+    ]
+    s = summarize(records, [], META)  # current: protects 0 s
+    assert s["lost_exposed"] == 2 and s["lost_beyond_protection"] == 1
+    assert "1 of them longer than the 0.0s this path protects" in verdict(s)

@@ -186,11 +186,16 @@ def verdict(summary: dict[str, Any]) -> str:
         n = summary["in_flight_at_termination"]
         word = "cut none" if cut == 0 else f"cut {cut}"
         return f"{summary['mode']}: {word} of {n} in-flight requests; {failed} failed in all"
+    slow = [c for c, r in summary.get("rates", {}).items() if r.get("shortfall")]
+    warn = f"; WARNING achieved rate under offered for {', '.join(slow)}" if slow else ""
+    before = summary.get("failed_before_termination", 0)
+    if before:
+        warn += f"; NOT A CLEAN RUN: {before} failed before the termination"
     tested = {c: e for c, e in exposure.items() if e["tested"]}
     if not tested:
         return (
-            f"{summary['mode']}: not tested: no request was in flight on the terminating "
-            f"gateway; {failed} failed in all"
+            f"{summary['mode']}: not tested: no request was on the terminating gateway "
+            f"while it terminated; {failed} failed in all{warn}"
         )
     exposed = sum(e["exposed"] for e in tested.values())
     lost = sum(e["lost"] for e in tested.values())
@@ -203,11 +208,6 @@ def verdict(summary: dict[str, Any]) -> str:
         )
     untested = [c for c, e in exposure.items() if not e["tested"]]
     tail = f"; not tested: {', '.join(untested)}" if untested else ""
-    slow = [c for c, r in summary.get("rates", {}).items() if r.get("shortfall")]
-    warn = f"; WARNING achieved rate under offered for {', '.join(slow)}" if slow else ""
-    before = summary.get("failed_before_termination", 0)
-    if before:
-        warn += f"; NOT A CLEAN RUN: {before} failed before the termination"
     return (
         f"{summary['mode']}: {word} of {exposed} exposed requests ({per}){tail}; "
         f"{failed} failed in all{warn}"
