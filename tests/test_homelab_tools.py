@@ -158,7 +158,10 @@ def test_merge_orders_every_collector_file_and_skips_a_cut_line(tmp_path: Path) 
     [
         ("inventory/homelab", "site.yml"),
         ("inventory/homelab", "playbooks/run-experiment.yml"),
+        ("inventory/homelab", "playbooks/verify.yml"),
+        ("inventory/local", "site.yml"),
         ("inventory/local", "playbooks/run-experiment.yml"),
+        ("inventory/local", "playbooks/verify.yml"),
     ],
 )
 def test_playbooks_pass_syntax_check(inventory: str, playbook: str) -> None:

@@ -48,15 +48,20 @@ def parse_show_stat(text: str, backend: str) -> dict[str, str]:
     }
 
 
-def show_stat(path: str, timeout: float = 2.0) -> str:
+def runtime_command(path: str, command: str, timeout: float = 2.0) -> str:
+    """One command over HAProxy's runtime API (the stats socket), its whole answer."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(b"show stat\n")
+        s.sendall(command.encode() + b"\n")
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+def show_stat(path: str, timeout: float = 2.0) -> str:
+    return runtime_command(path, "show stat", timeout)
 
 
 def request_fields(text: str) -> dict[str, str] | None:

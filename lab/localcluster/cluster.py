@@ -48,6 +48,10 @@ class Topology:
 
 
 WORKERS = ("worker1", "worker2")
+#: Every node kube-proxy runs on: the workers, and the untainted control plane, which
+#: has the NodePorts but (nodeAffinity) no gateway pod: the node that shows whether
+#: externalTrafficPolicy keeps a health check node-local.
+NODES = (*WORKERS, "master1")
 
 
 class LabCluster:
@@ -97,14 +101,19 @@ class LabCluster:
         ]
         self.node_ports = [
             NodePort(self, node, topology.node_ip(i + 1), node_port, target)
-            for i, node in enumerate(WORKERS)
+            for i, node in enumerate(NODES)
             for node_port, target in m.node_ports.items()
         ]
         self._conditions: dict[str, dict[str, bool]] = {}
         self._reconciler: asyncio.Task[None] | None = None
 
     def node_ip(self, node: str) -> str:
-        return self.topology.node_ip(WORKERS.index(node) + 1)
+        return self.topology.node_ip(NODES.index(node) + 1)
+
+    def selected_by_gateway(self, pod: Pod) -> bool:
+        """istiod pushes the Gateway's listeners only to proxies its selector matches."""
+        selector = self.manifests.gateway_selector or {}
+        return bool(selector) and selector.items() <= pod.labels.items()
 
     def proxy_argv(self, pod: Pod) -> list[str]:
         m = self.manifests
@@ -115,6 +124,7 @@ class LabCluster:
             admin_port=15000,
             upstreams=[Upstream(p.ip, m.backend_port) for p in self.backend_pods],
             route_timeout_s=m.route_timeout_s,
+            with_listener=self.selected_by_gateway(pod),
         )
         path = self.lab_dir / f"envoy-{pod.name}.json"
         path.write_text(json.dumps(config, indent=1))

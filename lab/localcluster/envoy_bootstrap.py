@@ -33,8 +33,11 @@ def gateway_bootstrap(
     upstreams: Sequence[Upstream],
     route_timeout_s: float,
     cluster_name: str = "outbound|8080||backend.service-a.svc.cluster.local",
+    with_listener: bool = True,
 ) -> dict[str, object]:
-    """A static bootstrap: one HTTP listener routing `/` to `upstreams`."""
+    """A static bootstrap: one HTTP listener routing `/` to `upstreams`. Without the
+    listener (a Gateway whose selector matches no label of this pod), Envoy runs and is
+    ready but nothing listens on the Gateway's port: connection refused, no error log."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -76,44 +79,41 @@ def gateway_bootstrap(
             }
         ],
     }
+    listener = {
+        "name": f"0.0.0.0_{listen_port}",
+        "address": _address(listen_host, listen_port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": hcm,
+                    }
+                ]
+            }
+        ],
+    }
+    cluster = {
+        "name": cluster_name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": cluster_name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _address(u.host, u.port)}} for u in upstreams
+                    ]
+                }
+            ],
+        },
+    }
     return {
         "admin": {"address": _address(admin_host, admin_port)},
         "static_resources": {
-            "listeners": [
-                {
-                    "name": f"0.0.0.0_{listen_port}",
-                    "address": _address(listen_host, listen_port),
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": cluster_name,
-                    "type": "STATIC",
-                    "connect_timeout": "5s",
-                    "lb_policy": "ROUND_ROBIN",
-                    "load_assignment": {
-                        "cluster_name": cluster_name,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {"endpoint": {"address": _address(u.host, u.port)}}
-                                    for u in upstreams
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
+            "listeners": [listener] if with_listener else [],
+            "clusters": [cluster],
         },
     }
 

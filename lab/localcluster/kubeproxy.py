@@ -74,14 +74,18 @@ class NodePort:
         ]
 
     def endpoints_for(self, source_ip: str | None) -> list[Pod]:
-        return self.cluster_endpoints() if source_ip == self.ip else self.endpoints()
+        # externalTrafficPolicy: Cluster sends every node's traffic to any ready
+        # endpoint (with SNAT): a node without a gateway pod answers as if it had one
+        if source_ip == self.ip or self.cluster.manifests.traffic_policy != "Local":
+            return self.cluster_endpoints()
+        return self.endpoints()
 
     async def reconcile(self) -> None:
         if self.server is None:
             self.server = await asyncio.start_server(
                 self._accept, self.ip, self.node_port, reuse_address=True, backlog=1024
             )
-        has_local = bool(self.endpoints())
+        has_local = bool(self.endpoints_for(None))
         if has_local != self.has_local:
             self.has_local = has_local
             # "closed": new connections from elsewhere are dropped; established ones

@@ -84,6 +84,11 @@ class Manifests:
     route_timeout_s: float
     node_ports: dict[int, int]  # nodePort -> targetPort
     proxy_config: dict[str, Any]
+    # the NodePort Service's externalTrafficPolicy (Kubernetes' default: Cluster)
+    traffic_policy: str = "Cluster"
+    # the Gateway's selector: istiod gives a proxy the Gateway's listeners only if its
+    # pod's labels match it
+    gateway_selector: dict[str, str] | None = None
 
     @classmethod
     def load(cls, directory: Path, mode_file: str) -> Manifests:
@@ -122,6 +127,8 @@ class Manifests:
             route_timeout_s=seconds(vs["spec"]["http"][0]["timeout"]),
             node_ports={int(p["nodePort"]): int(p["targetPort"]) for p in gw_svc["spec"]["ports"]},
             proxy_config=proxy_config,
+            traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
+            gateway_selector=dict(gateway["spec"].get("selector") or {}),
         )
 
 

@@ -1,0 +1,288 @@
+"""`playbooks/verify.yml` on the local lab: bring the mode's pods up behind the lab's
+HAProxy, gather what the seed's manual checks look at, judge it (lab.analysis.checks),
+stop the pods, and write `artifacts/verify-<UTC stamp>.json`. Exit 1 when a check fails.
+
+    python -m lab.runners.verify --mode ordered --lab-index 200 \
+        --manifests .lab/200/manifests --haproxy-socket .lab/200/admin.sock \
+        --haproxy-config .lab/200/haproxy.cfg --haproxy-address 127.230.0.100:8443
+
+Every fact comes from a real process: Envoy's admin (`/listeners`), HTTP through each
+node's NodePort, HAProxy's runtime API and TLS handshakes with its frontend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import socket
+import ssl
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from ..analysis import checks
+from ..artifacts.events import CollectedDir
+from ..artifacts.rundir import utc_stamp, write_json
+from ..collectors import haproxy as haproxy_collector
+from ..localcluster.cluster import NODES, LabCluster, Topology
+from ..localcluster.manifests import Manifests, seconds
+from ..model import registry, timing
+
+#: HAProxy purges idle server connections every `pool-purge-delay` (5 s unless set),
+#: half of them each time: an idle connection may live about twice that.
+HAPROXY_POOL_PURGE_DELAY_S = 5.0
+#: Envoy's HTTP connection manager closes idle downstream connections after this unless
+#: configured (common_http_protocol_options.idle_timeout: 1 h).
+ENVOY_DEFAULT_IDLE_S = 3600.0
+
+
+def haproxy_seconds(text: str) -> float:
+    """HAProxy's time syntax: `500ms`, `2s`, `1m`, or a bare number of ms."""
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h|d)?", text)
+    if not m:
+        raise ValueError(f"not an HAProxy duration: {text!r}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1e-3}
+    return float(m.group(1)) * scale[m.group(2)]
+
+
+def haproxy_settings(cfg: str) -> dict[str, float]:
+    """The timing inputs an HAProxy config carries (first server line, defaults)."""
+    out: dict[str, float] = {}
+    for key, name in (("server", "haproxy_timeout_server_s"), ("check", "haproxy_check_timeout_s")):
+        m = re.search(rf"^\s*timeout {key}\s+(\S+)", cfg, re.M)
+        if m:
+            out[name] = haproxy_seconds(m.group(1))
+    m = re.search(r"^\s*server \S+ \S+ check .*?inter (\S+) fall (\d+) rise (\d+)", cfg, re.M)
+    if m:
+        out["haproxy_inter_s"] = haproxy_seconds(m.group(1))
+        out["haproxy_fall"] = int(m.group(2))
+        out["haproxy_rise"] = int(m.group(3))
+    m = re.search(r"^\s*pool-purge-delay\s+(\S+)", cfg, re.M)
+    out["pool_purge_delay_s"] = haproxy_seconds(m.group(1)) if m else HAPROXY_POOL_PURGE_DELAY_S
+    return out
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+
+
+def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> dict[str, float]:
+    """The timing model's inputs as deployed: read back from the manifests and HAProxy."""
+    gw, backend, vs = docs["gateway"], docs["backend"], docs["virtualservice"]
+    gw_pod, be_pod = gw["spec"]["template"]["spec"], backend["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in gw_pod["containers"]}
+    proxy_env = _env(containers["istio-proxy"])
+    proxy = json.loads(proxy_env["PROXY_CONFIG"])
+    out: dict[str, float] = {
+        "gateway_grace_s": gw_pod["terminationGracePeriodSeconds"],
+        "envoy_drain_s": seconds(proxy["terminationDrainDuration"]),
+        "envoy_listener_drain_s": seconds(proxy["drainDuration"]),
+        "vs_timeout_s": seconds(vs["spec"]["http"][0]["timeout"]),
+        "backend_grace_s": be_pod["terminationGracePeriodSeconds"],
+        "backend_shutdown_timeout_s": float(_env(be_pod["containers"][0])["SHUTDOWN_TIMEOUT"]),
+    }
+    if "MINIMUM_DRAIN_DURATION" in proxy_env:
+        out["minimum_drain_s"] = seconds(proxy_env["MINIMUM_DRAIN_DURATION"])
+    hc_env = _env(containers["hc"]) if "hc" in containers else {}
+    for var, key in (
+        ("DRAIN_TIMEOUT", "drain_timeout_s"),
+        ("LB_BUFFER", "lb_buffer_s"),
+        ("POLL_INTERVAL", "poll_interval_s"),
+        ("CURL_MAX_TIME", "curl_max_time_s"),
+        ("NOLB_WAIT", "nolb_wait_s"),
+    ):
+        if var in hc_env:
+            out[key] = float(hc_env[var])
+    out.update({k: v for k, v in cfg.items() if k != "pool_purge_delay_s"})
+    return {k: (int(v) if float(v).is_integer() else v) for k, v in out.items()}
+
+
+def raw_docs(directory: Path, mode_file: str) -> dict[str, dict[str, Any]]:
+    def load(name: str) -> list[dict[str, Any]]:
+        return [d for d in yaml.safe_load_all((directory / name).read_text()) if d]
+
+    return {
+        "gateway": next(d for d in load(mode_file) if d["kind"] == "Deployment"),
+        "backend": next(d for d in load("10-backend.yaml") if d["kind"] == "Deployment"),
+        "virtualservice": load("31-virtualservice.yaml")[0],
+    }
+
+
+def tls_accepts(address: str, version: ssl.TLSVersion) -> bool:
+    """Whether the frontend completes a handshake offering only `version`."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    # let this client offer old versions at all, so a refusal is the server's
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():  # offering TLS 1.1 is the point of the probe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=3) as raw,
+            ctx.wrap_socket(raw) as tls,
+        ):
+            return tls.version() is not None
+    except (ssl.SSLError, OSError):
+        return False
+
+
+async def listeners(http: aiohttp.ClientSession, admin: str) -> list[str]:
+    try:
+        async with http.get(f"{admin}/listeners", params={"format": "json"}) as r:
+            doc = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []
+    out = []
+    for status in doc.get("listener_statuses", []):
+        addr = status.get("local_address", {}).get("socket_address", {})
+        out.append(f"{addr.get('address')}:{addr.get('port_value')}")
+    return out
+
+
+async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=1.5)) as r:
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def gather_local(args: argparse.Namespace) -> list[checks.Check]:
+    mode = registry.mode(args.mode)
+    directory = Path(args.manifests)
+    manifests = Manifests.load(directory, mode.manifest)
+    docs = raw_docs(directory, mode.manifest)
+    cfg_text = Path(args.haproxy_config).read_text()
+    cfg = haproxy_settings(cfg_text)
+    lab_dir = Path(args.lab_dir)
+    # scratch of the previous verification (the report is the artifact, not this)
+    shutil.rmtree(lab_dir, ignore_errors=True)
+    lab_dir.mkdir(parents=True)
+    collected = CollectedDir(lab_dir)
+    cluster = LabCluster(Topology(args.lab_index), manifests, lab_dir / "lab", collected)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+    found: list[checks.Check] = []
+    try:
+        await cluster.start()
+        with contextlib.suppress(TimeoutError):
+            await cluster.wait_ready(30)
+        states: dict[str, str] = {}
+        for _ in range(50):  # HAProxy needs rise x inter to call a fresh pod UP
+            with contextlib.suppress(OSError):
+                text = await asyncio.to_thread(haproxy_collector.show_stat, args.haproxy_socket)
+                states = haproxy_collector.parse_show_stat(text, registry.HAPROXY_BACKEND)
+                if states and all(s == "UP" for s in states.values()):
+                    break
+            await asyncio.sleep(0.2)
+        gw = cluster.gateway_pods
+        found.append(checks.gateway_selector(manifests.gateway_selector or {}, gw[0].labels))
+        found.append(
+            checks.envoy_listener(
+                manifests.gateway_port,
+                {p.name: await listeners(http, f"http://{p.ip}:15000") for p in gw},
+            )
+        )
+        found.append(checks.proxy_volumes(docs["gateway"]["spec"]["template"]["spec"]))
+        found.append(
+            checks.no_restarts(
+                {f"{p.name}/{c.spec.name}": c.restarts for p in gw for c in p.containers}
+            )
+        )
+        # the check path HAProxy uses, through every node's NodePort (kube-proxy's rules)
+        target = {"hc": 18180, "status": 15021}[mode.lb.check]
+        node_port = next(np for np, tp in manifests.node_ports.items() if tp == target)
+        answers = {
+            node: await status_of(
+                http, f"http://{cluster.node_ip(node)}:{node_port}{mode.lb.check_uri}"
+            )
+            for node in NODES
+        }
+        found.append(checks.node_local_check(answers, {p.node for p in gw}))
+        strategy = docs["gateway"]["spec"]["strategy"]["rollingUpdate"]
+        anti = (
+            docs["gateway"]["spec"]["template"]["spec"]
+            .get("affinity", {})
+            .get("podAntiAffinity", {})
+        )
+        found.append(
+            checks.rollout_seats(
+                int(docs["gateway"]["spec"]["replicas"]),
+                int(strategy.get("maxSurge", 1)),
+                int(strategy.get("maxUnavailable", 0)),
+                bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution")),
+                len(NODES),  # master1 is untainted in the lab, as the untaint role leaves it
+            )
+        )
+        found.append(checks.timing_budget(args.profile, deployed_timing(docs, cfg)))
+        found.append(checks.keepalive(2 * cfg["pool_purge_delay_s"], ENVOY_DEFAULT_IDLE_S))
+        found.append(checks.lb_servers_up(states))
+        found.append(
+            checks.tls_versions(
+                {
+                    "TLSv1.2": await asyncio.to_thread(
+                        tls_accepts, args.haproxy_address, ssl.TLSVersion.TLSv1_2
+                    ),
+                    "TLSv1.1": await asyncio.to_thread(
+                        tls_accepts, args.haproxy_address, ssl.TLSVersion.TLSv1_1
+                    ),
+                }
+            )
+        )
+        found.append(
+            checks.timeout_server(cfg.get("haproxy_timeout_server_s", 0), manifests.route_timeout_s)
+        )
+    finally:
+        await http.close()
+        await cluster.stop()
+        collected.close()
+    return found
+
+
+def report(found: list[checks.Check], artifacts: Path, target: str, mode: str) -> Path:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    path = artifacts / f"verify-{utc_stamp()}.json"
+    write_json(
+        path,
+        {
+            "target": target,
+            "mode": mode,
+            "passed": all(c.result == "pass" for c in found),
+            "checks": [c.as_dict() for c in found],
+        },
+    )
+    return path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", required=True, choices=list(registry.MODES))
+    p.add_argument("--profile", default="quick", choices=list(timing.PROFILES))
+    p.add_argument("--lab-index", type=int, required=True)
+    p.add_argument("--lab-dir", required=True, help="scratch files of the verification's pods")
+    p.add_argument("--manifests", required=True)
+    p.add_argument("--haproxy-socket", required=True)
+    p.add_argument("--haproxy-config", required=True)
+    p.add_argument("--haproxy-address", required=True, help="HOST:PORT of the HTTPS frontend")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    args = p.parse_args()
+    found = asyncio.run(gather_local(args))
+    path = report(found, args.artifacts, "local", args.mode)
+    print(checks.table(found))
+    failed = [c.name for c in found if c.result == "fail"]
+    print(f"\n{len(found) - len(failed)} of {len(found)} checks passed; report: {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The verify playbook's checks: each judgment on hand-made facts (pass and fail), then
+the local lab for real: HAProxy provisioned by site-local.yml's roles, the mode's pods
+started by the verifier, one run that passes and one with every pitfall at once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT, VENV_BIN, free_port
+from lab.analysis import checks
+from lab.collectors import haproxy as haproxy_collector
+from lab.runners.verify import haproxy_seconds, haproxy_settings, tls_accepts
+
+LAB = 199  # apart from make experiment's labs (1..8) and site.yml's (200)
+
+
+def test_each_check_passes_and_fails_on_its_facts() -> None:
+    labels = {"app": "gw", "istio": "gw"}
+    assert checks.gateway_selector({"istio": "gw"}, labels).result == "pass"
+    bad = checks.gateway_selector({"istio": "other"}, labels)
+    assert bad.result == "fail" and "not matched: {'istio': 'other'}" in bad.detail
+    assert checks.envoy_listener(8080, {"p1": ["10.0.0.1:8080"]}).result == "pass"
+    assert checks.envoy_listener(8080, {"p1": []}).result == "fail"
+    assert checks.no_restarts({"p/hc": 0}).result == "pass"
+    assert checks.no_restarts({"p/hc": 2}).result == "fail"
+    local = checks.node_local_check({"w1": 200, "w2": 200, "m1": None}, {"w1", "w2"})
+    assert local.result == "pass"
+    trap = checks.node_local_check({"w1": 200, "w2": 200, "m1": 200}, {"w1", "w2"})
+    assert trap.result == "fail" and "Cluster-policy trap" in trap.fix
+    assert checks.rollout_seats(2, 1, 0, True, 3).result == "pass"
+    seats = checks.rollout_seats(2, 1, 0, True, 2)
+    assert seats.result == "fail" and "untaint master1" in seats.fix
+    assert checks.timing_budget("quick", {}).result == "pass"
+    budget = checks.timing_budget("quick", {"lb_buffer_s": 1})
+    assert budget.result == "fail" and "lb_buffer_exceeds_lb_detection" in budget.detail
+    assert checks.keepalive(10, 3600).result == "pass"
+    assert checks.keepalive(75, 60).result == "fail"
+    assert checks.lb_servers_up({"w1": "UP", "w2": "UP"}).result == "pass"
+    assert checks.lb_servers_up({"w1": "UP", "w2": "DOWN"}).result == "fail"
+    assert checks.tls_versions({"TLSv1.2": True, "TLSv1.1": False}).result == "pass"
+    assert checks.tls_versions({"TLSv1.2": True, "TLSv1.1": True}).result == "fail"
+    assert checks.timeout_server(34, 32).result == "pass"
+    assert checks.timeout_server(50, 305).result == "fail"
+
+
+def test_haproxy_settings_are_read_back() -> None:
+    assert (haproxy_seconds("500ms"), haproxy_seconds("2s"), haproxy_seconds("1m")) == (
+        0.5,
+        2,
+        60,
+    )
+    cfg = (
+        "defaults\n    timeout server 34s\n    timeout check 500ms\nbackend b\n"
+        "    server worker1 127.0.0.1:30080 check port 30180 inter 500ms fall 2 rise 2\n"
+    )
+    got = haproxy_settings(cfg)
+    assert got["haproxy_timeout_server_s"] == 34 and got["haproxy_check_timeout_s"] == 0.5
+    assert (got["haproxy_inter_s"], got["haproxy_fall"], got["haproxy_rise"]) == (0.5, 2, 2)
+    assert got["pool_purge_delay_s"] == 5
+
+
+def test_the_tls_probe_can_offer_tls_1_1_so_a_refusal_is_the_server_s(tmp_path: Path) -> None:
+    """Against a server that allows TLS 1.1 the probe's 1.1 handshake succeeds: the
+    frontend's refusal in the lab run is HAProxy's ssl-min-ver, not our client."""
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=t"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+
+    port = free_port()
+    server = socket.create_server(("127.0.0.1", port))
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            with contextlib.suppress(ssl.SSLError, OSError):
+                ctx.wrap_socket(conn, server_side=True).close()
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert tls_accepts(f"127.0.0.1:{port}", ssl.TLSVersion.TLSv1_1)
+        assert tls_accepts(f"127.0.0.1:{port}", ssl.TLSVersion.TLSv1_2)
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The local lab site.yml provisions (manifests, certificate, a running HAProxy),
+    in a lab of its own; HAProxy is stopped afterwards."""
+    root = tmp_path_factory.mktemp("lab")
+    result = subprocess.run(
+        [
+            *(str(VENV_BIN / "ansible-playbook"), "playbooks/site-local.yml"),
+            *("-e", f"verify_lab_index={LAB}", "-e", f"lab_root={root}"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    lab_dir = root / str(LAB)
+    try:
+        yield lab_dir
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((lab_dir / "haproxy.pid").read_text().split()[0]), signal.SIGTERM)
+
+
+def verify(lab_dir: Path, manifests: Path, artifacts: Path) -> tuple[int, dict, str]:
+    net = f"127.{30 + LAB}"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "lab.runners.verify", "--mode=ordered", f"--lab-index={LAB}"),
+            *(f"--lab-dir={lab_dir / 'verify'}", f"--manifests={manifests}"),
+            f"--haproxy-socket={lab_dir / 'admin.sock'}",
+            f"--haproxy-config={lab_dir / 'haproxy.cfg'}",
+            *(f"--haproxy-address={net}.0.100:8443", f"--artifacts={artifacts}"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    (report,) = artifacts.glob("verify-*.json")
+    doc = json.loads(report.read_text())
+    return result.returncode, {c["name"]: c for c in doc["checks"]}, result.stdout
+
+
+def test_the_provisioned_lab_passes_every_check(lab: Path, tmp_path: Path) -> None:
+    code, found, out = verify(lab, lab / "manifests", tmp_path)
+    assert code == 0, out
+    assert all(c["result"] == "pass" for c in found.values()), out
+    assert len(found) == 11 and "11 of 11 checks passed" in out
+
+
+def edit_yaml(path: Path, change) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for d in docs:
+        change(d)
+    path.write_text(yaml.safe_dump_all(docs))
+
+
+def test_every_pitfall_is_named_with_its_fix(lab: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "manifests"
+    shutil.copytree(lab / "manifests", broken)
+
+    def selector(d: dict) -> None:  # a Gateway selector that matches no pod
+        if d["kind"] == "Gateway":
+            d["spec"]["selector"] = {"istio": "ingressgateway"}
+
+    def cluster_policy(d: dict) -> None:  # the Cluster-policy trap
+        if d["kind"] == "Service" and d["spec"].get("type") == "NodePort":
+            d["spec"]["externalTrafficPolicy"] = "Cluster"
+
+    def gateway(d: dict) -> None:
+        if d["kind"] != "Deployment":
+            return
+        d["spec"]["replicas"] = 3  # + surge 1 > the lab's 3 nodes
+        pod = d["spec"]["template"]["spec"]
+        pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "workload-socket"]
+        for c in pod["containers"]:
+            for e in c.get("env", []):
+                if e["name"] == "LB_BUFFER":
+                    e["value"] = "1"  # under HAProxy's worst detection (1.5 s)
+
+    edit_yaml(broken / "30-gateway.yaml", selector)
+    edit_yaml(broken / "22-igw-service.yaml", cluster_policy)
+    edit_yaml(broken / "23-igw-ordered.yaml", gateway)
+    # a worker HAProxy does not count UP (put in maintenance through the runtime API)
+    sock = str(lab / "admin.sock")
+    haproxy_collector.runtime_command(sock, "disable server igw_nodeports/worker2")
+    try:
+        code, found, out = verify(lab, broken, tmp_path / "artifacts")
+    finally:
+        haproxy_collector.runtime_command(sock, "enable server igw_nodeports/worker2")
+    assert code == 1
+    failed = {name for name, c in found.items() if c["result"] == "fail"}
+    assert failed == {
+        "gateway_selector_matches_pods",
+        "envoy_listens_on_gateway_port",
+        "proxy_volumes_mounted",
+        "health_check_is_node_local",
+        "rollout_has_seats",
+        "timing_budget_holds",
+        "lb_sees_every_worker_up",
+    }, out
+    assert "Cluster-policy trap" in found["health_check_is_node_local"]["fix"]
+    assert "master1 (no pod): 200" in found["health_check_is_node_local"]["detail"]
+    assert "lb_buffer_exceeds_lb_detection" in found["timing_budget_holds"]["detail"]
+    assert "workload-spiffe-uds" in found["proxy_volumes_mounted"]["detail"]
+    assert "worker2 MAINT" in found["lb_sees_every_worker_up"]["detail"]
+    assert all(found[name]["fix"] for name in failed)
+    assert "fix envoy_listens_on_gateway_port" in out
+
+
+def test_site_yml_on_the_default_inventory_then_verify(tmp_path: Path) -> None:
+    """The design card's first command on the default (local) inventory: site.yml
+    provisions and ends with verify; verify alone passes after it; a second site.yml
+    changes nothing."""
+    lab_vars = ["-e", "verify_lab_index=198", "-e", f"lab_root={tmp_path}"]
+    lab_vars += ["-e", f"experiment_artifacts={tmp_path / 'artifacts'}"]
+
+    def play(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "ansible-playbook"), *args, *lab_vars],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    try:
+        first = play("site.yml")
+        assert first.returncode == 0, first.stdout[-3000:]
+        assert "11 of 11 checks passed" in first.stdout
+        assert "Next: `make experiment`" in first.stdout
+        again = play("playbooks/verify.yml")
+        assert again.returncode == 0, again.stdout[-3000:]
+        second = play("site.yml")
+        assert second.returncode == 0, second.stdout[-3000:]
+        assert " changed=0 " in second.stdout, second.stdout[-1500:]
+        assert len(list((tmp_path / "artifacts").glob("verify-*.json"))) == 3
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((tmp_path / "198" / "haproxy.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_verify_refuses_a_lab_site_yml_did_not_provision(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "playbooks/verify.yml",
+            "-e",
+            "verify_lab_index=197",
+            "-e",
+            f"lab_root={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "run `ansible-playbook site.yml` first" in result.stdout
