@@ -114,6 +114,35 @@ def test_haproxy_collector_runs_alone_and_records_states_and_log_lines(
     assert again.returncode != 0 and "FileExistsError" in again.stderr
 
 
+def test_the_copied_collector_reads_the_states_once_for_verify(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """--show-stat: what the verify playbook runs on each worker (system python3)."""
+    script = tmp_path / "copied" / "haproxy_collector.py"
+    script.parent.mkdir()
+    shutil.copy(ROOT / "lab" / "collectors" / "haproxy.py", script)
+    with haproxy_checking_hc(procs, tmp_path):
+        time.sleep(1)
+        once = subprocess.run(
+            [
+                "/usr/bin/python3",
+                "-I",
+                str(script),
+                f"--socket={tmp_path / 'admin.sock'}",
+                "--show-stat",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    assert once.returncode == 0, once.stderr
+    assert json.loads(once.stdout) == {"worker1": "UP"}
+    bare = subprocess.run(
+        ["/usr/bin/python3", "-I", str(script), "--socket=x"], capture_output=True, text=True
+    )
+    assert bare.returncode == 2 and "--lb, --seconds, --out" in bare.stderr
+
+
 def test_show_stat_is_read_as_csv() -> None:
     text = (
         "# pxname,svname,qcur,status,extra\n"

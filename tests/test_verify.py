@@ -140,7 +140,14 @@ def verify(lab_dir: Path, manifests: Path, artifacts: Path) -> tuple[int, dict, 
     net = f"127.{30 + LAB}"
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "lab.runners.verify", "--mode=ordered", f"--lab-index={LAB}"),
+            *(
+                sys.executable,
+                "-m",
+                "lab.runners.verify",
+                "local",
+                "--mode=ordered",
+                f"--lab-index={LAB}",
+            ),
             *(f"--lab-dir={lab_dir / 'verify'}", f"--manifests={manifests}"),
             f"--haproxy-socket={lab_dir / 'admin.sock'}",
             f"--haproxy-config={lab_dir / 'haproxy.cfg'}",
@@ -273,3 +280,23 @@ def test_verify_refuses_a_lab_site_yml_did_not_provision(tmp_path: Path) -> None
     )
     assert result.returncode != 0
     assert "run `ansible-playbook site.yml` first" in result.stdout
+
+
+@pytest.mark.parametrize("mode_file", ["21-igw-improved.yaml", "24-igw-istio-native.yaml"])
+def test_the_committed_seed_manifests_read_back_through_the_checker(mode_file: str) -> None:
+    """What the homelab verification reads back from the live objects is what the
+    committed manifests hold: the seed's numbers pass the seed profile's rules, and a
+    deployed value out of line is caught."""
+    from lab.runners.verify import deployed_timing, raw_docs
+
+    docs = raw_docs(ROOT / "manifests", mode_file)
+    cfg = haproxy_settings(
+        "defaults\n    timeout server 310s\n    timeout check 2s\nbackend igw_nodeports\n"
+        "    server worker1 10.0.0.11:30080 check port 30180 inter 2s fall 2 rise 2\n"
+    )
+    deployed = deployed_timing(docs, cfg)
+    assert deployed["gateway_grace_s"] == 210 and deployed["vs_timeout_s"] == 305
+    assert checks.timing_budget("seed", deployed).result == "pass"
+    # Debian's default `timeout server 50s`, as an untouched haproxy.cfg would have it
+    broken = checks.timing_budget("seed", deployed | {"haproxy_timeout_server_s": 50})
+    assert broken.result == "fail" and "haproxy_timeout_server_covers_vs_timeout" in broken.detail

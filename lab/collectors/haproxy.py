@@ -143,12 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", required=True, help="HAProxy's runtime API socket")
     p.add_argument("--syslog", help="HOST:PORT to receive HAProxy's log lines on (UDP)")
-    p.add_argument("--lb", required=True, help="this HAProxy's name in the run (inventory name)")
-    p.add_argument("--seconds", type=float, required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--lb", help="this HAProxy's name in the run (inventory name)")
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--out")
     p.add_argument("--backend", default=DEFAULT_BACKEND)
     p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument(
+        "--show-stat",
+        action="store_true",
+        help="print the backend's server states as JSON once and exit (the verify playbook)",
+    )
     args = p.parse_args(argv)
+    if args.show_stat:
+        print(json.dumps(parse_show_stat(show_stat(args.socket), args.backend)))
+        return 0
+    missing = [f"--{k}" for k in ("lb", "seconds", "out") if getattr(args, k) is None]
+    if missing:
+        p.error(f"collecting needs {', '.join(missing)} (or --show-stat for one reading)")
     if not 0 < args.seconds <= 86400 or not 0.01 <= args.interval <= 10:
         p.error(f"--seconds {args.seconds} must be in (0, 86400], --interval in [0.01, 10]")
     with open(args.out, "x", buffering=1, encoding="utf-8") as out:

@@ -1,13 +1,24 @@
-"""`playbooks/verify.yml` on the local lab: bring the mode's pods up behind the lab's
-HAProxy, gather what the seed's manual checks look at, judge it (lab.analysis.checks),
-stop the pods, and write `artifacts/verify-<UTC stamp>.json`. Exit 1 when a check fails.
+"""`playbooks/verify.yml`: gather what the seed's manual checks look at, judge it
+(lab.analysis.checks) and write `artifacts/verify-<UTC stamp>.json`. Exit 1 when a
+check fails.
 
-    python -m lab.runners.verify --mode ordered --lab-index 200 \
-        --manifests .lab/200/manifests --haproxy-socket .lab/200/admin.sock \
-        --haproxy-config .lab/200/haproxy.cfg --haproxy-address 127.230.0.100:8443
+Local lab: bring the mode's pods up behind the lab's HAProxy, read every fact from a
+real process (Envoy's admin `/listeners`, HTTP through each node's NodePort, HAProxy's
+runtime API, TLS handshakes with its frontend), stop the pods.
 
-Every fact comes from a real process: Envoy's admin (`/listeners`), HTTP through each
-node's NodePort, HAProxy's runtime API and TLS handshakes with its frontend.
+    python -m lab.runners.verify local --mode ordered --lab-index 200 \
+        --lab-dir .lab/200/verify --manifests .lab/200/manifests \
+        --haproxy-socket .lab/200/admin.sock --haproxy-config .lab/200/haproxy.cfg \
+        --haproxy-address 127.230.0.100:8443
+
+Homelab (tested only on a cluster): the same checks from the Kubernetes API (objects,
+pod status, Envoy's `/listeners` through a port-forward), the seed's curl test against
+every node's check NodePort from the controller, TLS against the LB host, and the
+workers' HAProxy states and config that the playbook read on each worker.
+
+    python -m lab.runners.verify homelab --mode improved --context homelab \
+        --namespace service-a --lb-states states.json --haproxy-config lb.cfg \
+        --haproxy-address 192.168.56.11:443
 """
 
 from __future__ import annotations
@@ -249,6 +260,139 @@ async def gather_local(args: argparse.Namespace) -> list[checks.Check]:
     return found
 
 
+def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
+    """The homelab's facts on the controller. Written against the kubernetes client and
+    the names the manifests role renders; tested only on a cluster."""
+    import urllib.error
+    import urllib.request
+
+    from kubernetes import client, config
+
+    from ..collectors.kube import PortForwardAdmin
+    from .homelab import GATEWAY_SELECTOR
+
+    mode = registry.mode(args.mode)
+    config.load_kube_config(context=args.context)
+    core, apps, custom = client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
+    serialize = client.ApiClient().sanitize_for_serialization
+    ns = args.namespace
+    gateway = custom.get_namespaced_custom_object(
+        "networking.istio.io", "v1", ns, "gateways", args.gateway
+    )
+    vs = custom.get_namespaced_custom_object(
+        "networking.istio.io", "v1", ns, "virtualservices", args.virtualservice
+    )
+    deployment = serialize(apps.read_namespaced_deployment(args.deployment, ns))
+    backend = serialize(apps.read_namespaced_deployment(args.backend, ns))
+    service = serialize(core.read_namespaced_service(args.deployment, ns))
+    pods = [
+        p
+        for p in core.list_namespaced_pod(ns, label_selector=GATEWAY_SELECTOR).items
+        if p.metadata.deletion_timestamp is None
+    ]
+    nodes = core.list_node().items
+    cfg = haproxy_settings(Path(args.haproxy_config).read_text())
+    found = [
+        checks.gateway_selector(
+            gateway["spec"].get("selector") or {}, pods[0].metadata.labels if pods else {}
+        )
+    ]
+    port = int(gateway["spec"]["servers"][0]["port"]["number"])
+    listening: dict[str, list[str]] = {}
+    for p in pods:
+        try:
+            doc = PortForwardAdmin(core, ns, p.metadata.name).get_json(
+                "/listeners", {"format": "json"}
+            )
+        except (OSError, ValueError):
+            doc = {}
+        listening[p.metadata.name] = [
+            "{address}:{port_value}".format(**s.get("local_address", {}).get("socket_address", {}))
+            for s in doc.get("listener_statuses", [])
+        ]
+    found.append(checks.envoy_listener(port, listening))
+    found.append(checks.proxy_volumes(deployment["spec"]["template"]["spec"]))
+    found.append(
+        checks.no_restarts(
+            {
+                f"{p.metadata.name}/{c.name}": c.restart_count
+                for p in pods
+                for c in p.status.container_statuses or []
+            }
+        )
+    )
+    target = "hc" if mode.lb.check == "hc" else "status"
+    node_port = next(sp["nodePort"] for sp in service["spec"]["ports"] if sp["name"] == target)
+
+    def answer(address: str) -> int | None:  # the seed's curl test, from the controller
+        try:
+            with urllib.request.urlopen(
+                f"http://{address}:{node_port}{mode.lb.check_uri}", timeout=2
+            ) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, OSError):
+            return None
+
+    addresses = {
+        n.metadata.name: next(a.address for a in n.status.addresses if a.type == "InternalIP")
+        for n in nodes
+    }
+    found.append(
+        checks.node_local_check(
+            {name: answer(addr) for name, addr in addresses.items()},
+            {p.spec.node_name for p in pods},
+        )
+    )
+    schedulable = [
+        n
+        for n in nodes
+        if not n.spec.unschedulable
+        and not any(t.effect in ("NoSchedule", "NoExecute") for t in n.spec.taints or [])
+    ]
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    anti = deployment["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    found.append(
+        checks.rollout_seats(
+            int(deployment["spec"]["replicas"]),
+            int(strategy.get("maxSurge", 1)),
+            int(strategy.get("maxUnavailable", 0)),
+            bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution")),
+            len(schedulable),
+        )
+    )
+    docs = {"gateway": deployment, "backend": backend, "virtualservice": vs}
+    found.append(checks.timing_budget(args.profile, deployed_timing(docs, cfg)))
+    # Istio leaves the gateway's HTTP idle_timeout at Envoy's default unless a
+    # DestinationRule or EnvoyFilter changes it
+    found.append(checks.keepalive(2 * cfg["pool_purge_delay_s"], ENVOY_DEFAULT_IDLE_S))
+    states = json.loads(Path(args.lb_states).read_text())
+    found.append(
+        checks.lb_servers_up(
+            {
+                f"{lb}/{server}": st
+                for lb, servers in states.items()
+                for server, st in servers.items()
+            }
+        )
+    )
+    found.append(
+        checks.tls_versions(
+            {
+                "TLSv1.2": tls_accepts(args.haproxy_address, ssl.TLSVersion.TLSv1_2),
+                "TLSv1.1": tls_accepts(args.haproxy_address, ssl.TLSVersion.TLSv1_1),
+            }
+        )
+    )
+    found.append(
+        checks.timeout_server(
+            cfg.get("haproxy_timeout_server_s", 0), seconds(vs["spec"]["http"][0]["timeout"])
+        )
+    )
+    return found
+
+
 def report(found: list[checks.Check], artifacts: Path, target: str, mode: str) -> Path:
     artifacts.mkdir(parents=True, exist_ok=True)
     path = artifacts / f"verify-{utc_stamp()}.json"
@@ -266,18 +410,31 @@ def report(found: list[checks.Check], artifacts: Path, target: str, mode: str) -
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", required=True, choices=list(registry.MODES))
-    p.add_argument("--profile", default="quick", choices=list(timing.PROFILES))
-    p.add_argument("--lab-index", type=int, required=True)
-    p.add_argument("--lab-dir", required=True, help="scratch files of the verification's pods")
-    p.add_argument("--manifests", required=True)
-    p.add_argument("--haproxy-socket", required=True)
-    p.add_argument("--haproxy-config", required=True)
-    p.add_argument("--haproxy-address", required=True, help="HOST:PORT of the HTTPS frontend")
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    sub = p.add_subparsers(dest="target", required=True)
+    local = sub.add_parser("local", help="the local lab (real processes)")
+    homelab = sub.add_parser("homelab", help="the kubeadm homelab (Kubernetes API)")
+    for q in (local, homelab):
+        q.add_argument("--mode", required=True, choices=list(registry.MODES))
+        q.add_argument("--profile", default="quick", choices=list(timing.PROFILES))
+        q.add_argument("--haproxy-config", required=True)
+        q.add_argument("--haproxy-address", required=True, help="HOST:PORT of the HTTPS frontend")
+        q.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    local.add_argument("--lab-index", type=int, required=True)
+    local.add_argument("--lab-dir", required=True, help="scratch files of the verification's pods")
+    local.add_argument("--manifests", required=True)
+    local.add_argument("--haproxy-socket", required=True)
+    homelab.add_argument("--context", required=True)
+    homelab.add_argument("--namespace", default="service-a")
+    homelab.add_argument("--deployment", default="service-a-igw")
+    homelab.add_argument("--backend", default="backend")
+    homelab.add_argument("--gateway", default="service-a-gateway")
+    homelab.add_argument("--virtualservice", default="service-a")
+    homelab.add_argument(
+        "--lb-states", required=True, help="JSON {lb host: {server: status}} read on each worker"
+    )
     args = p.parse_args()
-    found = asyncio.run(gather_local(args))
-    path = report(found, args.artifacts, "local", args.mode)
+    found = asyncio.run(gather_local(args)) if args.target == "local" else gather_homelab(args)
+    path = report(found, args.artifacts, args.target, args.mode)
     print(checks.table(found))
     failed = [c.name for c in found if c.result == "fail"]
     print(f"\n{len(found) - len(failed)} of {len(found)} checks passed; report: {path}")
