@@ -300,3 +300,39 @@ def test_the_committed_seed_manifests_read_back_through_the_checker(mode_file: s
     # Debian's default `timeout server 50s`, as an untouched haproxy.cfg would have it
     broken = checks.timing_budget("seed", deployed | {"haproxy_timeout_server_s": 50})
     assert broken.result == "fail" and "haproxy_timeout_server_covers_vs_timeout" in broken.detail
+
+
+def test_an_experiment_run_refuses_a_lab_that_breaks_the_premise(lab: Path, tmp_path: Path) -> None:
+    """The same checks run right after an experiment's bring-up: under the Cluster
+    policy the run stops before any load, names the check and its fix, and keeps its
+    artifacts (journal: failed)."""
+    broken = tmp_path / "manifests"
+    shutil.copytree(lab / "manifests", broken)
+
+    def cluster_policy(d: dict) -> None:
+        if d["kind"] == "Service" and d["spec"].get("type") == "NodePort":
+            d["spec"]["externalTrafficPolicy"] = "Cluster"
+
+    edit_yaml(broken / "22-igw-service.yaml", cluster_policy)
+    net = f"127.{30 + LAB}"
+    artifacts = tmp_path / "artifacts"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "lab.runners.local", "--mode=ordered", f"--lab-index={LAB}"),
+            *(f"--manifests={broken}", f"--haproxy-socket={lab / 'admin.sock'}"),
+            *(f"--haproxy-url=https://{net}.0.100:8443", f"--ca={lab / 'certs' / 'igw.pem'}"),
+            *(f"--syslog={net}.0.100:5515", f"--artifacts={artifacts}"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode != 0
+    assert "breaks the experiment's premise: health_check_is_node_local" in run.stdout
+    assert "Cluster-policy trap" in run.stdout
+    (run_dir,) = artifacts.iterdir()
+    found = {c["name"]: c["result"] for c in json.loads((run_dir / "verify.json").read_text())}
+    assert found["health_check_is_node_local"] == "fail"
+    assert json.loads((run_dir / "journal.json").read_text())["status"] == "failed"
+    assert not (run_dir / "summary.json").exists()  # no termination: nothing to judge

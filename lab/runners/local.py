@@ -20,6 +20,7 @@ import json
 import signal
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from ..localcluster.manifests import Manifests
 from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
+from .verify import check_running_lab
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
 LOCAL_LB = "lab-haproxy"
@@ -153,6 +155,27 @@ async def run(args: argparse.Namespace) -> Path:
         await cluster.start()
         await cluster.wait_ready(60)
         await wait_lb_up(args.haproxy_socket, ["worker1", "worker2"], 30)
+        # the verify playbook's checks on this lab, before any load: a run on a lab
+        # that breaks the premise (no listener, a node answering without a pod, ...)
+        # would measure the lab, not the termination order
+        found = await check_running_lab(
+            cluster,
+            args.mode,
+            Path(args.manifests),
+            Path(args.haproxy_socket).parent / "haproxy.cfg",
+            args.haproxy_socket,
+            urllib.parse.urlsplit(args.haproxy_url).netloc,
+            args.profile,
+            tls=args.haproxy_url.startswith("https://"),
+        )
+        write_json(run_dir / "verify.json", [c.as_dict() for c in found])
+        failed = [c for c in found if c.result == "fail"]
+        progress(f"lab verified: {len(found) - len(failed)} of {len(found)} checks passed")
+        if failed:
+            raise RuntimeError(
+                "the lab breaks the experiment's premise: "
+                + "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed)
+            )
         regex = envoy.active_stat_regex(manifests.gateway_port)
         fetchers = {
             p.name: envoy.http_fetcher(stats_session, f"http://{p.ip}:15000", regex)

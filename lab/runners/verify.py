@@ -170,28 +170,58 @@ async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
 
 
 async def gather_local(args: argparse.Namespace) -> list[checks.Check]:
+    """Start the mode's pods in a scratch lab, check them, stop them."""
     mode = registry.mode(args.mode)
     directory = Path(args.manifests)
     manifests = Manifests.load(directory, mode.manifest)
-    docs = raw_docs(directory, mode.manifest)
-    cfg_text = Path(args.haproxy_config).read_text()
-    cfg = haproxy_settings(cfg_text)
     lab_dir = Path(args.lab_dir)
     # scratch of the previous verification (the report is the artifact, not this)
     shutil.rmtree(lab_dir, ignore_errors=True)
     lab_dir.mkdir(parents=True)
     collected = CollectedDir(lab_dir)
     cluster = LabCluster(Topology(args.lab_index), manifests, lab_dir / "lab", collected)
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-    found: list[checks.Check] = []
     try:
         await cluster.start()
         with contextlib.suppress(TimeoutError):
             await cluster.wait_ready(30)
+        return await check_running_lab(
+            cluster,
+            args.mode,
+            directory,
+            Path(args.haproxy_config),
+            args.haproxy_socket,
+            args.haproxy_address,
+            args.profile,
+        )
+    finally:
+        await cluster.stop()
+        collected.close()
+
+
+async def check_running_lab(
+    cluster: LabCluster,
+    mode_name: str,
+    manifests_dir: Path,
+    haproxy_config: Path,
+    haproxy_socket: str,
+    haproxy_address: str,
+    profile: str,
+    tls: bool = True,
+) -> list[checks.Check]:
+    """Every check against a local lab whose pods run (the verify playbook's, or an
+    experiment run's right after its bring-up). `tls`: the frontend offloads TLS (a
+    plain-HTTP frontend, as some tests run, has no TLS to check)."""
+    mode = registry.mode(mode_name)
+    manifests = cluster.manifests
+    docs = raw_docs(manifests_dir, mode.manifest)
+    cfg = haproxy_settings(haproxy_config.read_text())
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+    found: list[checks.Check] = []
+    try:
         states: dict[str, str] = {}
         for _ in range(50):  # HAProxy needs rise x inter to call a fresh pod UP
             with contextlib.suppress(OSError):
-                text = await asyncio.to_thread(haproxy_collector.show_stat, args.haproxy_socket)
+                text = await asyncio.to_thread(haproxy_collector.show_stat, haproxy_socket)
                 states = haproxy_collector.parse_show_stat(text, registry.HAPROXY_BACKEND)
                 if states and all(s == "UP" for s in states.values()):
                     break
@@ -235,28 +265,27 @@ async def gather_local(args: argparse.Namespace) -> list[checks.Check]:
                 len(NODES),  # master1 is untainted in the lab, as the untaint role leaves it
             )
         )
-        found.append(checks.timing_budget(args.profile, deployed_timing(docs, cfg)))
+        found.append(checks.timing_budget(profile, deployed_timing(docs, cfg)))
         found.append(checks.keepalive(2 * cfg["pool_purge_delay_s"], ENVOY_DEFAULT_IDLE_S))
         found.append(checks.lb_servers_up(states))
-        found.append(
-            checks.tls_versions(
-                {
-                    "TLSv1.2": await asyncio.to_thread(
-                        tls_accepts, args.haproxy_address, ssl.TLSVersion.TLSv1_2
-                    ),
-                    "TLSv1.1": await asyncio.to_thread(
-                        tls_accepts, args.haproxy_address, ssl.TLSVersion.TLSv1_1
-                    ),
-                }
+        if tls:
+            found.append(
+                checks.tls_versions(
+                    {
+                        "TLSv1.2": await asyncio.to_thread(
+                            tls_accepts, haproxy_address, ssl.TLSVersion.TLSv1_2
+                        ),
+                        "TLSv1.1": await asyncio.to_thread(
+                            tls_accepts, haproxy_address, ssl.TLSVersion.TLSv1_1
+                        ),
+                    }
+                )
             )
-        )
         found.append(
             checks.timeout_server(cfg.get("haproxy_timeout_server_s", 0), manifests.route_timeout_s)
         )
     finally:
         await http.close()
-        await cluster.stop()
-        collected.close()
     return found
 
 
