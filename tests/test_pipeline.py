@@ -258,3 +258,52 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
     status = haproxy_mode and registry.MODES[haproxy_mode].lb.check == "status"
     port, uri = (32021, "/healthz/ready") if status else (30180, "/health_check.html")
     assert f"check port {port} " in cfg and f"uri {uri} " in cfg
+
+
+def test_recorded_image_tags_reach_the_rendered_manifests(tmp_path: Path) -> None:
+    """The images role records content tags; a later play (a mode flip) reads them with
+    playbooks/tasks/use-image-tags.yml and the manifests reference those images."""
+    tags = tmp_path / "image-tags.yml"
+    tags.write_text(
+        "manifests_hc_image: localhost/igw-hc:0.1.0-0123456789ab\n"
+        "manifests_backend_image: localhost/igw-backend:0.1.0-ba9876543210\n"
+    )
+    out = tmp_path / "manifests"
+    playbook = tmp_path / "flip.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": {
+                        "image_tags_file_path": str(tags),
+                        "manifests_dir": str(out),
+                        "manifests_modes": ["ordered"],
+                        "timing_profile": "seed",
+                    },
+                    "pre_tasks": [
+                        {
+                            "ansible.builtin.include_tasks": str(
+                                ROOT / "playbooks" / "tasks" / "use-image-tags.yml"
+                            )
+                        }
+                    ],
+                    "roles": ["manifests"],
+                }
+            ]
+        )
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    gateway = (out / "23-igw-ordered.yaml").read_text()
+    backend = (out / "10-backend.yaml").read_text()
+    assert "image: localhost/igw-hc:0.1.0-0123456789ab" in gateway
+    assert "image: localhost/igw-backend:0.1.0-ba9876543210" in backend
