@@ -54,6 +54,10 @@ def test_each_check_passes_and_fails_on_its_facts() -> None:
     assert checks.lb_servers_up({"w1": "UP", "w2": "DOWN"}).result == "fail"
     assert checks.tls_versions({"TLSv1.2": True, "TLSv1.1": False}).result == "pass"
     assert checks.tls_versions({"TLSv1.2": True, "TLSv1.1": True}).result == "fail"
+    assert checks.lb_topology(None, {"w1", "w2"}).result == "pass"
+    assert checks.lb_topology("w1", {"w1", "w2"}).result == "pass"  # victim: w2's gateway
+    alone = checks.lb_topology("w1", {"w1"})
+    assert alone.result == "fail" and "experiment_lb_host" in alone.fix
     assert checks.timeout_server(34, 32).result == "pass"
     assert checks.timeout_server(50, 305).result == "fail"
 
@@ -167,7 +171,7 @@ def test_the_provisioned_lab_passes_every_check(lab: Path, tmp_path: Path) -> No
     code, found, out = verify(lab, lab / "manifests", tmp_path)
     assert code == 0, out
     assert all(c["result"] == "pass" for c in found.values()), out
-    assert len(found) == 11 and "11 of 11 checks passed" in out
+    assert len(found) == 12 and "12 of 12 checks passed" in out
 
 
 def edit_yaml(path: Path, change) -> None:
@@ -249,7 +253,7 @@ def test_site_yml_on_the_default_inventory_then_verify(tmp_path: Path) -> None:
     try:
         first = play("site.yml")
         assert first.returncode == 0, first.stdout[-3000:]
-        assert "11 of 11 checks passed" in first.stdout
+        assert "12 of 12 checks passed" in first.stdout
         assert "Next: `make experiment`" in first.stdout
         again = play("playbooks/verify.yml")
         assert again.returncode == 0, again.stdout[-3000:]

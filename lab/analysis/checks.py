@@ -204,6 +204,23 @@ def timeout_server(haproxy_timeout_server_s: float, vs_timeout_s: float) -> Chec
     )
 
 
+def lb_topology(lb_host: str | None, nodes_with_pod: set[str]) -> Check:
+    """kube-proxy sends traffic that starts on a node to any ready endpoint, whatever
+    externalTrafficPolicy says: an LB on a gateway node never sees that node's gateway
+    go away through its own NodePort. The experiment needs a gateway on a node that is
+    not the LB's (`lb_host` None: the LB has an address of its own, as in the lab)."""
+    others = sorted(n for n in nodes_with_pod if n != lb_host)
+    where = "its own address" if lb_host is None else f"node {lb_host}"
+    return _check(
+        "lb_is_not_the_terminated_gateway_s_node",
+        bool(others),
+        f"LB on {where}; gateway pods on {sorted(nodes_with_pod) or 'no node'}",
+        "run the experiment's LB (experiment_lb_host) on a worker whose gateway is not the "
+        "one terminated, or on a host that is not a node; with a single gateway node the "
+        "premise cannot hold",
+    )
+
+
 def table(checks: list[Check]) -> str:
     rows = [("check", "result", "detail"), *((c.name, c.result, c.detail) for c in checks)]
     width = [max(len(r[i]) for r in rows) for i in (0, 1)]

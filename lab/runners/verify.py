@@ -250,6 +250,8 @@ async def check_running_lab(
             for node in NODES
         }
         found.append(checks.node_local_check(answers, {p.node for p in gw}))
+        # the lab's HAProxy has an address of its own, not a node's
+        found.append(checks.lb_topology(None, {p.node for p in gw}))
         strategy = docs["gateway"]["spec"]["strategy"]["rollingUpdate"]
         anti = (
             docs["gateway"]["spec"]["template"]["spec"]
@@ -374,6 +376,7 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
             {p.spec.node_name for p in pods},
         )
     )
+    found.append(checks.lb_topology(args.lb_host, {p.spec.node_name for p in pods}))
     schedulable = [
         n
         for n in nodes
@@ -458,6 +461,7 @@ def main() -> int:
     homelab.add_argument("--backend", default="backend")
     homelab.add_argument("--gateway", default="service-a-gateway")
     homelab.add_argument("--virtualservice", default="service-a")
+    homelab.add_argument("--lb-host", required=True, help="the node the experiment's LB runs on")
     homelab.add_argument(
         "--lb-states", required=True, help="JSON {lb host: {server: status}} read on each worker"
     )
