@@ -1,11 +1,12 @@
 """`make experiment`: every mode in every scenario on the local lab, side by side, then
 one comparison.
 
-Each (scenario, mode) pair runs `playbooks/run-experiment.yml` in its own isolated lab
-(its own loopback /16, ports and files), its repeats one after the other, so the whole
-command takes about as long as its longest lab.
-Each run writes `.lab/<N>/result.json` (where its artifacts are, how it ended), which
-is what this reads.
+Each (scenario, mode) pair runs `playbooks/run-experiment.yml` once in its own isolated
+lab (its own loopback /16, ports and files): HAProxy and the manifests are converged
+once, then the repeats run one after the other, so the whole command takes about as
+long as its longest lab.
+Each run writes `.lab/<N>/result-<repeat>.json` (where its artifacts are, how it
+ended), which is what this reads.
 
 One `make experiment` at a time per checkout: a second one, started while the first
 runs, is refused at once with a message naming the first (it would take the same labs:
@@ -94,9 +95,12 @@ class LabRun:
     def name(self) -> str:
         return f"{self.mode}/{self.scenario}"
 
-    @property
-    def result_file(self) -> Path:
-        return self.lab_dir / "result.json"
+    def result_file(self, repeat: int) -> Path:
+        return self.lab_dir / f"result-{repeat}.json"
+
+    def results(self) -> list[Path]:
+        """The result files this lab's runs have written, in order."""
+        return sorted(self.lab_dir.glob("result-*.json"), key=lambda p: int(p.stem.split("-")[1]))
 
     @property
     def log_path(self) -> Path:
@@ -132,11 +136,12 @@ def stop_lab_haproxy(lab_dir: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-async def run_mode(run: LabRun, profile: str, artifacts: Path | None) -> int:
+async def run_mode(run: LabRun, profile: str, artifacts: Path | None, repeats: int) -> int:
     run.lab_dir.mkdir(parents=True, exist_ok=True)
     progress = run.lab_dir / "progress.log"
     progress.unlink(missing_ok=True)
-    run.result_file.unlink(missing_ok=True)
+    for old in run.results():
+        old.unlink()
     with run.log_path.open("wb") as log:
         run.proc = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "ansible-playbook"),
@@ -150,7 +155,9 @@ async def run_mode(run: LabRun, profile: str, artifacts: Path | None) -> int:
             "-e",
             f"experiment_profile={profile}",
             "-e",
-            f"experiment_result_file={run.result_file}",
+            f"experiment_repeats={repeats}",
+            "-e",
+            f"experiment_result_file={run.lab_dir / 'result-@N@.json'}",
             *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
             cwd=ROOT,
             stdout=log,
@@ -190,15 +197,15 @@ async def stop_runs(runs: list[LabRun]) -> None:
 async def run_lab(
     run: LabRun, repeats: int, profile: str, artifacts: Path | None, start_after_s: float = 0
 ) -> list[tuple[int, dict[str, str] | None]]:
-    """The lab's mode and scenario, `repeats` times one after the other: (exit code,
-    result) each."""
+    """The lab's mode and scenario, `repeats` times one after the other in one playbook
+    run: (exit code, result) each; a repeat that never ran has no result."""
     await asyncio.sleep(start_after_s)
+    code = await run_mode(run, profile, artifacts, repeats)
     out = []
-    for i in range(repeats):
-        if repeats > 1:
-            print(f"[{run.name:>21}] run {i + 1} of {repeats}", flush=True)
-        code = await run_mode(run, profile, artifacts)
-        out.append((code, read_result(run.result_file)))
+    for i in range(1, repeats + 1):
+        result = read_result(run.result_file(i))
+        ok = result is not None and result["status"] == "completed"
+        out.append((0 if ok else (code or 1), result))
     return out
 
 
@@ -225,7 +232,8 @@ async def main_async(
     except asyncio.CancelledError:
         await stop_runs(runs)
         for r in runs:
-            result = read_result(r.result_file)
+            written = r.results()
+            result = read_result(written[-1]) if written else None
             where = result["run_dir"] if result else f"none recorded (see {r.log_path})"
             print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
