@@ -39,7 +39,12 @@ def timed_get(url: str) -> tuple[int, float]:
     return status, time.time()
 
 
-def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Procs) -> None:
+def drain_with_a_request_in_flight(
+    procs: Procs, settings: dict[str, str]
+) -> tuple[Proc, subprocess.CompletedProcess[str], float, int, float]:
+    """A real backend, Envoy and hc; a 3 s request through Envoy, and 0.5 s into it the
+    drain script with `settings`: (hc, the script's result, its duration, the request's
+    status and end)."""
     backend = procs.backend()
     envoy = procs.envoy(backend)
     hc = procs.hc()
@@ -53,10 +58,15 @@ def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Proc
                 "GATEWAY_PORT": str(envoy.port),
                 "DRAIN_TIMEOUT": "30",
                 "POLL_INTERVAL": "0.5",
-                "LB_BUFFER": "2",
+                **settings,
             }
         )
         status, ended = request.result()
+    return hc, result, took, status, ended
+
+
+def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Procs) -> None:
+    hc, result, took, status, ended = drain_with_a_request_in_flight(procs, {"LB_BUFFER": "2"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert status == 200
     assert "msg=drained" in result.stdout and "outcome=drained" in result.stdout
@@ -75,25 +85,9 @@ def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Proc
 def test_lb_first_order_stops_new_traffic_before_envoy_drains(procs: Procs) -> None:
     """DRAIN_ORDER=lb-first (ordered mode): 404 first, Envoy drained only NOLB_WAIT
     later, the in-flight request finishes, then the LB check fails and readiness."""
-    backend = procs.backend()
-    envoy = procs.envoy(backend)
-    hc = procs.hc()
-    with ThreadPoolExecutor(2) as pool:
-        request = pool.submit(timed_get, f"{envoy.url}/sleep?seconds=3")
-        time.sleep(0.5)
-        result, took = run_drain(
-            {
-                "HC_URL": hc.url,
-                "ENVOY_ADMIN": str(envoy.extra["admin"]),
-                "GATEWAY_PORT": str(envoy.port),
-                "DRAIN_ORDER": "lb-first",
-                "NOLB_WAIT": "1.5",
-                "DRAIN_TIMEOUT": "30",
-                "POLL_INTERVAL": "0.5",
-                "LB_BUFFER": "1",
-            }
-        )
-        status, ended = request.result()
+    hc, result, took, status, ended = drain_with_a_request_in_flight(
+        procs, {"DRAIN_ORDER": "lb-first", "NOLB_WAIT": "1.5", "LB_BUFFER": "1"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert status == 200
     assert "order=lb-first" in result.stdout and "outcome=drained" in result.stdout

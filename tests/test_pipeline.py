@@ -199,6 +199,18 @@ def test_the_collector_reads_haproxy_request_lines() -> None:
     assert empty is not None and empty["rid"] == ""
 
 
+def play_on_localhost(playbook: Path) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook against localhost with the project's roles."""
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
+    )
+
+
 @pytest.mark.parametrize(
     ("haproxy_mode", "shutdown_sessions", "disable_on_404"),
     # the switches are set against the mode's settings: a mode's must win
@@ -242,14 +254,7 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
             ]
         )
     )
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
-    )
+    result = play_on_localhost(playbook)
     assert result.returncode == 0, result.stdout[-2000:]
     cfg = out.read_text()
     assert ("on-marked-down shutdown-sessions" in cfg) is shutdown_sessions
@@ -294,14 +299,7 @@ def test_recorded_image_tags_reach_the_rendered_manifests(tmp_path: Path) -> Non
             ]
         )
     )
-    result = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "PATH": f"{VENV_BIN}:/usr/bin:/bin"},
-    )
+    result = play_on_localhost(playbook)
     assert result.returncode == 0, result.stdout[-2000:]
     gateway = (out / "23-igw-ordered.yaml").read_text()
     backend = (out / "10-backend.yaml").read_text()

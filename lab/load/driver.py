@@ -157,7 +157,13 @@ async def fetch(
             truncated = record.chunks < record.expected_chunks
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         exc = e
-        record.detail = f"{type(e).__name__}: {e}"[:300]
+    return finish(record, exc, truncated)
+
+
+def finish(record: RequestRecord, exc: BaseException | None, truncated: bool) -> RequestRecord:
+    """Stamp the end and the error kind (and the exception, when there was one)."""
+    if exc is not None:
+        record.detail = f"{type(exc).__name__}: {exc}"[:300]
     record.end_ms = now_ms()
     record.error = classify(exc, record.status, truncated)
     return record
@@ -196,10 +202,7 @@ async def websocket(
         record.detail = f"handshake: {e.status} {e.message}"[:300]
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         exc = e
-        record.detail = f"{type(e).__name__}: {e}"[:300]
-    record.end_ms = now_ms()
-    record.error = classify(exc, record.status, truncated)
-    return record
+    return finish(record, exc, truncated)
 
 
 class LoadDriver:
