@@ -59,6 +59,10 @@ molecule: venv
 
 test: setup lint pytest molecule
 
+# MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less
+MODES ?= $(modes)
+SCENARIOS ?= $(scenarios)
+REPEATS ?= $(repeats)
 experiment: setup
 	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS))
 
