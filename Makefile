@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests run for real: HAProxy 2.6, curl (the preStop's client),
-# iproute2 (network namespaces for the hc source check).
-APT_PACKAGES := haproxy curl iproute2
+# iproute2 (network namespaces for the hc source check), openssl (a test certificate).
+APT_PACKAGES := haproxy curl iproute2 openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt venv lint pytest molecule test experiment clean
@@ -23,7 +23,7 @@ setup: apt venv
 
 apt:
 	@missing=""; \
-	for cmd in haproxy:haproxy curl:curl ip:iproute2; do \
+	for cmd in haproxy:haproxy curl:curl ip:iproute2 openssl:openssl; do \
 	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
