@@ -4,6 +4,7 @@ conftest.py only turns `Procs` into a fixture."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,13 @@ class Procs:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.tmp
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=self.tmp,
+                # a group of its own: cleanup takes its children too (pilot-agent's Envoy)
+                start_new_session=True,
             )
         proc = Proc(name, popen, log_path, port, host)
         self.started.append(proc)
@@ -149,7 +156,11 @@ class Procs:
 
     def cleanup(self) -> None:
         for proc in reversed(self.started):
-            proc.stop(signal.SIGKILL)
+            # the whole group, even when its leader is gone: a failed test must not
+            # leave a child (an Envoy under the pilot-agent stand-in) running
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(5)
 
 
 def http(
