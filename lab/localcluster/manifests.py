@@ -83,6 +83,7 @@ class Manifests:
     gateway_port: int
     route_timeout_s: float
     node_ports: dict[int, int]  # nodePort -> targetPort
+    node_ports_by_name: dict[str, int]  # the Service port's name -> its nodePort
     proxy_config: dict[str, Any]
     # the NodePort Service's externalTrafficPolicy (Kubernetes' default: Cluster)
     traffic_policy: str = "Cluster"
@@ -126,6 +127,7 @@ class Manifests:
             gateway_port=int(gateway["spec"]["servers"][0]["port"]["number"]),
             route_timeout_s=seconds(vs["spec"]["http"][0]["timeout"]),
             node_ports={int(p["nodePort"]): int(p["targetPort"]) for p in gw_svc["spec"]["ports"]},
+            node_ports_by_name={p["name"]: int(p["nodePort"]) for p in gw_svc["spec"]["ports"]},
             proxy_config=proxy_config,
             traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
             gateway_selector=dict(gateway["spec"].get("selector") or {}),

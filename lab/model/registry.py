@@ -54,7 +54,8 @@ class ProbePaths:
 
 
 #: What HAProxy's check may target: the hc sidecar's port or istio-proxy's status port
-#: (pilot-agent's /healthz/ready). The NodePorts themselves are the roles' defaults.
+#: (pilot-agent's /healthz/ready), by the gateway Service's port names. The NodePorts
+#: themselves are the roles' defaults.
 LB_CHECK_TARGETS = ("hc", "status")
 
 #: How a gateway pod's termination is driven (the preStop in the hc container):

@@ -148,17 +148,44 @@ def tls_accepts(address: str, version: ssl.TLSVersion) -> bool:
         return False
 
 
-async def listeners(http: aiohttp.ClientSession, admin: str) -> list[str]:
-    try:
-        async with http.get(f"{admin}/listeners", params={"format": "json"}) as r:
-            doc = await r.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return []
+def listener_addresses(doc: dict[str, Any]) -> list[str]:
+    """`host:port` of each listener in Envoy's `/listeners?format=json`."""
     out = []
     for status in doc.get("listener_statuses", []):
         addr = status.get("local_address", {}).get("socket_address", {})
         out.append(f"{addr.get('address')}:{addr.get('port_value')}")
     return out
+
+
+async def listeners(http: aiohttp.ClientSession, admin: str) -> list[str]:
+    try:
+        async with http.get(f"{admin}/listeners", params={"format": "json"}) as r:
+            return listener_addresses(await r.json(content_type=None))
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []
+
+
+def tls_check(address: str) -> checks.Check:
+    return checks.tls_versions(
+        {
+            "TLSv1.2": tls_accepts(address, ssl.TLSVersion.TLSv1_2),
+            "TLSv1.1": tls_accepts(address, ssl.TLSVersion.TLSv1_1),
+        }
+    )
+
+
+def rollout_check(deployment: dict[str, Any], schedulable_nodes: int) -> checks.Check:
+    """The gateway Deployment's rollout against the nodes it may use."""
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    pod = deployment["spec"]["template"]["spec"]
+    anti = pod.get("affinity", {}).get("podAntiAffinity", {})
+    return checks.rollout_seats(
+        int(deployment["spec"]["replicas"]),
+        int(strategy.get("maxSurge", 1)),
+        int(strategy.get("maxUnavailable", 0)),
+        bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution")),
+        schedulable_nodes,
+    )
 
 
 async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
@@ -243,8 +270,7 @@ async def check_running_lab(
             )
         )
         # the check path HAProxy uses, through every node's NodePort (kube-proxy's rules)
-        target = {"hc": 18180, "status": 15021}[mode.lb.check]
-        node_port = next(np for np, tp in manifests.node_ports.items() if tp == target)
+        node_port = manifests.node_ports_by_name[mode.lb.check]
         # all nodes at once: a node that drops (no pod, Local policy) costs one timeout
         statuses = await asyncio.gather(
             *(
@@ -256,37 +282,13 @@ async def check_running_lab(
         found.append(checks.node_local_check(answers, {p.node for p in gw}))
         # the lab's HAProxy has an address of its own, not a node's
         found.append(checks.lb_topology(None, {p.node for p in gw}))
-        strategy = docs["gateway"]["spec"]["strategy"]["rollingUpdate"]
-        anti = (
-            docs["gateway"]["spec"]["template"]["spec"]
-            .get("affinity", {})
-            .get("podAntiAffinity", {})
-        )
-        found.append(
-            checks.rollout_seats(
-                int(docs["gateway"]["spec"]["replicas"]),
-                int(strategy.get("maxSurge", 1)),
-                int(strategy.get("maxUnavailable", 0)),
-                bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution")),
-                len(NODES),  # master1 is untainted in the lab, as the untaint role leaves it
-            )
-        )
+        # master1 is untainted in the lab, as the untaint role leaves it
+        found.append(rollout_check(docs["gateway"], len(NODES)))
         found.append(checks.timing_budget(profile, deployed_timing(docs, cfg)))
         found.append(checks.keepalive(2 * cfg["pool_purge_delay_s"], ENVOY_DEFAULT_IDLE_S))
         found.append(checks.lb_servers_up(states))
         if tls:
-            found.append(
-                checks.tls_versions(
-                    {
-                        "TLSv1.2": await asyncio.to_thread(
-                            tls_accepts, haproxy_address, ssl.TLSVersion.TLSv1_2
-                        ),
-                        "TLSv1.1": await asyncio.to_thread(
-                            tls_accepts, haproxy_address, ssl.TLSVersion.TLSv1_1
-                        ),
-                    }
-                )
-            )
+            found.append(await asyncio.to_thread(tls_check, haproxy_address))
         found.append(
             checks.timeout_server(cfg.get("haproxy_timeout_server_s", 0), manifests.route_timeout_s)
         )
@@ -341,10 +343,7 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
             )
         except (OSError, ValueError):
             doc = {}
-        listening[p.metadata.name] = [
-            "{address}:{port_value}".format(**s.get("local_address", {}).get("socket_address", {}))
-            for s in doc.get("listener_statuses", [])
-        ]
+        listening[p.metadata.name] = listener_addresses(doc)
     found.append(checks.envoy_listener(port, listening))
     found.append(checks.proxy_volumes(deployment["spec"]["template"]["spec"]))
     found.append(
@@ -356,8 +355,10 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
             }
         )
     )
-    target = "hc" if mode.lb.check == "hc" else "status"
-    node_port = next(sp["nodePort"] for sp in service["spec"]["ports"] if sp["name"] == target)
+    # the check targets are the Service's port names
+    node_port = next(
+        sp["nodePort"] for sp in service["spec"]["ports"] if sp["name"] == mode.lb.check
+    )
 
     def answer(address: str) -> int | None:  # the seed's curl test, from the controller
         try:
@@ -387,17 +388,7 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
         if not n.spec.unschedulable
         and not any(t.effect in ("NoSchedule", "NoExecute") for t in n.spec.taints or [])
     ]
-    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
-    anti = deployment["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
-    found.append(
-        checks.rollout_seats(
-            int(deployment["spec"]["replicas"]),
-            int(strategy.get("maxSurge", 1)),
-            int(strategy.get("maxUnavailable", 0)),
-            bool(anti.get("requiredDuringSchedulingIgnoredDuringExecution")),
-            len(schedulable),
-        )
-    )
+    found.append(rollout_check(deployment, len(schedulable)))
     docs = {"gateway": deployment, "backend": backend, "virtualservice": vs}
     found.append(checks.timing_budget(args.profile, deployed_timing(docs, cfg)))
     # Istio leaves the gateway's HTTP idle_timeout at Envoy's default unless a
@@ -413,14 +404,7 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
             }
         )
     )
-    found.append(
-        checks.tls_versions(
-            {
-                "TLSv1.2": tls_accepts(args.haproxy_address, ssl.TLSVersion.TLSv1_2),
-                "TLSv1.1": tls_accepts(args.haproxy_address, ssl.TLSVersion.TLSv1_1),
-            }
-        )
-    )
+    found.append(tls_check(args.haproxy_address))
     found.append(
         checks.timeout_server(
             cfg.get("haproxy_timeout_server_s", 0), seconds(vs["spec"]["http"][0]["timeout"])
