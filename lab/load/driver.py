@@ -222,16 +222,7 @@ class LoadDriver:
     async def _run_one(self, session: aiohttp.ClientSession, cls: str) -> None:
         s = self.scenario
         n = next(self._ids)
-        path, expected = {
-            "short": ("/", None),
-            "short_pooled": ("/", None),
-            "sleep": (f"/sleep?seconds={s.long_s}", None),
-            "stream": (
-                f"/stream?chunks={s.stream_chunks}&interval_ms={s.stream_interval_ms}",
-                s.stream_chunks,
-            ),
-            "ws": ("/ws", s.ws_messages),
-        }[cls]
+        path, expected = s.request(cls)
         record = RequestRecord(
             n,
             f"{self._id_prefix}-{n:06d}",

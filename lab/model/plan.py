@@ -60,6 +60,20 @@ class LoadShape:
             }
         return {"short": self.short_rate_per_s}
 
+    def request(self, cls: str) -> tuple[str, int | None]:
+        """The path a request of the class asks for, and the chunks (stream lines,
+        WebSocket echoes) it must bring back whole."""
+        return {
+            "short": ("/", None),
+            "short_pooled": ("/", None),
+            "sleep": (f"/sleep?seconds={self.long_s}", None),
+            "stream": (
+                f"/stream?chunks={self.stream_chunks}&interval_ms={self.stream_interval_ms}",
+                self.stream_chunks,
+            ),
+            "ws": ("/ws", self.ws_messages),
+        }[cls]
+
     def planned_s(self, cls: str) -> float:
         """How long a request of the class lasts when nothing goes wrong."""
         return {
