@@ -49,6 +49,8 @@ CLEANUP_TIMEOUT_S = 60
 #: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
 #: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
 LAB_STAGGER_S = 2.5
+#: Each repeat's result file in its lab; the playbook puts the repeat's number for @N@.
+RESULT_FILE = "result-@N@.json"
 
 
 class Busy(RuntimeError):
@@ -96,7 +98,7 @@ class LabRun:
         return f"{self.mode}/{self.scenario}"
 
     def result_file(self, repeat: int) -> Path:
-        return self.lab_dir / f"result-{repeat}.json"
+        return self.lab_dir / RESULT_FILE.replace("@N@", str(repeat))
 
     def results(self) -> list[Path]:
         """The result files this lab's runs have written, in order."""
@@ -157,7 +159,7 @@ async def run_mode(run: LabRun, profile: str, artifacts: Path | None, repeats: i
             "-e",
             f"experiment_repeats={repeats}",
             "-e",
-            f"experiment_result_file={run.lab_dir / 'result-@N@.json'}",
+            f"experiment_result_file={run.lab_dir / RESULT_FILE}",
             *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
             cwd=ROOT,
             stdout=log,
@@ -243,16 +245,22 @@ async def main_async(
     done: dict[str, dict[str, list[Path]]] = {}
     failed = False
     for r, results in zip(runs, outcomes, strict=True):
+        bad = [code for code, result in results if code != 0 or result is None]
         for code, result in results:
-            if code != 0 or result is None or result["status"] != "completed":
-                failed = True
-                print(f"\n[{r.name}] a run failed (exit {code}); its last lines:", file=sys.stderr)
-                lines = r.log_path.read_text(errors="replace").splitlines()
-                print("\n".join(lines[-25:]), file=sys.stderr)
-                continue
-            done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
-                Path(result["run_dir"]).resolve()
+            if code == 0 and result is not None:
+                done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
+                    Path(result["run_dir"]).resolve()
+                )
+        if bad:
+            # the lab's repeats share one playbook run, hence one log
+            failed = True
+            print(
+                f"\n[{r.name}] {len(bad)} of {repeats} run(s) failed (exit {bad[0]}); "
+                "the playbook's last lines:",
+                file=sys.stderr,
             )
+            lines = r.log_path.read_text(errors="replace").splitlines()
+            print("\n".join(lines[-25:]), file=sys.stderr)
     all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
     if all_runs:
         stamp = utc_stamp()
