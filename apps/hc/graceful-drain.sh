@@ -100,6 +100,8 @@ esac
 require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
 
 START_TS=$(date +%s)
+# the deadline in milliseconds: whole seconds would end the poll up to 1 s early
+START_MS=$(date +%s%3N)
 
 # do_curl STEP MAX_TIME ARGS...: one best-effort request; failures are logged, not fatal.
 do_curl() {
@@ -145,17 +147,18 @@ fi
 do_curl 2 "$CURL_MAX_TIME" -X POST "${ENVOY_ADMIN}/drain_listeners?graceful&skip_exit" || true
 
 # [3] wait for zero in-flight requests on the gateway's data plane.
-deadline=$((START_TS + DRAIN_TIMEOUT))
+deadline_ms=$((START_MS + DRAIN_TIMEOUT * 1000))
 outcome=timeout
 while :; do
     now=$(date +%s)
-    remaining=$((deadline - now))
-    if [ "$remaining" -le 0 ]; then
+    remaining_ms=$((deadline_ms - $(date +%s%3N)))
+    if [ "$remaining_ms" -le 0 ]; then
         break
     fi
     max_time=$CURL_MAX_TIME
-    if [ "$remaining" -lt "$max_time" ]; then
-        max_time=$remaining
+    if [ "$remaining_ms" -lt $((CURL_MAX_TIME * 1000)) ]; then
+        # curl takes fractions of a second
+        max_time=$((remaining_ms / 1000)).$(printf '%03d' $((remaining_ms % 1000)))
     fi
     if active=$(read_active "$max_time"); then
         log "level=info step=3 msg=poll active=${active} elapsed=$((now - START_TS))"

@@ -118,6 +118,10 @@ def gateway_bootstrap(
     }
 
 
+#: How often Envoy flushes its access log to stdout (its default is 10 s).
+ACCESS_LOG_FLUSH_MS = 100
+
+
 def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
     """Flags as pilot-agent passes them, minus hot restart (several Envoys share a host)."""
     return [
@@ -133,7 +137,7 @@ def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
         # the access log reaches stdout within 0.1 s (default 10 s): lines still buffered
         # when Envoy is killed at the end of the drain would be lost
         "--file-flush-interval-msec",
-        "100",
+        str(ACCESS_LOG_FLUSH_MS),
     ]
 
 

@@ -34,6 +34,7 @@ from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster, Topology
+from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
 from ..localcluster.manifests import Manifests
 from ..model import registry
 from ..model.plan import add_arguments
@@ -223,6 +224,9 @@ async def run(args: argparse.Namespace) -> Path:
         progress(f"failed: {type(exc).__name__}: {exc}")
         raise
     finally:
+        # the last requests' access-log lines are still in Envoy's buffer for up to one
+        # flush interval: stopping the pods at once would lose them (missing hops)
+        await asyncio.sleep(3 * ACCESS_LOG_FLUSH_MS / 1000)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
