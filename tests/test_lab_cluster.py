@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -292,3 +293,44 @@ def test_pilot_agent_exit_on_zero_active_connections(procs: Procs, tmp_path: Pat
     took = time.monotonic() - started
     assert 0.9 <= took < 5, took  # not the 30 s terminationDrainDuration
     assert agent.logfmt_lines("active_connections")[-1]["active"] == "0"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group: an orphan's zombie stays until
+    whoever adopted it reaps it."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_leftover_pods_of_a_killed_runner_are_found_by_their_folder(tmp_path: Path) -> None:
+    """The last resort of `make experiment`'s Ctrl-C: a container (its own process group,
+    with a child, as Envoy under pilot-agent) working in the run's pods folder is
+    killed with its child; a process working elsewhere is not touched."""
+    from lab.localcluster.cluster import kill_leftover_pods, pods_dir
+
+    run_dir = tmp_path / "run"
+    pods_dir(run_dir).mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    pod = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=pods_dir(run_dir), start_new_session=True
+    )
+    bystander = subprocess.Popen(["sleep", "60"], cwd=tmp_path / "elsewhere")
+    try:
+        time.sleep(0.5)  # the child is started
+        assert kill_leftover_pods(run_dir)
+        assert pod.wait(timeout=5) == -signal.SIGKILL
+        assert group_members(pod.pid) == []  # the child went with the group
+        assert bystander.poll() is None
+        assert kill_leftover_pods(run_dir) == []
+    finally:
+        for p in (pod, bystander):
+            p.kill()
+            p.wait()

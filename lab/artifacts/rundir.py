@@ -38,15 +38,20 @@ def write_json(path: Path, doc: Any) -> None:
         f.write("\n")
 
 
-def write_result(path: Path, run_dir: Path, status: str) -> None:
+def write_result(path: Path, run_dir: Path, status: str, pid: int | None = None) -> None:
     """The run's result for its caller (`make experiment`): where, and how it ended.
-    Rewritten as the run goes on (it lives in the lab's scratch folder, not in artifacts)."""
+    Rewritten as the run goes on (it lives in the lab's scratch folder, not in artifacts).
+    While it runs, `pid` names the runner: Ansible starts a task's command in a session
+    of its own, so a caller that stops the playbook must also wait for this process."""
+    doc: dict[str, Any] = {"run_dir": str(run_dir), "status": status}
+    if pid is not None:
+        doc["pid"] = pid
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_dir": str(run_dir), "status": status}) + "\n")
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)
 
 
-def read_result(path: Path) -> dict[str, str] | None:
+def read_result(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -4,7 +4,10 @@ the NodePorts, and the reconcile loop that publishes EndpointSlice conditions.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +48,33 @@ class Topology:
 
     def backend_pod_ip(self, n: int) -> str:
         return f"{self.net}.2.{n}"
+
+
+def pods_dir(run_dir: Path) -> Path:
+    """Where a run's pods work (their logs, the Envoy configs): every container and
+    preStop hook of the run has it as its working directory."""
+    return run_dir / "lab"
+
+
+def kill_leftover_pods(run_dir: Path) -> list[int]:
+    """SIGKILL the process group of every process still working in the run's pods
+    folder, and say which: the last resort when the runner that owned them was killed
+    before its cleanup (each container runs in a process group of its own, so nothing
+    else reaches them)."""
+    where = str(pods_dir(run_dir))
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd == where or cwd.startswith(where + "/"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(int(proc.name)), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
 
 
 WORKERS = ("worker1", "worker2")

@@ -34,11 +34,12 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..analysis.comparison import compare
 from ..analysis.report import write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
+from ..localcluster.cluster import kill_leftover_pods
 from ..model import registry
 from ..model.plan import check_inputs
 
@@ -180,25 +181,65 @@ async def run_mode(run: LabRun, profile: str, artifacts: Path | None, repeats: i
     return run.proc.returncode or 0
 
 
+def running_runner(result_file: Path) -> int | None:
+    """The pid of the local runner still writing `result_file`, if it runs: Ansible
+    starts a task's command in a session of its own, so the playbook's process group
+    does not include it and the playbook can end while the runner still cleans up."""
+    result = read_result(result_file)
+    if result is None or result["status"] != "running" or "pid" not in result:
+        return None
+    pid = int(result["pid"])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+    return pid if b"lab.runners.local" in cmdline and state != "Z" else None
+
+
 async def stop_runs(runs: list[LabRun]) -> None:
-    """SIGINT to each run's process group, wait for its cleanup, then leave nothing."""
+    """SIGINT to each run's playbook and runner, wait for their cleanup, then leave
+    nothing: what is still there after CLEANUP_TIMEOUT_S is killed, the pods of a killed
+    runner included."""
     groups = [r.proc.pid for r in runs if r.proc is not None]
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGINT)
+    # the runner takes a second SIGINT (Ansible passes one on too) as the same request
+    runners = {f: pid for r in runs for f in r.results() if (pid := running_runner(f))}
+    for pid in runners.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+
+    def busy() -> bool:
+        return any(_group_alive(g) for g in groups) or any(map(running_runner, runners))
+
     deadline = time.monotonic() + CLEANUP_TIMEOUT_S
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+    for result_file in runners:
+        if (pid := running_runner(result_file)) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            result = read_result(result_file)
+            if result is not None:
+                killed = kill_leftover_pods(Path(result["run_dir"]))
+                print(
+                    f"lab.runners.all: the runner of {result['run_dir']} did not finish its "
+                    f"cleanup in {CLEANUP_TIMEOUT_S} s; killed it and {len(killed)} pod "
+                    "processes",
+                    file=sys.stderr,
+                )
     for r in runs:
         stop_lab_haproxy(r.lab_dir)
 
 
 async def run_lab(
     run: LabRun, repeats: int, profile: str, artifacts: Path | None, start_after_s: float = 0
-) -> list[tuple[int, dict[str, str] | None]]:
+) -> list[tuple[int, dict[str, Any] | None]]:
     """The lab's mode and scenario, `repeats` times one after the other in one playbook
     run: (exit code, result) each; a repeat that never ran has no result."""
     await asyncio.sleep(start_after_s)

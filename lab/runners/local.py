@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -33,7 +34,7 @@ from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_resu
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
-from ..localcluster.cluster import LabCluster, Topology
+from ..localcluster.cluster import LabCluster, Topology, pods_dir
 from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
 from ..localcluster.manifests import Manifests
 from ..model import registry
@@ -128,7 +129,7 @@ async def run(args: argparse.Namespace) -> Path:
     run_dir = new_run_dir(Path(args.artifacts), args.scenario, args.mode)
     result_file = Path(args.result_file) if args.result_file else None
     if result_file:
-        write_result(result_file, run_dir, "running")
+        write_result(result_file, run_dir, "running", pid=os.getpid())
     write_json(run_dir / "plan.json", run_plan.as_dict())
     progress(f"run {run_dir}")
     collected = CollectedDir(run_dir)
@@ -142,7 +143,7 @@ async def run(args: argparse.Namespace) -> Path:
 
     recorder = Recorder(run_dir / RAW_REQUESTS)
     journal = Journal(args.mode, args.scenario, args.profile, "local")
-    cluster = LabCluster(topology, manifests, run_dir / "lab", collected, on_log_line)
+    cluster = LabCluster(topology, manifests, pods_dir(run_dir), collected, on_log_line)
     victim = cluster.gateway_pods[0]
     background: list[asyncio.Task[Any]] = []
     status, term = "interrupted", None
@@ -258,20 +259,32 @@ def main() -> int:
     p.add_argument("--progress-file", help="also append progress lines here")
     p.add_argument("--result-file", help="write {run_dir, status} here for the caller")
     args = p.parse_args()
+    stopped_by: list[signal.Signals] = []
     try:
-        asyncio.run(_main_cancellable(args))
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM: cleaned up like Ctrl-C
-        return 143
+        asyncio.run(_main_cancellable(args, stopped_by))
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: cleaned up, artifacts kept
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     return 0
 
 
-async def _main_cancellable(args: argparse.Namespace) -> None:
-    """run(), with SIGTERM cancelling it like Ctrl-C does, so cleanup runs either way."""
+async def _main_cancellable(args: argparse.Namespace, stopped_by: list[signal.Signals]) -> None:
+    """run(), cancelled by the first SIGINT or SIGTERM so that its cleanup runs; a
+    repeated signal is noted and ignored, since cancelling the cleanup itself would
+    leave the pods running. Both can arrive: Ansible passes the terminal's Ctrl-C on to
+    the task's command, and `make experiment` also signals the runner directly."""
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopped_by:
+            print(f"{sig.name}: already stopping, cleaning up the lab", file=sys.stderr)
+            return
+        stopped_by.append(sig)
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
     await run(args)
 
 
