@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests run for real: HAProxy 2.6, curl (the preStop's client),
-# iproute2 (network namespaces for the hc source check), openssl (a test certificate).
-APT_PACKAGES := haproxy curl iproute2 openssl
+# iproute2 (network namespaces for the hc source check), openssl (a test certificate);
+# buildah, containerd and mmdebstrap: the images built and loaded for real (molecule images).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt venv lint pytest molecule test experiment clean
@@ -23,7 +23,8 @@ setup: apt venv
 
 apt:
 	@missing=""; \
-	for cmd in haproxy:haproxy curl:curl ip:iproute2 openssl:openssl; do \
+	for cmd in haproxy:haproxy curl:curl ip:iproute2 openssl:openssl \
+	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap; do \
 	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -53,7 +54,7 @@ pytest: venv
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # molecule calls ansible-playbook and friends by name: the venv's bin goes first on PATH.
-MOLECULE_SCENARIOS := haproxy manifests cluster_roles lab
+MOLECULE_SCENARIOS := haproxy manifests cluster_roles lab images
 molecule: venv
 	for s in $(MOLECULE_SCENARIOS); do PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $$s || exit 1; done
 

@@ -1,0 +1,160 @@
+"""Verify the converged images role: each image's own entrypoint runs (buildah, chroot
+isolation, the host's network) as a non-root user and answers on a loopback port, and
+the scenario's containerd lists both content tags in kubelet's namespace with a digest.
+What this does not show: kubelet running them under a real CRI with the pods'
+securityContext (README, "What is tested where")."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIO = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).parents[1]))
+VARS = yaml.safe_load((SCENARIO / "vars" / "main.yml").read_text())
+TAGS = yaml.safe_load(Path(VARS["images_tags_file"]).read_text())
+IMAGE_USER = "10001"
+SmokeRun = Callable[[str, dict[str, str]], subprocess.Popen[bytes]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, deadline_s: float = 30) -> str:
+    """The body of a 200 answer, retried until the server listens."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.3)
+
+
+def entrypoint(image: str) -> list[str]:
+    out = subprocess.run(
+        ["buildah", "inspect", "--type", "image", image], check=True, capture_output=True
+    ).stdout
+    return list(json.loads(out)["OCIv1"]["config"]["Entrypoint"])
+
+
+@pytest.fixture
+def smoke_run(tmp_path: Path) -> Iterator[SmokeRun]:
+    """Run an image's entrypoint in a working container (its output in a file of
+    tmp_path); stop it and remove it after."""
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def run(image: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        name = f"igw-smoke-{len(started)}-{os.getpid()}"
+        subprocess.run(["buildah", "from", "--name", name, image], check=True, capture_output=True)
+        flags = [f"--env={k}={v}" for k, v in env.items()]
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    "buildah",
+                    "run",
+                    "--isolation",
+                    "chroot",
+                    "--network",
+                    "host",
+                    *flags,
+                    name,
+                    "--",
+                    *entrypoint(image),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append((proc, name))
+        return proc
+
+    yield run
+    for proc, name in started:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        subprocess.run(["buildah", "rm", name], capture_output=True)
+
+
+def uid_of_listener(port: int) -> str:
+    """The owner of the socket listening on `port`: the user the image's process runs as."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return fields[7]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_hc_answers_ok_as_a_non_root_user(smoke_run: SmokeRun) -> None:
+    port = free_port()
+    smoke_run(TAGS["manifests_hc_image"], {"HC_ADDR": f"127.0.0.1:{port}"})
+    assert get(f"http://127.0.0.1:{port}/health_check.html").strip() == "OK"
+    assert uid_of_listener(port) == IMAGE_USER
+
+
+def test_backend_sleeps_as_a_non_root_user(smoke_run: SmokeRun) -> None:
+    port = free_port()
+    smoke_run(TAGS["manifests_backend_image"], {"BIND_HOST": "127.0.0.1", "PORT": str(port)})
+    assert get(f"http://127.0.0.1:{port}/sleep?seconds=0").strip() == "slept 0s"
+    assert uid_of_listener(port) == IMAGE_USER
+
+
+def test_the_hc_image_has_curl_and_the_drain_script() -> None:
+    image = TAGS["manifests_hc_image"]
+    name = f"igw-smoke-files-{os.getpid()}"
+    subprocess.run(["buildah", "from", "--name", name, image], check=True, capture_output=True)
+    try:
+        out = subprocess.run(
+            [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                name,
+                "--",
+                "sh",
+                "-c",
+                "command -v curl && test -x /opt/hc/graceful-drain.sh && id -u",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        subprocess.run(["buildah", "rm", name], capture_output=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split()[-1] == IMAGE_USER
+
+
+def test_containerd_lists_both_images_for_kubelet_by_name_and_digest() -> None:
+    out = subprocess.run(
+        [
+            "ctr",
+            "--address",
+            VARS["images_containerd_address"],
+            "--namespace",
+            "k8s.io",
+            "images",
+            "ls",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    for tag in (TAGS["manifests_hc_image"], TAGS["manifests_backend_image"]):
+        assert tag in rows, out
+        assert rows[tag][2].startswith("sha256:"), rows[tag]
