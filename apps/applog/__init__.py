@@ -8,9 +8,13 @@ Envoy's on one clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import re
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 
 from logfmter import Logfmter
@@ -55,3 +59,78 @@ def ts_ms(fields: dict[str, str]) -> float | None:
         return round(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000, 1)
     except ValueError:
         return None
+
+
+# The hot path: the backend writes one line per request, and the logging module with
+# Logfmter's general formatter was half of its CPU time (benchmarks/RESULTS.md). The
+# same lines, built directly and written in batches.
+_NEEDS_QUOTES = re.compile(r'[\x00-\x20="\'\\\x7f]')
+_NEEDS_ESCAPES = re.compile(r'[\x00-\x1f"\\\x7f]')
+_CONTROL = {c: f"\\u{c:04x}" for c in [*range(0x20), 0x7F]} | {
+    ord("\n"): "\\n",
+    ord("\t"): "\\t",
+    ord("\r"): "\\r",
+}
+
+
+def logfmt_value(value: str | int) -> str:
+    """A value as Logfmter writes it (quoted and escaped only when it must be), but for
+    a backslash or a single quote: Logfmter leaves `a\\b` and `it's` bare, which
+    `parse_logfmt` (a shell-like reader) takes as an escape or an open quote; here they
+    are quoted, so that the reader gets the value back."""
+    if isinstance(value, int):
+        return str(value)
+    if _NEEDS_QUOTES.search(value) is None:
+        return value
+    if _NEEDS_ESCAPES.search(value) is None:  # a path with a query, a reason with spaces
+        return f'"{value}"'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').translate(_CONTROL)
+    return f'"{escaped}"'
+
+
+def iso_ms(ts: float) -> str:
+    """Wall-clock seconds as the lines' `ts`: RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class LineBuffer:
+    """logfmt lines of one app, as `get_logger` writes them, gathered and written to a
+    file descriptor at most `flush_after_s` after the first of a batch (one write for
+    many lines). Call `flush()` before other output and when stopping: a process killed
+    with lines in the buffer loses at most that interval of them, as Envoy's access log
+    does with its flush interval."""
+
+    def __init__(self, app: str, fd: int = 1, flush_after_s: float = 0.1) -> None:
+        self._app = app
+        self._fd = fd
+        self._flush_after_s = flush_after_s
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(
+        self, msg: str, fields: dict[str, str | int], level: str = "INFO", now: bool = False
+    ) -> None:
+        """Add a line; `now`: write the buffer at once (a rare event a reader waits for)."""
+        parts = [f"ts={iso_ms(time.time())} level={level} app={self._app} msg={logfmt_value(msg)}"]
+        parts.extend(f"{k}={logfmt_value(v)}" for k, v in fields.items())
+        self._lines.append(" ".join(parts))
+        if now:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test, a tool): write at once
+                self.flush()
+                return
+            self._timer = loop.call_later(self._flush_after_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        data = ("\n".join(self._lines) + "\n").encode()
+        self._lines.clear()
+        while data:
+            data = data[os.write(self._fd, data) :]

@@ -17,16 +17,16 @@ that an in-flight request gets SHUTDOWN_TIMEOUT, as the seed's Go server did.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import resource
 import signal
 import socket
 import sys
 
+import uvloop
 from aiohttp import web
 
-from applog import get_logger
+from applog import LineBuffer
 
 from .server import SHUTDOWN, build_app
 
@@ -55,7 +55,7 @@ async def serve(
     host: str | None,
     port: int,
     shutdown_timeout: int,
-    log: logging.Logger,
+    lines: LineBuffer,
     hostname: str,
 ) -> int:
     """Serve until the first signal, then drain; the exit code."""
@@ -71,22 +71,27 @@ async def serve(
     await runner.setup()
     # backlog: 10,000 clients connecting at once overflow the default 128
     await web.TCPSite(runner, host, port, backlog=4096).start()
-    log.info(
+    lines.write(
         "listening",
-        extra={"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
+        {"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
+        now=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
-            log.warning(
+            lines.write(
                 "signal_ignored",
-                extra={"signal": sig.name, "reason": "already draining; SIGKILL forces"},
+                {"signal": sig.name, "reason": "already draining; SIGKILL forces"},
+                level="WARNING",
+                now=True,
             )
             return
         app[SHUTDOWN].begin(shutdown_timeout)
-        log.info("shutdown_started", extra={"signal": sig.name, "timeout_s": shutdown_timeout})
+        lines.write(
+            "shutdown_started", {"signal": sig.name, "timeout_s": shutdown_timeout}, now=True
+        )
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,7 +99,7 @@ async def serve(
     await stop.wait()
     await runner.cleanup()
     cut = app[SHUTDOWN].cut
-    log.info("stopped", extra={"cut_at_shutdown_timeout": cut})
+    lines.write("stopped", {"cut_at_shutdown_timeout": cut}, now=True)
     return 1 if cut else 0
 
 
@@ -107,10 +112,14 @@ def main() -> int:
         return 2
     host = os.environ.get("BIND_HOST") or None  # None: every interface
     hostname = os.environ.get("HOSTNAME") or socket.gethostname()
-    log = get_logger("backend")
+    # every line through one buffer: the per-request lines in batches, the rest at once
+    # and in order with them
+    lines = LineBuffer("backend")
     _raise_fd_limit()
-    app = build_app(hostname, log)
-    return asyncio.run(serve(app, host, port, shutdown_timeout, log, hostname))
+    app = build_app(hostname, lines)
+    # uvloop: the event loop in C (libuv); the Python loop's own overhead was a third
+    # of what remained per request after the log path (benchmarks/RESULTS.md)
+    return uvloop.run(serve(app, host, port, shutdown_timeout, lines, hostname))
 
 
 if __name__ == "__main__":

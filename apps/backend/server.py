@@ -9,14 +9,14 @@ GET /                  {"pod": "<HOSTNAME>"}
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
+
+from applog import LineBuffer, iso_ms
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,11 +121,12 @@ def whoami(hostname: str) -> Handler:
     return handle
 
 
-def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[web.StreamResponse]]:
+def access_log(hostname: str, lines: LineBuffer) -> Callable[..., Awaitable[web.StreamResponse]]:
     """One logfmt line per request, including those the client cut (status 499)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started_wall = time.time()
         started = time.monotonic()
         status = 500
         msg = "request"
@@ -145,28 +146,26 @@ def access_log(hostname: str, log: logging.Logger) -> Callable[..., Awaitable[we
                 status, msg = 499, "client_disconnected"
             raise
         finally:
-            log.info(
+            lines.write(
                 msg,
-                extra={
+                {
                     # the experiment's request id, joined with HAProxy's and Envoy's lines
                     "request_id": request.headers.get(REQUEST_ID_HEADER, ""),
                     "method": request.method,
                     "path": request.path_qs,
-                    "remote": request.remote,
+                    "remote": request.remote or "",
                     "hostname": hostname,
                     "status": status,
                     "duration_ms": int((time.monotonic() - started) * 1000),
-                    "started": datetime.fromtimestamp(
-                        time.time() - (time.monotonic() - started), UTC
-                    ).isoformat(timespec="milliseconds"),
+                    "started": iso_ms(started_wall),
                 },
             )
 
     return middleware
 
 
-def build_app(hostname: str, log: logging.Logger) -> web.Application:
-    app = web.Application(middlewares=[access_log(hostname, log)])
+def build_app(hostname: str, lines: LineBuffer) -> web.Application:
+    app = web.Application(middlewares=[access_log(hostname, lines)])
     app[SHUTDOWN] = Shutdown()
     app.router.add_get("/sleep", sleep)
     app.router.add_get("/stream", stream)

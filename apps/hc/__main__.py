@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import uvloop
 from aiohttp import web
 
 from applog import get_logger
@@ -41,8 +42,16 @@ def main() -> int:
     )
     # No graceful shutdown (seed 003 Q3): by the time kubelet sends SIGTERM the preStop
     # has finished and nothing in flight depends on hc.
+    # uvloop: HAProxy's check timeout is what a slow answer turns into a false DOWN
+    # (benchmarks/hc_probe_latency.py)
     web.run_app(
-        app, host=config.host, port=config.port, shutdown_timeout=1.0, print=None, access_log=None
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=1.0,
+        print=None,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
     )
     return 0
 

@@ -1,0 +1,3 @@
+module igw/gobackend
+
+go 1.19
