@@ -16,20 +16,13 @@ import argparse
 import asyncio
 import json
 import os
-import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import free_port, raise_fd_limit, wait_ready
 
 
 def rss_kib(pid: int) -> int:
@@ -49,18 +42,6 @@ def sockets_held(pid: int) -> int:
         except OSError:
             continue
     return count
-
-
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(url + "/") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError("backend did not start")
 
 
 async def hold_inflight(url: str, pid: int, n: int, seconds: int) -> dict[str, object]:
@@ -123,8 +104,7 @@ def main() -> int:
     parser.add_argument("--sleep", type=int, default=20)
     parser.add_argument("--short", type=int, default=10_000)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     port = free_port()
     env = {**os.environ, "PORT": str(port), "BIND_HOST": "127.0.0.1", "SHUTDOWN_TIMEOUT": "5"}
     backend = subprocess.Popen(

@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -29,11 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from backend_capacity import free_port, hold_inflight
+from backend_capacity import hold_inflight
+from common import free_port, raise_fd_limit, wait_ready, wrk
 
 HERE = Path(__file__).parent
-WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-WRK_ERRORS = re.compile(r"Socket errors: (.*)|Non-2xx or 3xx responses: (\d+)")
 
 
 def build_go(workdir: Path) -> Path | None:
@@ -59,7 +56,7 @@ class Server:
         log = (self.workdir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
-        asyncio.run(wait_ready_sleep(self.url))
+        asyncio.run(wait_ready(self.url, "/sleep?seconds=0"))  # Go's has no `/`
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -72,39 +69,6 @@ class Server:
             self.proc.wait()
 
 
-async def wait_ready_sleep(url: str) -> None:
-    """The Go reference has no `/`: wait on /sleep?seconds=0 for both."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            try:
-                async with session.get(url + "/sleep?seconds=0") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
-
-
-def wrk(url: str, seconds: int) -> tuple[float, str]:
-    """Requests per second, and wrk's error lines (empty when none)."""
-    subprocess.run(
-        ["wrk", "-t1", "-c50", "-d2s", f"{url}/sleep?seconds=0"], capture_output=True, check=True
-    )
-    out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{seconds}s", f"{url}/sleep?seconds=0"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rate = WRK_RATE.search(out)
-    if rate is None:
-        raise RuntimeError(f"wrk printed no rate:\n{out}")
-    errors = "; ".join(m.group(0) for m in WRK_ERRORS.finditer(out))
-    return float(rate.group(1)), errors
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -114,8 +78,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not on PATH: apt install wrk", file=sys.stderr)
         return 2
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="igw-bench-") as tmp:
         workdir = Path(tmp)
         servers = {"python": [sys.executable, "-m", "backend"]}
@@ -127,7 +90,7 @@ def main() -> int:
         for r in range(args.rounds):
             for name, argv in servers.items():
                 with Server(name, argv, workdir) as server:
-                    rate, err = wrk(server.url, args.seconds)
+                    rate, err = wrk(f"{server.url}/sleep?seconds=0", args.seconds, 2)
                 rates[name].append(rate)
                 if err:
                     errors[name].append(err)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from backend_capacity import free_port
+from common import free_port, raise_fd_limit
 
 REQUEST = b"GET /health_check.html HTTP/1.1\r\nHost: hc\r\nConnection: close\r\n\r\n"
 
@@ -92,8 +91,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--idle", type=int, default=1000)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     port = free_port()
     hc = subprocess.Popen(
         [sys.executable, "-m", "hc"],

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import wrk  # noqa: E402
 
 from lab.artifacts.events import CollectedDir  # noqa: E402
 from lab.load.driver import LoadDriver, Recorder  # noqa: E402
@@ -42,7 +43,6 @@ from lab.runners.local import wait_lb_up  # noqa: E402
 
 LAB = 199
 MODE = "ordered"
-WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 
 
 def provision(root: Path) -> Path:
@@ -64,19 +64,6 @@ def provision(root: Path) -> Path:
         capture_output=True,
     )
     return root / str(LAB)
-
-
-def wrk(url: str, seconds: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", "-c50", f"-d{seconds}s", f"{url}/sleep?seconds=0"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    found = WRK_RATE.search(out)
-    if found is None:
-        raise RuntimeError(f"wrk printed no rate:\n{out}")
-    return float(found.group(1))
 
 
 async def drive(url: str, ca: str, cls: str, rate: float, seconds: int, out: Path) -> dict:
@@ -125,7 +112,7 @@ async def measure(lab_dir: Path, work: Path, rates: list[float], seconds: int) -
         await cluster.start()
         await cluster.wait_ready(60)
         await wait_lb_up(str(lab_dir / "admin.sock"), ["worker1", "worker2"], 60)
-        wrk_rate = await asyncio.to_thread(wrk, url, seconds)
+        wrk_rate, _ = await asyncio.to_thread(wrk, f"{url}/sleep?seconds=0", seconds)
         print(f"wrk: {wrk_rate:,.0f} req/s", file=sys.stderr)
         classes: dict[str, list[dict]] = {}
         for cls in ("short", "short_pooled"):

@@ -8,7 +8,7 @@ import io
 import logging
 import os
 
-from hypothesis import assume, given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from applog import LineBuffer, _Formatter, logfmt_value, parse_logfmt
@@ -29,14 +29,21 @@ def logging_path_line(msg: str, fields: dict[str, str | int]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-values = st.one_of(st.integers(min_value=0, max_value=10**9), st.text(max_size=40))
+# the one difference, on purpose: a backslash or a single quote in an otherwise plain
+# value is quoted (Logfmter leaves it bare and the reader then misreads it), so the
+# comparison leaves those two characters out
+values = st.one_of(
+    st.integers(min_value=0, max_value=10**9),
+    st.text(alphabet=st.characters(exclude_characters="\\'"), max_size=40),
+)
+# the first text draw on a fresh machine builds Hypothesis's character tables (1.5 s
+# seen in CI): not slow generation to warn about
+relaxed = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 
 
+@relaxed
 @given(st.dictionaries(st.sampled_from(["path", "remote", "request_id", "status"]), values))
 def test_the_fast_line_is_the_logging_line(fields: dict[str, str | int]) -> None:
-    # the one difference, on purpose: a backslash or a single quote in an otherwise
-    # plain value is quoted (Logfmter leaves it bare and the reader then misreads it)
-    assume(not any(isinstance(v, str) and ("\\" in v or "'" in v) for v in fields.values()))
     fast = os.pipe()
     try:
         LineBuffer("backend", fd=fast[1]).write("request", fields)  # no loop: written at once
@@ -48,6 +55,7 @@ def test_the_fast_line_is_the_logging_line(fields: dict[str, str | int]) -> None
     assert line.split(" ", 1)[1] == logging_path_line("request", fields).split(" ", 1)[1]
 
 
+@relaxed
 @given(st.text(alphabet=st.characters(exclude_categories=["Cs", "Cc"]), max_size=40))
 def test_a_reader_gets_the_value_back(value: str) -> None:
     assert parse_logfmt(f"msg=request path={logfmt_value(value)}")["path"] == value
@@ -97,3 +105,10 @@ def test_an_event_written_now_takes_the_waiting_lines_with_it_in_order() -> None
         "request",
         "shutdown_started",
     ]
+
+
+def test_a_backslash_or_a_single_quote_is_quoted_for_the_reader() -> None:
+    assert logfmt_value("a\\b") == '"a\\\\b"'
+    assert logfmt_value("it's") == '"it\'s"'
+    value = "it's a\\b"
+    assert parse_logfmt("path=" + logfmt_value(value))["path"] == value

@@ -6,6 +6,7 @@ securityContext (README, "What is tested where")."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ SCENARIO = Path(os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).par
 VARS = yaml.safe_load((SCENARIO / "vars" / "main.yml").read_text())
 TAGS = yaml.safe_load(Path(VARS["images_tags_file"]).read_text())
 IMAGE_USER = "10001"
-SmokeRun = Callable[[str, dict[str, str]], subprocess.Popen[bytes]]
+SmokeRun = Callable[..., subprocess.Popen[bytes]]
 
 
 def free_port() -> int:
@@ -84,7 +85,8 @@ def smoke_run(tmp_path: Path) -> Iterator[SmokeRun]:
 
     yield run
     for proc, name in started:
-        os.killpg(proc.pid, 9)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended already
+            os.killpg(proc.pid, 9)
         proc.wait()
         subprocess.run(["buildah", "rm", name], capture_output=True)
 
@@ -111,6 +113,73 @@ def test_backend_sleeps_as_a_non_root_user(smoke_run: SmokeRun) -> None:
     smoke_run(TAGS["manifests_backend_image"], {"BIND_HOST": "127.0.0.1", "PORT": str(port)})
     assert get(f"http://127.0.0.1:{port}/sleep?seconds=0").strip() == "slept 0s"
     assert uid_of_listener(port) == IMAGE_USER
+
+
+@pytest.fixture
+def read_only_run(tmp_path: Path) -> Iterator[SmokeRun]:
+    """Run an image's entrypoint on its root filesystem mounted read-only, as user
+    10001, on the host's network: what `readOnlyRootFilesystem: true` and the image's
+    USER give the pod (a bind mount made read-only in a mount namespace of its own,
+    then chroot; no container runtime needed)."""
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+
+    def run(
+        image: str, env: dict[str, str], argv: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        name = f"igw-smoke-ro-{len(started)}-{os.getpid()}"
+        subprocess.run(["buildah", "from", "--name", name, image], check=True, capture_output=True)
+        root = subprocess.run(
+            ["buildah", "mount", name], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        script = (
+            'root=$1; shift; mount --bind "$root" "$root"'
+            ' && mount -o remount,bind,ro "$root"'
+            f' && exec chroot --userspec={IMAGE_USER}:{IMAGE_USER} "$root" "$@"'
+        )
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    root,
+                    *(argv or entrypoint(image)),
+                ],
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append((proc, name))
+        return proc
+
+    yield run
+    for proc, name in started:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended already
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        subprocess.run(["buildah", "umount", name], capture_output=True)
+        subprocess.run(["buildah", "rm", name], capture_output=True)
+
+
+def test_both_serve_from_a_read_only_root(read_only_run: SmokeRun) -> None:
+    hc_port, backend_port = free_port(), free_port()
+    read_only_run(TAGS["manifests_hc_image"], {"HC_ADDR": f"127.0.0.1:{hc_port}"})
+    read_only_run(
+        TAGS["manifests_backend_image"], {"BIND_HOST": "127.0.0.1", "PORT": str(backend_port)}
+    )
+    assert get(f"http://127.0.0.1:{hc_port}/health_check.html").strip() == "OK"
+    assert get(f"http://127.0.0.1:{backend_port}/sleep?seconds=0").strip() == "slept 0s"
+    assert uid_of_listener(hc_port) == uid_of_listener(backend_port) == IMAGE_USER
+    # and the root is really read-only: a write there fails (a write to /tmp too: the
+    # pods mount nothing writable for these two containers)
+    write = read_only_run(TAGS["manifests_hc_image"], {}, ["/bin/sh", "-c", "touch /tmp/x"])
+    assert write.wait(30) != 0
 
 
 def test_the_hc_image_has_curl_the_drain_script_and_the_compiled_parser() -> None:
