@@ -52,33 +52,44 @@ def entrypoint(image: str) -> list[str]:
     return list(json.loads(out)["OCIv1"]["config"]["Entrypoint"])
 
 
+#: The read-only run: the root filesystem bound onto itself and made read-only in a
+#: mount namespace of its own, then chroot as the image's user: what
+#: `readOnlyRootFilesystem: true` and the image's USER give the pod, with no runtime.
+READ_ONLY = (
+    'root=$1; shift; mount --bind "$root" "$root"'
+    ' && mount -o remount,bind,ro "$root"'
+    f' && exec chroot --userspec={IMAGE_USER}:{IMAGE_USER} "$root" "$@"'
+)
+
+
 @pytest.fixture
 def smoke_run(tmp_path: Path) -> Iterator[SmokeRun]:
-    """Run an image's entrypoint in a working container (its output in a file of
-    tmp_path); stop it and remove it after."""
+    """Start a command of an image (its ENTRYPOINT unless `argv` is given) in a working
+    container on the host's network, its output in a file of tmp_path: with `buildah
+    run`, or on a read-only root (`read_only=True`). Stopped and removed after."""
     started: list[tuple[subprocess.Popen[bytes], str]] = []
 
-    def run(image: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def run(
+        image: str, env: dict[str, str], argv: list[str] | None = None, read_only: bool = False
+    ) -> subprocess.Popen[bytes]:
         name = f"igw-smoke-{len(started)}-{os.getpid()}"
         subprocess.run(["buildah", "from", "--name", name, image], check=True, capture_output=True)
-        flags = [f"--env={k}={v}" for k, v in env.items()]
+        command = argv or entrypoint(image)
+        if read_only:
+            root = subprocess.run(
+                ["buildah", "mount", name], check=True, capture_output=True, text=True
+            ).stdout.strip()
+            full = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY]
+            full += ["sh", root, *command]
+            run_env: dict[str, str] | None = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
+        else:
+            flags = [f"--env={k}={v}" for k, v in env.items()]
+            full = ["buildah", "run", "--isolation", "chroot", "--network", "host", *flags, name]
+            full += ["--", *command]
+            run_env = None
         with (tmp_path / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [
-                    "buildah",
-                    "run",
-                    "--isolation",
-                    "chroot",
-                    "--network",
-                    "host",
-                    *flags,
-                    name,
-                    "--",
-                    *entrypoint(image),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                full, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         started.append((proc, name))
         return proc
@@ -88,6 +99,7 @@ def smoke_run(tmp_path: Path) -> Iterator[SmokeRun]:
         with contextlib.suppress(ProcessLookupError):  # it may have ended already
             os.killpg(proc.pid, 9)
         proc.wait()
+        subprocess.run(["buildah", "umount", name], capture_output=True)
         subprocess.run(["buildah", "rm", name], capture_output=True)
 
 
@@ -115,70 +127,18 @@ def test_backend_sleeps_as_a_non_root_user(smoke_run: SmokeRun) -> None:
     assert uid_of_listener(port) == IMAGE_USER
 
 
-@pytest.fixture
-def read_only_run(tmp_path: Path) -> Iterator[SmokeRun]:
-    """Run an image's entrypoint on its root filesystem mounted read-only, as user
-    10001, on the host's network: what `readOnlyRootFilesystem: true` and the image's
-    USER give the pod (a bind mount made read-only in a mount namespace of its own,
-    then chroot; no container runtime needed)."""
-    started: list[tuple[subprocess.Popen[bytes], str]] = []
-
-    def run(
-        image: str, env: dict[str, str], argv: list[str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        name = f"igw-smoke-ro-{len(started)}-{os.getpid()}"
-        subprocess.run(["buildah", "from", "--name", name, image], check=True, capture_output=True)
-        root = subprocess.run(
-            ["buildah", "mount", name], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        script = (
-            'root=$1; shift; mount --bind "$root" "$root"'
-            ' && mount -o remount,bind,ro "$root"'
-            f' && exec chroot --userspec={IMAGE_USER}:{IMAGE_USER} "$root" "$@"'
-        )
-        with (tmp_path / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                    root,
-                    *(argv or entrypoint(image)),
-                ],
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append((proc, name))
-        return proc
-
-    yield run
-    for proc, name in started:
-        with contextlib.suppress(ProcessLookupError):  # it may have ended already
-            os.killpg(proc.pid, 9)
-        proc.wait()
-        subprocess.run(["buildah", "umount", name], capture_output=True)
-        subprocess.run(["buildah", "rm", name], capture_output=True)
-
-
-def test_both_serve_from_a_read_only_root(read_only_run: SmokeRun) -> None:
+def test_both_serve_from_a_read_only_root(smoke_run: SmokeRun) -> None:
     hc_port, backend_port = free_port(), free_port()
-    read_only_run(TAGS["manifests_hc_image"], {"HC_ADDR": f"127.0.0.1:{hc_port}"})
-    read_only_run(
-        TAGS["manifests_backend_image"], {"BIND_HOST": "127.0.0.1", "PORT": str(backend_port)}
-    )
+    smoke_run(TAGS["manifests_hc_image"], {"HC_ADDR": f"127.0.0.1:{hc_port}"}, read_only=True)
+    backend_env = {"BIND_HOST": "127.0.0.1", "PORT": str(backend_port)}
+    smoke_run(TAGS["manifests_backend_image"], backend_env, read_only=True)
     assert get(f"http://127.0.0.1:{hc_port}/health_check.html").strip() == "OK"
     assert get(f"http://127.0.0.1:{backend_port}/sleep?seconds=0").strip() == "slept 0s"
     assert uid_of_listener(hc_port) == uid_of_listener(backend_port) == IMAGE_USER
     # and the root is really read-only: a write there fails (a write to /tmp too: the
     # pods mount nothing writable for these two containers)
-    write = read_only_run(TAGS["manifests_hc_image"], {}, ["/bin/sh", "-c", "touch /tmp/x"])
+    touch = ["/bin/sh", "-c", "touch /tmp/x"]
+    write = smoke_run(TAGS["manifests_hc_image"], {}, touch, read_only=True)
     assert write.wait(30) != 0
 
 
