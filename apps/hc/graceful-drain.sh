@@ -99,9 +99,10 @@ case "$DRAIN_ORDER" in
 esac
 require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
 
-START_TS=$(date +%s)
-# the deadline in milliseconds: whole seconds would end the poll up to 1 s early
+# one clock, in milliseconds: a deadline in whole seconds would end the poll up to
+# 1 s early; the logged `elapsed` stays in whole seconds
 START_MS=$(date +%s%3N)
+START_TS=$((START_MS / 1000))
 
 # do_curl STEP MAX_TIME ARGS...: one best-effort request; failures are logged, not fatal.
 do_curl() {
@@ -150,8 +151,9 @@ do_curl 2 "$CURL_MAX_TIME" -X POST "${ENVOY_ADMIN}/drain_listeners?graceful&skip
 deadline_ms=$((START_MS + DRAIN_TIMEOUT * 1000))
 outcome=timeout
 while :; do
-    now=$(date +%s)
-    remaining_ms=$((deadline_ms - $(date +%s%3N)))
+    now_ms=$(date +%s%3N)
+    now=$((now_ms / 1000))
+    remaining_ms=$((deadline_ms - now_ms))
     if [ "$remaining_ms" -le 0 ]; then
         break
     fi
