@@ -22,7 +22,7 @@ from logfmter import Logfmter
 
 class _Formatter(Logfmter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        return iso_ms(record.created)
 
 
 def get_logger(name: str, level: int = logging.INFO) -> logging.Logger:
