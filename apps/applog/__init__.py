@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import shlex
@@ -64,9 +65,10 @@ def ts_ms(fields: dict[str, str]) -> float | None:
 # The hot path: the backend writes one line per request, and the logging module with
 # Logfmter's general formatter was half of its CPU time (benchmarks/RESULTS.md). The
 # same lines, built directly and written in batches.
-_NEEDS_QUOTES = re.compile(r'[\x00-\x20="\'\\\x7f]')
-_NEEDS_ESCAPES = re.compile(r'[\x00-\x1f"\\\x7f]')
-_CONTROL = {c: f"\\u{c:04x}" for c in [*range(0x20), 0x7F]} | {
+_NEEDS_QUOTES = re.compile(r'[\x00-\x20="\'\\\x7f\ud800-\udfff]')
+# control characters and lone surrogates (not UTF-8) are written as \uXXXX
+_NEEDS_ESCAPES = re.compile(r'[\x00-\x1f"\\\x7f\ud800-\udfff]')
+_CONTROL = {c: f"\\u{c:04x}" for c in [*range(0x20), 0x7F, *range(0xD800, 0xE000)]} | {
     ord("\n"): "\\n",
     ord("\t"): "\\t",
     ord("\r"): "\\r",
@@ -93,6 +95,29 @@ def iso_ms(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
+class IsoMsClock:
+    """`iso_ms`, with the date and time of day formatted once per second: at thousands
+    of lines a second, datetime was a third of the backend's Python time per request
+    (benchmarks/RESULTS.md). The same text as `iso_ms` (a property test compares)."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        # datetime's own rounding: to the microsecond, half to even; then cut to ms
+        frac, whole = math.modf(ts)
+        second, us = int(whole), round(frac * 1_000_000)
+        if us >= 1_000_000:
+            second, us = second + 1, us - 1_000_000
+        elif us < 0:
+            second, us = second - 1, us + 1_000_000
+        if second != self._second or not self._prefix:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f"{self._prefix}{us // 1000:03d}+00:00"
+
+
 class LineBuffer:
     """logfmt lines of one app, as `get_logger` writes them, gathered and written to a
     file descriptor at most `flush_after_s` after the first of a batch (one write for
@@ -106,13 +131,18 @@ class LineBuffer:
         self._flush_after_s = flush_after_s
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        #: `iso_ms` for this buffer's lines and for timestamps its writer logs
+        self.iso_ms = IsoMsClock()
 
     def write(
         self, msg: str, fields: dict[str, str | int], level: str = "INFO", now: bool = False
     ) -> None:
         """Add a line; `now`: write the buffer at once (a rare event a reader waits for)."""
-        parts = [f"ts={iso_ms(time.time())} level={level} app={self._app} msg={logfmt_value(msg)}"]
-        parts.extend(f"{k}={logfmt_value(v)}" for k, v in fields.items())
+        parts = [
+            f"ts={self.iso_ms(time.time())} level={level} app={self._app} msg={logfmt_value(msg)}"
+        ]
+        for key, value in fields.items():  # a loop, not a generator: the per-request path
+            parts.append(f"{key}={value}" if type(value) is int else f"{key}={logfmt_value(value)}")
         self._lines.append(" ".join(parts))
         if now:
             self.flush()
@@ -130,7 +160,9 @@ class LineBuffer:
             self._timer = None
         if not self._lines:
             return
-        data = ("\n".join(self._lines) + "\n").encode()
+        # logfmt_value escapes lone surrogates; the handler is the last guard: one bad
+        # value must not lose the batch
+        data = ("\n".join(self._lines) + "\n").encode(errors="backslashreplace")
         self._lines.clear()
         while data:
             data = data[os.write(self._fd, data) :]

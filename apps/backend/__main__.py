@@ -5,13 +5,8 @@ are refused) and in-flight requests get SHUTDOWN_TIMEOUT seconds (default 300, t
 seed's srv.Shutdown(ctx 300s)) to finish. A second signal does not shorten that: like
 the seed's Go server, which reads the first signal and no other, the backend logs it
 and keeps draining; SIGKILL is the way to force. Exit 0 when every in-flight request
-finished, 1 when some were cut at the deadline.
-
-aiohttp's numbers (aiohttp 3.14, measured: tests/test_backend.py): a handler still
-running at shutdown is waited for `shutdown_timeout`, then aiohttp asks it to stop
-and waits `shutdown_timeout` again before the handler task is really cancelled, so
-a sleeping handler runs for 2 x shutdown_timeout. We pass SHUTDOWN_TIMEOUT / 2 so
-that an in-flight request gets SHUTDOWN_TIMEOUT, as the seed's Go server did.
+finished, 1 when some were cut at the deadline. Idle keep-alive connections close at
+the signal, busy ones after their answer (`Connection: close`): Go's Server.Shutdown.
 """
 
 from __future__ import annotations
@@ -24,11 +19,11 @@ import socket
 import sys
 
 import uvloop
-from aiohttp import web
 
 from applog import LineBuffer
 
-from .server import SHUTDOWN, build_app
+from .http1 import Connections
+from .server import build_handler
 
 
 def _raise_fd_limit() -> None:
@@ -51,7 +46,7 @@ def _env_int(name: str, default: int, low: int, high: int) -> int:
 
 
 async def serve(
-    app: web.Application,
+    connections: Connections,
     host: str | None,
     port: int,
     shutdown_timeout: int,
@@ -59,25 +54,15 @@ async def serve(
     hostname: str,
 ) -> int:
     """Serve until the first signal, then drain; the exit code."""
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,  # ours below: aiohttp's would abort the drain on a 2nd signal
-        shutdown_timeout=shutdown_timeout / 2,  # aiohttp waits it twice: see above
-        # Without it aiohttp (>= 3.7) lets a handler run on after its client left:
-        # the seed's handler returns on r.Context().Done(), and so do ours.
-        handler_cancellation=True,
-        access_log=None,
-    )
-    await runner.setup()
+    loop = asyncio.get_running_loop()
     # backlog: 10,000 clients connecting at once overflow the default 128
-    await web.TCPSite(runner, host, port, backlog=4096).start()
+    server = await loop.create_server(connections.factory, host, port, backlog=4096)
     lines.write(
         "listening",
         {"port": port, "hostname": hostname, "shutdown_timeout_s": shutdown_timeout},
         now=True,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
@@ -88,7 +73,6 @@ async def serve(
                 now=True,
             )
             return
-        app[SHUTDOWN].begin(shutdown_timeout)
         lines.write(
             "shutdown_started", {"signal": sig.name, "timeout_s": shutdown_timeout}, now=True
         )
@@ -97,8 +81,8 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
-    await runner.cleanup()
-    cut = app[SHUTDOWN].cut
+    server.close()  # new connections are refused from here on
+    cut = await connections.drain(shutdown_timeout)
     lines.write("stopped", {"cut_at_shutdown_timeout": cut}, now=True)
     return 1 if cut else 0
 
@@ -116,10 +100,10 @@ def main() -> int:
     # and in order with them
     lines = LineBuffer("backend")
     _raise_fd_limit()
-    app = build_app(hostname, lines)
+    connections = Connections(build_handler(hostname, lines))
     # uvloop: the event loop in C (libuv), about 15% more requests per second than
     # asyncio's own loop here (benchmarks/RESULTS.md)
-    return uvloop.run(serve(app, host, port, shutdown_timeout, lines, hostname))
+    return uvloop.run(serve(connections, host, port, shutdown_timeout, lines, hostname))
 
 
 if __name__ == "__main__":
