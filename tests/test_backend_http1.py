@@ -197,3 +197,17 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_s() -> None:
     idle = asyncio.run(scenario())
     # closed by the sweep (every keepalive_s here), not before keepalive_s
     assert 0.45 <= idle <= 1.6, idle
+
+
+def test_garbage_behind_a_running_request_waits_for_its_answer(procs: Procs) -> None:
+    """Closing at once would cut the running request as if its client had left."""
+    backend = procs.backend()
+    with connect(backend) as s, s.makefile("rb") as f:
+        s.sendall(b"GET /sleep?seconds=1 HTTP/1.1\r\nHost: x\r\n\r\nNONSENSE\r\n\r\n")
+        first, second = read_response(f), read_response(f)
+        assert closed_within(s, 0.5)
+    assert (first[0], first[2]) == (200, b"slept 1s\n")
+    assert second[0] == 400 and b"bad request" in second[2]
+    backend.stop()
+    assert [line["status"] for line in backend.logfmt_lines("request")] == ["200"]
+    assert backend.logfmt_lines("client_disconnected") == []

@@ -262,6 +262,7 @@ class HttpConnection(asyncio.Protocol):
         self._response: Response | None = None
         self._upgrade: Request | None = None
         self._upgrade_rest = b""  # bytes after an upgrade request's head
+        self._refusal: tuple[int, str] | None = None  # to answer once the current one is
         self._receive: Callable[[bytes], None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._paused_writing = False
@@ -368,6 +369,9 @@ class HttpConnection(asyncio.Protocol):
             self.keep_alive = False
             if not response.status:
                 response.send(500, b"internal error\n")
+        if self._refusal is not None and response.ended:
+            self._send_refusal()
+            return
         if self._receive is not None or not self.keep_alive:
             self.close()
             return
@@ -396,9 +400,19 @@ class HttpConnection(asyncio.Protocol):
             receive(rest)
 
     def _refuse(self, status: int, reason: str) -> None:
+        """Answer a head that cannot be served and close; after the current request's
+        answer when one is running (closing now would cut it as if its client left)."""
         self.keep_alive = False
-        if self._task is None and self.transport is not None:
-            Response(self, head_only=False).send(status, reason.encode())
+        self._queue.clear()
+        self._refusal = (status, reason)
+        if self._task is None:
+            self._send_refusal()
+        elif self.transport is not None:
+            self.transport.pause_reading()
+
+    def _send_refusal(self) -> None:
+        status, reason = self._refusal or (400, "bad request\n")
+        Response(self, head_only=False).send(status, reason.encode())
         self.close()
 
     # ------------------------------------------------------------ for Response
