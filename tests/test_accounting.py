@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from lab.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
-from lab.analysis.comparison import compare
+from lab.analysis.comparison import compare, timing_line, timing_summary
 from lab.analysis.summary import summarize, verdict
 
 T = 1_000_000.0
@@ -244,3 +244,34 @@ def test_comparison_over_repeats() -> None:
     assert current["verdict"] == (
         "2 exposed lost over 2 runs; no loss in 1 of 2; causes: lb_killed_session_at_down x2"
     )
+
+
+def test_the_timing_summary_sets_wall_time_against_labs_and_runs() -> None:
+    t = timing_summary(
+        125.04,
+        {"current/steady": (100.0, [30.0, 31.0, 32.0]), "ordered/steady": (120.0, [35, 36, 30])},
+    )
+    assert t == {
+        "wall_s": 125.0,
+        "labs": 2,
+        "longest_lab": {"name": "ordered/steady", "s": 120.0},
+        "runs": 6,
+        "longest_run_s": 36.0,
+        "sum_of_runs_s": 194.0,
+        "outside_runs_s": {"current/steady": 7.0, "ordered/steady": 19.0},
+    }
+    line = timing_line(t)
+    assert "longest lab 120.0s (ordered/steady)" in line and "together 194.0s" in line
+    assert "7.0-19.0s" in line
+
+
+def test_the_timing_summary_of_labs_whose_runs_all_failed() -> None:
+    # a lab whose runs never completed: all its time is outside runs, no longest run
+    t = timing_summary(30.0, {"current/inflight": (20.0, [])})
+    assert (t["runs"], t["longest_run_s"], t["outside_runs_s"]) == (
+        0,
+        None,
+        {"current/inflight": 20.0},
+    )
+    assert timing_summary(1.0, {}) == {"wall_s": 1.0, "labs": 0}
+    assert timing_line(timing_summary(1.0, {})) == "wall time: 1.0s (no lab ran)"

@@ -152,8 +152,15 @@ def test_steady_traffic_defeats_the_seed_order_and_istio_s_own_drain(runs) -> No
 
 
 def test_artifacts_are_complete(runs) -> None:
-    stdout, dirs, _, _ = runs
+    stdout, dirs, comparison, _ = runs
     assert "comparison report:" in stdout and "wall time:" in stdout
+    # where the time went: every completed run counted, each lab's fixed cost apart
+    timing = comparison["timing"]
+    assert timing["runs"] == sum(len(v) for v in comparison["run_dirs"]["inflight"].values()) + sum(
+        len(v) for v in comparison["run_dirs"]["steady"].values()
+    )
+    assert 0 < timing["longest_run_s"] <= timing["longest_lab"]["s"] <= timing["wall_s"]
+    assert all(s > 0 for s in timing["outside_runs_s"].values())
     for mode, run in dirs.items():
         names = {p.name for p in run.iterdir()}
         assert {

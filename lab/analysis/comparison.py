@@ -84,3 +84,38 @@ def verdict_line(runs: int, held: int, lost: int, causes: Counter[str], beyond: 
     top = ", ".join(f"{k} x{v}" for k, v in causes.most_common(3))
     why = f" ({beyond} longer than the path protects)" if beyond else ""
     return f"{lost} exposed lost{why} over {runs} runs; no loss in {held} of {runs}; causes: {top}"
+
+
+def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) -> dict[str, Any]:
+    """Where `make experiment`'s time went. `labs`: a lab's name -> (its playbook's
+    elapsed seconds, each completed run's own duration). The wall time is set against
+    the longest lab (side by side, the floor), the longest run and the sum of runs; what
+    a lab spends outside its runs is its fixed cost (Ansible, HAProxy's convergence,
+    the render), paid once per lab."""
+    if not labs:
+        return {"wall_s": round(wall_s, 1), "labs": 0}
+    longest = max(labs, key=lambda name: labs[name][0])
+    runs = [d for _, durations in labs.values() for d in durations]
+    outside = {name: round(total - sum(ds), 1) for name, (total, ds) in labs.items()}
+    return {
+        "wall_s": round(wall_s, 1),
+        "labs": len(labs),
+        "longest_lab": {"name": longest, "s": round(labs[longest][0], 1)},
+        "runs": len(runs),
+        "longest_run_s": round(max(runs), 1) if runs else None,
+        "sum_of_runs_s": round(sum(runs), 1),
+        "outside_runs_s": outside,
+    }
+
+
+def timing_line(t: dict[str, Any]) -> str:
+    """`timing_summary` in one line for the terminal."""
+    if not t.get("labs"):
+        return f"wall time: {t['wall_s']}s (no lab ran)"
+    outside = list(t["outside_runs_s"].values())
+    return (
+        f"wall time: {t['wall_s']}s for {t['labs']} labs side by side; longest lab "
+        f"{t['longest_lab']['s']}s ({t['longest_lab']['name']}); {t['runs']} runs, the "
+        f"longest {t['longest_run_s']}s, together {t['sum_of_runs_s']}s; each lab's fixed "
+        f"cost outside its runs (Ansible, HAProxy, render) {min(outside)}-{max(outside)}s"
+    )

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..analysis.comparison import compare
+from ..analysis.comparison import compare, timing_line, timing_summary
 from ..analysis.report import write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
@@ -93,6 +93,7 @@ class LabRun:
     index: int
     lab_dir: Path
     proc: asyncio.subprocess.Process | None = None
+    elapsed_s: float = 0.0  # the playbook run's wall time, its repeats included
 
     @property
     def name(self) -> str:
@@ -243,12 +244,23 @@ async def run_lab(
     """The lab's mode and scenario, `repeats` times one after the other in one playbook
     run: (exit code, result) each; a repeat that never ran has no result."""
     await asyncio.sleep(start_after_s)
+    started = time.monotonic()
     code = await run_mode(run, profile, artifacts, repeats)
+    run.elapsed_s = time.monotonic() - started
     out = []
     for i in range(1, repeats + 1):
         result = read_result(run.result_file(i))
         ok = result is not None and result["status"] == "completed"
         out.append((0 if ok else (code or 1), result))
+    return out
+
+
+def run_durations(run_dirs: list[Path]) -> list[float]:
+    """Each completed run's own duration, from its journal (bring-up to finalize)."""
+    out = []
+    for d in run_dirs:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            out.append(float(json.loads((d / "journal.json").read_text())["duration_s"]))
     return out
 
 
@@ -303,6 +315,13 @@ async def main_async(
             lines = r.log_path.read_text(errors="replace").splitlines()
             print("\n".join(lines[-25:]), file=sys.stderr)
     all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
+    timing = timing_summary(
+        time.monotonic() - started,
+        {
+            r.name: (r.elapsed_s, run_durations(done.get(r.scenario, {}).get(r.mode, [])))
+            for r in runs
+        },
+    )
     if all_runs:
         stamp = utc_stamp()
         folder = all_runs[0].parent
@@ -323,6 +342,7 @@ async def main_async(
                 sc: {m: [str(d) for d in dirs] for m, dirs in by_mode.items()}
                 for sc, by_mode in done.items()
             },
+            "timing": timing,
         }
         write_json(folder / f"comparison-{stamp}.json", doc)
         print("\n" + table)
@@ -332,10 +352,8 @@ async def main_async(
                 print(f"  {mode:>12} {sc:>8}: {m['verdict']}")
         print(f"\ncomparison report: {page}")
         print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
-    print(
-        f"wall time: {time.monotonic() - started:.1f}s for {len(runs)} labs side by side "
-        f"({len(modes)} modes x {len(scenarios)} scenarios), {repeats} run(s) each"
-    )
+    print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")
+    print(timing_line(timing))
     return 1 if failed else 0
 
 
