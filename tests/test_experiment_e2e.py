@@ -226,12 +226,31 @@ def test_run_directories_are_never_reused(tmp_path: Path) -> None:
             ["-e", "mode=current", "-e", "experiment_profile=slow"],
             "profile=slow one of seed, quick",
         ),
+        # make experiment's shared render: a folder without the mode's Deployment, and
+        # a render that cannot carry the run's timing overrides
+        (
+            ["-e", "mode=current", "-e", "experiment_manifests={tmp}/nowhere"],
+            "experiment_manifests={tmp}/nowhere must be a folder rendered by",
+        ),
+        (
+            [
+                "-e",
+                "mode=current",
+                "-e",
+                f"experiment_manifests={ROOT / 'manifests'}",
+                "-e",
+                '{"timing_overrides": {"drain_timeout_s": 11}}',
+            ],
+            'cannot carry timing_overrides={"drain_timeout_s": 11}',
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_changes(
     tmp_path: Path, extra: list[str], named: str
 ) -> None:
     artifacts = tmp_path / "artifacts"
+    extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
+    named = named.replace("{tmp}", str(tmp_path))
     result = subprocess.run(
         [
             str(VENV_BIN / "ansible-playbook"),

@@ -91,7 +91,7 @@ def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) ->
     elapsed seconds, each completed run's own duration). The wall time is set against
     the longest lab (side by side, the floor), the longest run and the sum of runs; what
     a lab spends outside its runs is its fixed cost (Ansible, HAProxy's convergence,
-    the render), paid once per lab."""
+    each run's start and finalize), paid once per lab."""
     if not labs:
         return {"wall_s": round(wall_s, 1), "labs": 0}
     longest = max(labs, key=lambda name: labs[name][0])
@@ -117,5 +117,5 @@ def timing_line(t: dict[str, Any]) -> str:
         f"wall time: {t['wall_s']}s for {t['labs']} labs side by side; longest lab "
         f"{t['longest_lab']['s']}s ({t['longest_lab']['name']}); {t['runs']} runs, the "
         f"longest {t['longest_run_s']}s, together {t['sum_of_runs_s']}s; each lab's fixed "
-        f"cost outside its runs (Ansible, HAProxy, render) {min(outside)}-{max(outside)}s"
+        f"cost outside its runs (Ansible, HAProxy, starts) {min(outside)}-{max(outside)}s"
     )

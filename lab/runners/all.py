@@ -2,9 +2,10 @@
 one comparison.
 
 Each (scenario, mode) pair runs `playbooks/run-experiment.yml` once in its own isolated
-lab (its own loopback /16, ports and files): HAProxy and the manifests are converged
-once, then the repeats run one after the other, so the whole command takes about as
-long as its longest lab.
+lab (its own loopback /16, ports and files). Every mode's manifests are rendered once
+for all the labs (`.lab/manifests-<profile>`); each lab converges its HAProxy once, then
+its repeats run one after the other, so the whole command takes about as long as its
+longest lab.
 Each run writes `.lab/<N>/result-<repeat>.json` (where its artifacts are, how it
 ended), which is what this reads.
 
@@ -140,7 +141,48 @@ def stop_lab_haproxy(lab_dir: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-async def run_mode(run: LabRun, profile: str, artifacts: Path | None, repeats: int) -> int:
+def shared_manifests_dir(profile: str) -> Path:
+    """Where `make experiment` renders every mode's manifests once for all its labs."""
+    return ROOT / ".lab" / f"manifests-{profile}"
+
+
+async def render_shared_manifests(profile: str) -> Path:
+    """Every mode's manifests for `profile`, rendered once by the manifests role (one
+    playbook run, instead of one render per lab: under 8 labs on 2 cores each render
+    was seconds of CPU the others waited for). RuntimeError with the log's end on a
+    failure; on cancellation the playbook is stopped before this returns."""
+    dest = shared_manifests_dir(profile)
+    log_path = ROOT / ".lab" / f"render-{profile}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "playbooks/render-manifests.yml",
+            "-e",
+            f"timing_profile={profile}",
+            "-e",
+            f"manifests_dir={dest}",
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            await proc.wait()
+            raise
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"rendering the manifests failed (exit {code}, {log_path}):\n{tail}")
+    return dest
+
+
+async def run_mode(
+    run: LabRun, profile: str, artifacts: Path | None, repeats: int, manifests: Path | None = None
+) -> int:
     run.lab_dir.mkdir(parents=True, exist_ok=True)
     progress = run.lab_dir / "progress.log"
     progress.unlink(missing_ok=True)
@@ -163,6 +205,7 @@ async def run_mode(run: LabRun, profile: str, artifacts: Path | None, repeats: i
             "-e",
             f"experiment_result_file={run.lab_dir / RESULT_FILE}",
             *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
+            *(["-e", f"experiment_manifests={manifests}"] if manifests else []),
             cwd=ROOT,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
@@ -239,13 +282,18 @@ async def stop_runs(runs: list[LabRun]) -> None:
 
 
 async def run_lab(
-    run: LabRun, repeats: int, profile: str, artifacts: Path | None, start_after_s: float = 0
+    run: LabRun,
+    repeats: int,
+    profile: str,
+    artifacts: Path | None,
+    start_after_s: float = 0,
+    manifests: Path | None = None,
 ) -> list[tuple[int, dict[str, Any] | None]]:
     """The lab's mode and scenario, `repeats` times one after the other in one playbook
     run: (exit code, result) each; a repeat that never ran has no result."""
     await asyncio.sleep(start_after_s)
     started = time.monotonic()
-    code = await run_mode(run, profile, artifacts, repeats)
+    code = await run_mode(run, profile, artifacts, repeats, manifests)
     run.elapsed_s = time.monotonic() - started
     out = []
     for i in range(1, repeats + 1):
@@ -278,8 +326,15 @@ async def main_async(
         LabRun(m, sc, first_index + i, ROOT / ".lab" / str(first_index + i))
         for i, (m, sc) in enumerate(pairs)
     ]
+    print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
+    try:
+        manifests = await render_shared_manifests(profile)
+    except RuntimeError as exc:
+        print(f"lab.runners.all: {exc}", file=sys.stderr)
+        return 1
+    print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
     tasks = [
-        asyncio.create_task(run_lab(r, repeats, profile, artifacts, i * LAB_STAGGER_S))
+        asyncio.create_task(run_lab(r, repeats, profile, artifacts, i * LAB_STAGGER_S, manifests))
         for i, r in enumerate(runs)
     ]
     try:
