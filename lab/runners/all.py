@@ -141,6 +141,25 @@ def stop_lab_haproxy(lab_dir: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+async def start_playbook(
+    playbook: str, extra_vars: dict[str, object], log: IO[bytes]
+) -> asyncio.subprocess.Process:
+    """`ansible-playbook <playbook> -e <extra vars as JSON>` from the checkout (JSON: a
+    path with a space or an `=` stays one value), output to `log`, in a process group of
+    its own: Ctrl-C reaches it through us, so that we can wait for its cleanup and then
+    make sure nothing of the lab is left."""
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        playbook,
+        "-e",
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()}),
+        cwd=ROOT,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def shared_manifests_dir(profile: str) -> Path:
     """Where `make experiment` renders every mode's manifests once for all its labs."""
     return ROOT / ".lab" / f"manifests-{profile}"
@@ -155,17 +174,10 @@ async def render_shared_manifests(profile: str) -> Path:
     log_path = ROOT / ".lab" / f"render-{profile}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "ansible-playbook"),
+        proc = await start_playbook(
             "playbooks/render-manifests.yml",
-            "-e",
-            f"timing_profile={profile}",
-            "-e",
-            f"manifests_dir={dest}",
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            {"timing_profile": profile, "manifests_dir": dest},
+            log,
         )
         try:
             code = await proc.wait()
@@ -189,30 +201,19 @@ async def run_mode(
     for old in run.results():
         old.unlink()
     with run.log_path.open("wb") as log:
-        run.proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "playbooks/run-experiment.yml",
-            "-e",
-            f"mode={run.mode}",
-            "-e",
-            f"lab_index={run.index}",
-            "-e",
-            f"scenario={run.scenario}",
-            "-e",
-            f"experiment_profile={profile}",
-            "-e",
-            f"experiment_repeats={repeats}",
-            "-e",
-            f"experiment_result_file={run.lab_dir / RESULT_FILE}",
-            *(["-e", f"experiment_artifacts={artifacts}"] if artifacts else []),
-            *(["-e", f"experiment_manifests={manifests}"] if manifests else []),
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            # its own process group: Ctrl-C reaches it through us, so that we can wait
-            # for its cleanup and then make sure nothing of the lab is left
-            start_new_session=True,
-        )
+        extra: dict[str, object] = {
+            "mode": run.mode,
+            "lab_index": run.index,
+            "scenario": run.scenario,
+            "experiment_profile": profile,
+            "experiment_repeats": repeats,
+            "experiment_result_file": run.lab_dir / RESULT_FILE,
+        }
+        if artifacts:
+            extra["experiment_artifacts"] = artifacts
+        if manifests:
+            extra["experiment_manifests"] = manifests
+        run.proc = await start_playbook("playbooks/run-experiment.yml", extra, log)
         shown = 0
         while run.proc.returncode is None:
             with contextlib.suppress(TimeoutError):
