@@ -211,3 +211,32 @@ def test_garbage_behind_a_running_request_waits_for_its_answer(procs: Procs) -> 
     backend.stop()
     assert [line["status"] for line in backend.logfmt_lines("request")] == ["200"]
     assert backend.logfmt_lines("client_disconnected") == []
+    # the refused head has its record too, though no handler saw it
+    [refused] = backend.logfmt_lines("request_refused")
+    assert refused["status"] == "400" and "bad request" in refused["reason"]
+
+
+def test_an_upgrade_right_behind_a_request_runs_after_it(procs: Procs) -> None:
+    """Envoy reuses a pooled connection for a WebSocket the moment the previous answer
+    arrived, which can be before that handler has finished: the upgrade must wait its
+    turn, not be refused (a lost `ws` request in the steady scenario, found by CI)."""
+    backend = procs.backend()
+    key = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key and its answer below
+    with connect(backend) as s, s.makefile("rb") as f:
+        s.sendall(
+            b"GET /sleep?seconds=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert read_response(f)[:3:2] == (200, b"slept 1s\n")
+        status_line = f.readline()
+        headers = {}
+        while (line := f.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        assert b" 101 " in status_line
+        assert headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        mask = b"\x01\x02\x03\x04"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+        s.sendall(b"\x81\x82" + mask + payload)  # a masked text frame: "hi"
+        assert f.read(4) == b"\x81\x02hi"  # echoed, unmasked

@@ -106,8 +106,9 @@ def test_a_second_make_experiment_is_refused_while_the_first_runs(tmp_path: Path
     first = run_all(tmp_path / "first", "--modes=improved")
     try:
         assert first.stdout is not None
-        line = first.stdout.readline()  # the first progress line: its labs are taken
-        assert "run " in line, line
+        # its first line (the shared render starting): the lock on its labs is taken
+        line = first.stdout.readline()
+        assert "rendering every mode's manifests once" in line, line
         started = time.monotonic()
         second = run_all(tmp_path / "second", "--modes=current")
         _, err = second.communicate(timeout=30)

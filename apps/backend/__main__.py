@@ -23,7 +23,7 @@ import uvloop
 from applog import LineBuffer
 
 from .http1 import Connections
-from .server import build_handler
+from .server import build_handler, refusal_log
 
 
 def _raise_fd_limit() -> None:
@@ -100,7 +100,9 @@ def main() -> int:
     # and in order with them
     lines = LineBuffer("backend")
     _raise_fd_limit()
-    connections = Connections(build_handler(hostname, lines))
+    connections = Connections(
+        build_handler(hostname, lines), on_refused=refusal_log(hostname, lines)
+    )
     # uvloop: the event loop in C (libuv), about 15% more requests per second than
     # asyncio's own loop here (benchmarks/RESULTS.md)
     return uvloop.run(serve(connections, host, port, shutdown_timeout, lines, hostname))

@@ -167,9 +167,17 @@ class Connections:
     """A server's open connections: the shared clock for Date, the idle sweep, and the
     graceful drain. One per listening server; the protocol factory is `factory()`."""
 
-    def __init__(self, handler: Handler, keepalive_s: float = 75.0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        keepalive_s: float = 75.0,
+        on_refused: Callable[[str, int, str], None] | None = None,
+    ) -> None:
         self.handler = handler
         self.keepalive_s = keepalive_s
+        #: told (remote address, status, reason) of each head refused before any
+        #: handler saw it: the server's one record of such a request
+        self._on_refused = on_refused
         self.draining = False
         self._open: set[HttpConnection] = set()
         self._all_closed: asyncio.Event | None = None
@@ -189,6 +197,10 @@ class Connections:
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def refused(self, remote: str, status: int, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(remote, status, reason)
 
     def opened(self, conn: HttpConnection) -> None:
         self._open.add(conn)
@@ -262,6 +274,7 @@ class HttpConnection(asyncio.Protocol):
         self._response: Response | None = None
         self._upgrade: Request | None = None
         self._upgrade_rest = b""  # bytes after an upgrade request's head
+        self._upgrading = False  # from an upgrade request's head to its handler's take-over
         self._refusal: tuple[int, str] | None = None  # to answer once the current one is
         self._receive: Callable[[bytes], None] | None = None
         self._writable: asyncio.Future[None] | None = None
@@ -279,6 +292,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._receive is not None:  # switched protocols
             self._receive(data)
+            return
+        if self._upgrading:  # bytes for the protocol the handler is about to take over
+            self._upgrade_rest += data
             return
         try:
             self._parser.feed_data(data)
@@ -376,28 +392,39 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         if self._queue:
-            if len(self._queue) < MAX_QUEUED and self.transport is not None:
+            if len(self._queue) < MAX_QUEUED and not self._upgrading and self.transport:
                 self.transport.resume_reading()
             self._start(self._queue.popleft())
         else:
             self.idle_since = time.monotonic()
 
     def _begin_upgrade(self, rest: bytes) -> None:
+        """An upgrade request's head is complete: no HTTP request can follow it on this
+        connection. It runs after the current one (a client may send it the moment the
+        previous answer arrived, before that handler has quite finished); until its
+        handler takes over, the connection stops reading and keeps what came."""
         request, self._upgrade = self._upgrade, None
-        if request is None or self._task is not None or self._queue:
-            # an upgrade behind pipelined requests: nothing the experiment sends
-            self._refuse(400, "an upgrade must be the connection's only request\n")
+        if request is None:
+            self._refuse(400, "bad request: an upgrade without a complete request\n")
             return
-        self.keep_alive = False
+        self._upgrading = True
         self._upgrade_rest = rest
-        self._start(request)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self._task is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
 
     def take_over(self, head: bytes, receive: Callable[[bytes], None]) -> None:
         self._receive = receive
+        self._upgrading = False
         self.write(head)
         rest, self._upgrade_rest = self._upgrade_rest, b""
         if rest:
             receive(rest)
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def _refuse(self, status: int, reason: str) -> None:
         """Answer a head that cannot be served and close; after the current request's
@@ -413,6 +440,7 @@ class HttpConnection(asyncio.Protocol):
     def _send_refusal(self) -> None:
         status, reason = self._refusal or (400, "bad request\n")
         Response(self, head_only=False).send(status, reason.encode())
+        self._connections.refused(self._remote, status, reason.strip())
         self.close()
 
     # ------------------------------------------------------------ for Response

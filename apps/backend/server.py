@@ -115,6 +115,20 @@ def whoami(hostname: str) -> Route:
     return handle
 
 
+def refusal_log(hostname: str, lines: LineBuffer) -> Callable[[str, int, str], None]:
+    """The line for a request head refused before routing (400, 431): no handler ran,
+    and it may carry no request id, but the server still says it answered."""
+
+    def log(remote: str, status: int, reason: str) -> None:
+        lines.write(
+            "request_refused",
+            {"remote": remote, "hostname": hostname, "status": status, "reason": reason},
+            level="WARNING",
+        )
+
+    return log
+
+
 def build_handler(hostname: str, lines: LineBuffer) -> Handler:
     """Every request: routed, answered, and logged in one logfmt line, including those
     the client cut (499) and those the shutdown deadline cut (503)."""
