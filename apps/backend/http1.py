@@ -1,6 +1,6 @@
 """HTTP/1.1 for the backend: an asyncio protocol on httptools (llhttp, the parser Node.js
 uses), with the few server semantics the experiment rests on, stated here and tested in
-tests/test_backend.py.
+tests/test_backend_http1.py (and through the routes in tests/test_backend.py).
 
 Why not aiohttp's web server, as hc uses: the backend must not be what limits a run, and
 aiohttp's request, response and router objects cost about 50 µs a request, a third of
@@ -386,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
             if not response.status:
                 response.send(500, b"internal error\n")
         if self._refusal is not None and response.ended:
-            self._send_refusal()
+            self._send_refusal(*self._refusal)
             return
         if self._receive is not None or not self.keep_alive:
             self.close()
@@ -433,12 +433,11 @@ class HttpConnection(asyncio.Protocol):
         self._queue.clear()
         self._refusal = (status, reason)
         if self._task is None:
-            self._send_refusal()
+            self._send_refusal(status, reason)
         elif self.transport is not None:
             self.transport.pause_reading()
 
-    def _send_refusal(self) -> None:
-        status, reason = self._refusal or (400, "bad request\n")
+    def _send_refusal(self, status: int, reason: str) -> None:
         Response(self, head_only=False).send(status, reason.encode())
         self._connections.refused(self._remote, status, reason.strip())
         self.close()

@@ -13,7 +13,6 @@ from wsproto.events import (
     AcceptConnection,
     CloseConnection,
     Ping,
-    RejectConnection,
     TextMessage,
 )
 from wsproto.events import (
@@ -95,12 +94,10 @@ def accept(request: Request, response: Response) -> WebSocket | None:
         protocol.receive_data(_head(request))
         events = list(protocol.events())
     except RemoteProtocolError as exc:
-        events = [RejectConnection()]
-        reason = str(exc)
-    else:
-        reason = "not a WebSocket handshake"
+        response.send(400, f"{exc}\n".encode())
+        return None
     if not events or not isinstance(events[0], Handshake):
-        response.send(400, f"{reason}\n".encode())
+        response.send(400, b"not a WebSocket handshake\n")
         return None
     session = WebSocket(protocol, response.write_raw)
     response.take_over(101, protocol.send(AcceptConnection()), session.feed)
