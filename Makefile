@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # buildah, containerd and mmdebstrap: the images built and loaded for real (molecule images).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv lint pytest molecule test experiment clean
+.PHONY: help setup apt venv lint pytest molecule test experiment onebox onebox-down onebox-apt clean
 
 help:
 	@echo "make test        install (apt, .venv) then lint and pytest"
@@ -18,6 +18,9 @@ help:
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 	@echo "make experiment  every termination mode in every scenario on the local lab, side by side,"
 	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose)"
+	@echo "make onebox      the homelab's three-node kubeadm cluster on this machine, built from the pinned"
+	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
+	@echo "make onebox-down remove it, leaving nothing behind but the build cache"
 
 setup: apt venv
 
@@ -66,6 +69,34 @@ SCENARIOS ?= $(scenarios)
 REPEATS ?= $(repeats)
 experiment: setup
 	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS))
+
+# onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
+# nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the
+# machine (lab.onebox.preflight names anything missing).
+onebox-apt:
+	@missing=""; \
+	for cmd in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap buildah:buildah \
+	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2; do \
+	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# One onebox per machine (its addresses and folders are the machine's): a second
+# command while one runs is refused at once, with exit code 75.
+ONEBOX_LOCK := /run/lock/igw-onebox.lock
+ONEBOX_PLAY = flock --nonblock --conflict-exit-code 75 $(ONEBOX_LOCK) \
+	env PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-playbook -i inventory/onebox
+onebox: setup onebox-apt
+	@$(ONEBOX_PLAY) playbooks/onebox.yml || { rc=$$?; \
+	  [ $$rc = 75 ] && echo "make onebox: another onebox command holds $(ONEBOX_LOCK)" >&2; exit $$rc; }
+
+onebox-down: setup
+	@$(ONEBOX_PLAY) playbooks/onebox-down.yml || { rc=$$?; \
+	  [ $$rc = 75 ] && echo "make onebox-down: another onebox command holds $(ONEBOX_LOCK)" >&2; exit $$rc; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
