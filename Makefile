@@ -76,7 +76,7 @@ experiment: setup
 onebox-apt:
 	@missing=""; \
 	for cmd in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap buildah:buildah \
-	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2; do \
+	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2 busybox:busybox-static; do \
 	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -46,11 +46,14 @@ class ImageSpec:
     entrypoint: tuple[str, ...] = ()
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     base: Path | None = None  # a root filesystem tarball, or None for an empty base
+    links: tuple[tuple[str, str], ...] = ()  # (path in the image, what it points at)
     extra: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([self.name, self.entrypoint, self.env, self.extra]).encode())
+        h.update(
+            json.dumps([self.name, self.entrypoint, self.env, self.links, self.extra]).encode()
+        )
         for src, dst in self.files:
             h.update(dst.encode())
             h.update(file_digest(src).encode())
@@ -133,6 +136,38 @@ def specs(refs: list[str], bins: dict[str, Path], pause: Path, proxy_base: Path)
     return made
 
 
+#: Images the tests run beside kubeadm's: agnhost, Kubernetes' own test server, under
+#: the name and tag its e2e suite uses (test/images/agnhost/VERSION of the same
+#: module); and Debian's static busybox, for shells, sleeps and traps in test pods.
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_APPLETS = ("sh", "sleep", "true", "date", "echo", "cat", "kill", "ls", "wget", "nc")
+BUSYBOX_IMAGE = "onebox.invalid/busybox:debian"
+
+
+def agnhost_ref(k8s_source: Path) -> str:
+    version = (k8s_source / "test" / "images" / "agnhost" / "VERSION").read_text().strip()
+    return f"registry.k8s.io/e2e-test-images/agnhost:{version}"
+
+
+def test_specs(k8s_bin: Path, k8s_source: Path) -> list[ImageSpec]:
+    if not BUSYBOX.is_file():
+        raise ImageError(
+            f"image={BUSYBOX_IMAGE} step=source: {BUSYBOX} missing (apt install busybox-static)"
+        )
+    return [
+        ImageSpec(
+            agnhost_ref(k8s_source),
+            ((k8s_bin / "agnhost", "/agnhost"),),
+            entrypoint=("/agnhost",),
+        ),
+        ImageSpec(
+            BUSYBOX_IMAGE,
+            ((BUSYBOX, "/bin/busybox"),),
+            links=tuple((f"/bin/{a}", "busybox") for a in BUSYBOX_APPLETS),
+        ),
+    ]
+
+
 def run(step: str, name: str, argv: list[str]) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -154,6 +189,14 @@ def build_image(spec: ImageSpec, cache: Path, log: Callable[[str], None]) -> Pat
             run("base", spec.name, ["buildah", "add", ctr, str(spec.base), "/"])
         for src, dst in spec.files:
             run("copy", spec.name, ["buildah", "copy", "--chmod", "0755", ctr, str(src), dst])
+        if spec.links:
+            mnt = Path(run("mount", spec.name, ["buildah", "mount", ctr]))
+            try:
+                for link, target in spec.links:
+                    (mnt / link.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                    (mnt / link.lstrip("/")).symlink_to(target)
+            finally:
+                run("umount", spec.name, ["buildah", "umount", ctr])
         config = ["buildah", "config"]
         for e in spec.env:
             config += ["--env", e]
@@ -175,10 +218,14 @@ def build_image(spec: ImageSpec, cache: Path, log: Callable[[str], None]) -> Pat
     return archive
 
 
+def module_source(pins: dict[str, Pin], cache: Path) -> Path:
+    """The pinned Kubernetes module's files, as the Go build downloaded them."""
+    return cache / "gomod" / f"{pins['kubernetes'].module}@{pins['kubernetes'].version}"
+
+
 def build_pause(pins: dict[str, Pin], cache: Path, tag: str) -> Path:
     """Kubernetes' pause.c, compiled static as its own Makefile does."""
-    source = cache / "gomod" / f"{pins['kubernetes'].module}@{pins['kubernetes'].version}"
-    source = source / "build" / "pause" / "linux" / "pause.c"
+    source = module_source(pins, cache) / "build" / "pause" / "linux" / "pause.c"
     out = cache / "bin" / f"pause-{tag}" / "pause"
     if out.is_file():
         return out
@@ -241,10 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         pause_tag = next(tag_of(r) for r in refs if image_for(r) == "pause")
         pause = build_pause(pins, args.cache, pause_tag)
         proxy_base = build_proxy_base(args.cache)
-        archives = {
-            s.name: str(build_image(s, args.cache, log))
-            for s in specs(refs, bins, pause, proxy_base)
-        }
+        wanted = specs(refs, bins, pause, proxy_base)
+        wanted += test_specs(bins["kubernetes"], module_source(pins, args.cache))
+        archives = {s.name: str(build_image(s, args.cache, log)) for s in wanted}
     except (PinError, ImageError, subprocess.CalledProcessError) as e:
         print(f"onebox images: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 // Kubernetes 1.34, built from its own module. k8s.io/kubernetes replaces its staging
 // modules with its source tree; a module that requires it replaces them with their
-// published versions of the same release instead. The sample-* staging modules are
-// left out: no binary built here imports them.
+// published versions of the same release instead. sample-cli-plugin and
+// sample-controller are left out: nothing built here imports them, and the module
+// proxy serves neither at this release (sample-apiserver is imported by e2e.test).
 module igw-lab.invalid/onebox/kubernetes
 
 go 1.25.0
@@ -221,6 +222,7 @@ replace (
 	k8s.io/metrics => k8s.io/metrics v0.34.12
 	k8s.io/mount-utils => k8s.io/mount-utils v0.34.12
 	k8s.io/pod-security-admission => k8s.io/pod-security-admission v0.34.12
+	k8s.io/sample-apiserver => k8s.io/sample-apiserver v0.34.12
 )
 
 tool (

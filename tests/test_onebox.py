@@ -1,0 +1,545 @@
+"""onebox for real: the cluster `make onebox` brings up, the behaviours the experiment
+rests on, each on the real Kubernetes components, and `make onebox-down` leaving
+nothing behind.
+
+The session brings onebox up from the build cache (building first on a machine that
+never built: tens of minutes), runs everything against it, and removes it at the
+end (the last test). A onebox already running on this machine is used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lab.onebox.images import BUSYBOX_IMAGE, agnhost_ref, module_source
+from lab.onebox.machines import CGROUP_CONTROLLERS
+from lab.onebox.pins import read_pins
+
+pytestmark = pytest.mark.onebox
+
+ROOT = Path(__file__).resolve().parent.parent
+INVENTORY = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all.yml").read_text())
+HOSTS = yaml.safe_load((ROOT / "inventory/onebox/hosts.yml").read_text())["all"]["children"]
+NODES = {
+    name: host["ansible_host"]
+    for group in ("kube_control_plane", "workers")
+    for name, host in HOSTS[group]["hosts"].items()
+}
+PINS = read_pins(ROOT / "onebox/modules")
+CONTEXT = INVENTORY["kube_context"]
+NAMESPACE = "onebox-test"
+
+
+class Kube:
+    """kubectl as built from the pinned module, on the onebox context."""
+
+    def __init__(self) -> None:
+        self.kubectl = (
+            Path(INVENTORY["onebox_cache_dir"]) / "bin" / PINS["kubernetes"].key / "kubectl"
+        )
+        self.agnhost = ""
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.kubectl), f"--context={CONTEXT}", *args]
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+    ) -> str:
+        proc = subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, input=stdin
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: rc={proc.returncode}\n{proc.stderr}")
+        return proc.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--output=json"))
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]]) -> None:
+        items = manifest if isinstance(manifest, list) else [manifest]
+        self.run(
+            "apply",
+            "--filename=-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+
+    def ns(self, *args: str) -> list[str]:
+        return [f"--namespace={NAMESPACE}", *args]
+
+
+def make(target: str, log: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    with log.open("w") as out:
+        return subprocess.run(
+            ["make", "--no-print-directory", target],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def onebox_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onebox")
+
+
+@pytest.fixture(scope="session")
+def kube(onebox_logs: Path) -> Iterator[Kube]:
+    log = onebox_logs / "make-onebox.log"
+    started = time.monotonic()
+    proc = make("onebox", log, timeout=3600)
+    assert proc.returncode == 0, f"make onebox failed ({log}):\n{log.read_text()[-4000:]}"
+    print(f"make onebox: {time.monotonic() - started:.0f}s", file=sys.stderr)
+    k = Kube()
+    k.agnhost = agnhost_ref(module_source(PINS, Path(INVENTORY["onebox_cache_dir"])))
+    k.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=180)
+    k.run("create", "namespace", NAMESPACE)
+    yield k
+
+
+def wait_for(what: str, check: Any, timeout: float, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not after {timeout:.0f}s (last: {last!r})")
+
+
+# --- the cluster -----------------------------------------------------------------
+
+
+def test_three_ready_nodes_shaped_like_the_homelab(kube: Kube) -> None:
+    nodes = {n["metadata"]["name"]: n for n in kube.json("get", "nodes")["items"]}
+    assert sorted(nodes) == sorted(NODES)
+    for name, node in nodes.items():
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        assert ready == "True", name
+        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+        assert addresses["InternalIP"] == NODES[name]
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == PINS["kubernetes"].version
+        assert info["containerRuntimeVersion"].startswith("containerd://")
+    taints = nodes["master1"]["spec"].get("taints", [])
+    assert {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"} in taints
+    for worker in ("worker1", "worker2"):
+        assert not nodes[worker]["spec"].get("taints")
+    version = json.loads(kube.run("get", "--raw=/version"))
+    assert version["gitVersion"] == PINS["kubernetes"].version
+
+
+def test_the_control_plane_runs_the_images_built_here(kube: Kube) -> None:
+    pods = kube.json("get", "pods", "--namespace=kube-system")["items"]
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    expected = subprocess.run(
+        [
+            str(kube.kubectl.with_name("kubeadm")),
+            "config",
+            "images",
+            "list",
+            f"--kubernetes-version={PINS['kubernetes'].version}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # pause runs under every pod, not as a container of one
+    assert images == {ref for ref in expected if "/pause:" not in ref}
+    for pod in pods:
+        for status in pod["status"].get("containerStatuses", []):
+            assert status["ready"], pod["metadata"]["name"]
+
+
+def test_a_second_make_onebox_changes_nothing(kube: Kube, onebox_logs: Path) -> None:
+    log = onebox_logs / "make-onebox-again.log"
+    proc = make("onebox", log, timeout=900)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", text, re.M)
+    assert {host for host, _ in recap} == {"localhost", *NODES}, text[-2000:]
+    assert all(changed == "0" for _, changed in recap), recap
+
+
+# --- the behaviours the experiment rests on ---------------------------------------
+
+
+def anti_affinity_deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "labelSelector": {"matchLabels": labels},
+                                    "topologyKey": "kubernetes.io/hostname",
+                                }
+                            ]
+                        }
+                    },
+                    "tolerations": [],
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "pause",
+                            "image": PAUSE,
+                            # imported with ctr, never pulled: IfNotPresent must find it
+                            "imagePullPolicy": "IfNotPresent",
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+PAUSE = "registry.k8s.io/pause:3.10.1"
+
+
+def test_a_surge_pod_needs_master1_untainted_under_required_anti_affinity(kube: Kube) -> None:
+    """Replicas = workers, maxSurge 1, one pod per node: the surge pod has no seat until
+    master1's control-plane taint is removed (the scheduler), as on the homelab."""
+    name = "seats"
+    kube.apply(anti_affinity_deployment(name, len(NODES) - 1))
+    kube.run(*kube.ns("rollout", "status", f"deployment/{name}", "--timeout=120s"), timeout=150)
+    kube.run(*kube.ns("rollout", "restart", f"deployment/{name}"))
+    try:
+        stuck = kube.run(
+            *kube.ns("rollout", "status", f"deployment/{name}", "--timeout=15s"),
+            check=False,
+            timeout=60,
+        )
+        assert "successfully rolled out" not in stuck
+        events = kube.json(*kube.ns("get", "events", "--field-selector=reason=FailedScheduling"))[
+            "items"
+        ]
+        messages = " ".join(e["message"] for e in events)
+        assert "anti-affinity" in messages and "untolerated taint" in messages, messages
+        kube.run("taint", "node", "master1", "node-role.kubernetes.io/control-plane:NoSchedule-")
+        kube.run(*kube.ns("rollout", "status", f"deployment/{name}", "--timeout=120s"), timeout=150)
+    finally:
+        kube.run(
+            "taint",
+            "node",
+            "master1",
+            "node-role.kubernetes.io/control-plane:NoSchedule",
+            "--overwrite",
+        )
+        kube.run(*kube.ns("delete", "deployment", name, "--wait=false"))
+
+
+def http_get(url: str, timeout: float) -> tuple[int, str] | str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except (OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def http_answer(url: str) -> tuple[int, str] | None:
+    answer = http_get(url, 2)
+    return answer if isinstance(answer, tuple) else None
+
+
+def test_nodeport_with_local_traffic_policy_answers_only_where_an_endpoint_is(kube: Kube) -> None:
+    """kube-proxy's iptables rules: a NodePort with externalTrafficPolicy Local answers
+    on the node with a ready endpoint and not on the other worker."""
+    name = "local-np"
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+                "spec": {
+                    "nodeName": "worker1",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "netexec",
+                            "image": kube.agnhost,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": ["netexec", "--http-port=8080"],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": 8080},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ],
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {
+                    "type": "NodePort",
+                    "externalTrafficPolicy": "Local",
+                    "selector": {"app": name},
+                    "ports": [{"port": 80, "targetPort": 8080}],
+                },
+            },
+        ]
+    )
+    try:
+        kube.run(
+            *kube.ns("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s"), timeout=120
+        )
+        port = kube.json(*kube.ns("get", "service", name))["spec"]["ports"][0]["nodePort"]
+        answer = wait_for(
+            "worker1's NodePort answering",
+            lambda: http_answer(f"http://{NODES['worker1']}:{port}/hostname"),
+            timeout=30,
+        )
+        assert answer == (200, name)
+        refused = http_get(f"http://{NODES['worker2']}:{port}/hostname", 2)
+        assert isinstance(refused, str), refused
+    finally:
+        kube.run(*kube.ns("delete", "pod,service", name, "--wait=false"))
+
+
+def test_graceful_delete_runs_prestop_then_sigterm_then_sigkill_at_the_grace_period(
+    kube: Kube,
+) -> None:
+    """kubelet runs the preStop hook first, SIGTERM after it, SIGKILL when the grace
+    period ends; meanwhile the controller-manager keeps the endpoint in its
+    EndpointSlice as ready=false, serving=true, terminating=true until it is gone."""
+    name = "lifecycle"
+    grace, prestop = 8, 3
+    hook = f"echo prestop-at $(date +%s) > /proc/1/fd/1; sleep {prestop}"
+    script = (
+        "trap 'echo term-at $(date +%s); sleep 600' TERM; echo started; "
+        "while true; do sleep 0.2; done"
+    )
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+                "spec": {
+                    "nodeName": "worker2",
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": BUSYBOX_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/bin/sh", "-c", script],
+                            "readinessProbe": {
+                                "exec": {"command": ["/bin/true"]},
+                                "periodSeconds": 1,
+                            },
+                            "lifecycle": {
+                                "preStop": {
+                                    "exec": {
+                                        "command": [
+                                            "/bin/sh",
+                                            "-c",
+                                            hook,
+                                        ]
+                                    }
+                                }
+                            },
+                        }
+                    ],
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
+            },
+        ]
+    )
+    kube.run(*kube.ns("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s"), timeout=120)
+    lines: list[tuple[float, str]] = []
+    follow = subprocess.Popen(
+        kube.argv(*kube.ns("logs", "--follow", name)), stdout=subprocess.PIPE, text=True
+    )
+    reader = threading.Thread(
+        target=lambda: [lines.append((time.time(), ln.strip())) for ln in follow.stdout or []],
+        daemon=True,
+    )
+    reader.start()
+    try:
+        wait_for("kubectl logs -f streaming", lambda: any(ln == "started" for _, ln in lines), 20)
+        deleted_at = time.time()
+        kube.run(*kube.ns("delete", "pod", name, "--wait=false"))
+        conditions: list[dict[str, Any]] = []
+        gone_at = None
+        deadline = deleted_at + grace + 20
+        while time.time() < deadline:
+            slices = kube.json(
+                *kube.ns("get", "endpointslices", f"--selector=kubernetes.io/service-name={name}")
+            )
+            endpoints = [e for s in slices["items"] for e in s.get("endpoints") or []]
+            conditions += [e.get("conditions", {}) for e in endpoints]
+            pod = kube.run(*kube.ns("get", "pod", name, "--ignore-not-found", "--output=name"))
+            if not pod.strip():
+                gone_at = time.time()
+                break
+            time.sleep(0.5)
+        assert gone_at is not None, "pod not gone"
+    finally:
+        follow.send_signal(signal.SIGTERM)
+        follow.wait(10)
+    stamps = {ln.split()[0]: (seen, ln) for seen, ln in lines if ln.split()[0].endswith("-at")}
+    assert "prestop-at" in stamps and "term-at" in stamps, lines
+    prestop_at = int(stamps["prestop-at"][1].split()[1])
+    term_at = int(stamps["term-at"][1].split()[1])
+    # SIGTERM only after the hook's sleep; SIGKILL at the grace period (the trap sleeps on)
+    assert term_at - prestop_at >= prestop - 1, (prestop_at, term_at)
+    assert grace - 1 <= gone_at - deleted_at <= grace + 8, gone_at - deleted_at
+    assert {"ready": False, "serving": True, "terminating": True} in conditions, conditions
+    kube.run(*kube.ns("delete", "service", name, "--wait=false"))
+
+
+def test_exec_and_port_forward_work(kube: Kube) -> None:
+    """The homelab collectors stream logs (above), exec into pods and port-forward."""
+    name = "tools"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "nodeName": "worker1",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "netexec",
+                        "image": kube.agnhost,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": ["netexec", "--http-port=8080"],
+                    }
+                ],
+            },
+        }
+    )
+    try:
+        kube.run(
+            *kube.ns("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s"), timeout=120
+        )
+        # kubelet wrote the pod's resolv.conf: the namespace's search list, read from inside
+        suffixes = kube.run(*kube.ns("exec", name, "--", "/agnhost", "dns-suffix")).strip()
+        assert suffixes == f"{NAMESPACE}.svc.cluster.local,svc.cluster.local,cluster.local"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        forward = subprocess.Popen(
+            kube.argv(*kube.ns("port-forward", f"pod/{name}", f"{port}:8080")),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            answer = wait_for(
+                "port-forward answering",
+                lambda: http_answer(f"http://127.0.0.1:{port}/hostname"),
+                timeout=30,
+            )
+            assert answer == (200, name)
+        finally:
+            forward.terminate()
+            forward.wait(10)
+    finally:
+        kube.run(*kube.ns("delete", "pod", name, "--wait=false"))
+
+
+# --- and gone -----------------------------------------------------------------------
+
+
+def leftovers() -> list[str]:
+    """Everything of onebox's that could outlive it on this machine."""
+    found: list[str] = []
+    state = INVENTORY["onebox_state_dir"]
+    bridge = INVENTORY["onebox_bridge"]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(
+                (b"systemd-nspawn", b"kubelet", b"containerd", b"kube-apiserver")
+            ):
+                found.append(f"process {pid}: {cmd[0].decode()}")
+    found += [
+        f"mount {line.split()[4]}"
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if state in line.split()[4]
+    ]
+    found += [f"netns {n}" for n in os.listdir("/run/netns")] if Path("/run/netns").is_dir() else []
+    found = [f for f in found if not f.startswith("netns ") or f.startswith("netns onebox-")]
+    links = json.loads(
+        subprocess.run(
+            ["ip", "-j", "link", "show"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    found += [
+        f"link {i['ifname']}"
+        for i in links
+        if i["ifname"] == bridge or i["ifname"].startswith("obv-")
+    ]
+    for c in CGROUP_CONTROLLERS:
+        root = Path("/sys/fs/cgroup") / c
+        found += [f"cgroup {p}" for p in root.rglob("onebox-*") if p.is_dir()]
+    if Path(state).exists():
+        found.append(f"folder {state}")
+    if subprocess.run(["which", "iptables-save"], capture_output=True).returncode == 0:
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        found += [
+            f"iptables {ln}"
+            for ln in rules.splitlines()
+            if "198.18." in ln or "198.19." in ln or bridge in ln
+        ]
+    return found
+
+
+def test_make_onebox_down_leaves_nothing_behind(kube: Kube, onebox_logs: Path) -> None:
+    sysctls_before = Path(INVENTORY["onebox_state_dir"], "host-sysctls").read_text().split()
+    log = onebox_logs / "make-onebox-down.log"
+    started = time.monotonic()
+    proc = make("onebox-down", log, timeout=300)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert leftovers() == []
+    for line in sysctls_before:
+        name, value = line.split("=")
+        assert Path("/proc/sys", name.replace(".", "/")).read_text().strip() == value, name
+    contexts = subprocess.run(
+        [str(kube.kubectl), "config", "get-contexts", "--output=name"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert CONTEXT not in contexts.split()
+    print(f"make onebox-down: {took:.0f}s", file=sys.stderr)
