@@ -2,7 +2,7 @@
 
     python -m lab.onebox.machines start --name master1 --root R --netns onebox-master1 \
         --pidfile P --log L [--bind SRC:DST ...] [--bind-ro SRC:DST ...] [--timeout 120]
-    python -m lab.onebox.machines stop --name master1 --pidfile P [--timeout 30]
+    python -m lab.onebox.machines stop --name master1 --pidfile P [--timeout 30] [--clean-cgroups]
     python -m lab.onebox.machines clean-cgroups --name master1 --pidfile P
 
 Why these nspawn settings (each was needed on this kind of machine, which has no
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", action="append", default=[], metavar="SRC:DST")
     parser.add_argument("--bind-ro", action="append", default=[], metavar="SRC:DST")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument("--clean-cgroups", action="store_true", help="stop: then clean-cgroups")
     args = parser.parse_args(argv)
     if args.action == "start" and (args.root is None or args.netns is None or args.log is None):
         parser.error("start needs --root, --netns and --log")
@@ -365,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
             result = start(m, args.timeout)
         elif args.action == "stop":
             result = stop(m, args.timeout)
+            if args.clean_cgroups:
+                cleaned = clean_cgroups(m)
+                result |= {
+                    "changed": bool(result["changed"] or cleaned["changed"]),
+                    "cgroups_removed": cleaned["removed"],
+                }
         else:
             result = clean_cgroups(m)
     except MachineError as e:
