@@ -24,10 +24,10 @@ help:
 
 setup: apt venv
 
-apt:
+# $(call apt_ensure,COMMAND:PACKAGE ...): install the packages whose command is missing.
+define apt_ensure
 	@missing=""; \
-	for cmd in haproxy:haproxy curl:curl ip:iproute2 openssl:openssl \
-	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap; do \
+	for cmd in $(1); do \
 	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -35,6 +35,11 @@ apt:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+apt:
+	$(call apt_ensure,haproxy:haproxy curl:curl ip:iproute2 openssl:openssl \
+	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap)
 
 venv: $(STAMP)
 
@@ -74,16 +79,8 @@ experiment: setup
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the
 # machine (lab.onebox.preflight names anything missing).
 onebox-apt:
-	@missing=""; \
-	for cmd in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap buildah:buildah \
-	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2 busybox:busybox-static; do \
-	  command -v "$${cmd%%:*}" >/dev/null 2>&1 || missing="$$missing $${cmd##*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "apt: installing$$missing"; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_ensure,systemd-nspawn:systemd-container mmdebstrap:mmdebstrap buildah:buildah \
+	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2 busybox:busybox-static)
 
 # One onebox per machine (its addresses and folders are the machine's): a second
 # command while one runs is refused at once, with exit code 75.

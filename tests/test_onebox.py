@@ -43,6 +43,8 @@ NODES = {
 PINS = read_pins(ROOT / "onebox/modules")
 CONTEXT = INVENTORY["kube_context"]
 NAMESPACE = "onebox-test"
+#: The pause image kubeadm names, imported into every node (lab.onebox.images).
+PAUSE = "registry.k8s.io/pause:3.10.1"
 
 
 class Kube:
@@ -204,7 +206,6 @@ def anti_affinity_deployment(name: str, replicas: int) -> dict[str, Any]:
                             ]
                         }
                     },
-                    "tolerations": [],
                     "terminationGracePeriodSeconds": 1,
                     "containers": [
                         {
@@ -218,9 +219,6 @@ def anti_affinity_deployment(name: str, replicas: int) -> dict[str, Any]:
             },
         },
     }
-
-
-PAUSE = "registry.k8s.io/pause:3.10.1"
 
 
 def test_a_surge_pod_needs_master1_untainted_under_required_anti_affinity(kube: Kube) -> None:
@@ -268,33 +266,34 @@ def http_answer(url: str) -> tuple[int, str] | None:
     return answer if isinstance(answer, tuple) else None
 
 
+def netexec_pod(kube: Kube, name: str, node: str, readiness: bool = False) -> dict[str, Any]:
+    """agnhost's HTTP server on a chosen node (its image imported, never pulled)."""
+    container: dict[str, Any] = {
+        "name": "netexec",
+        "image": kube.agnhost,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["netexec", "--http-port=8080"],
+    }
+    if readiness:
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/healthz", "port": 8080},
+            "periodSeconds": 1,
+        }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [container]},
+    }
+
+
 def test_nodeport_with_local_traffic_policy_answers_only_where_an_endpoint_is(kube: Kube) -> None:
     """kube-proxy's iptables rules: a NodePort with externalTrafficPolicy Local answers
     on the node with a ready endpoint and not on the other worker."""
     name = "local-np"
     kube.apply(
         [
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
-                "spec": {
-                    "nodeName": "worker1",
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "netexec",
-                            "image": kube.agnhost,
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": ["netexec", "--http-port=8080"],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/healthz", "port": 8080},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ],
-                },
-            },
+            netexec_pod(kube, name, "worker1", readiness=True),
             {
                 "apiVersion": "v1",
                 "kind": "Service",
@@ -426,25 +425,7 @@ def test_graceful_delete_runs_prestop_then_sigterm_then_sigkill_at_the_grace_per
 def test_exec_and_port_forward_work(kube: Kube) -> None:
     """The homelab collectors stream logs (above), exec into pods and port-forward."""
     name = "tools"
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {
-                "nodeName": "worker1",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "netexec",
-                        "image": kube.agnhost,
-                        "imagePullPolicy": "IfNotPresent",
-                        "args": ["netexec", "--http-port=8080"],
-                    }
-                ],
-            },
-        }
-    )
+    kube.apply(netexec_pod(kube, name, "worker1"))
     try:
         kube.run(
             *kube.ns("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s"), timeout=120
