@@ -43,8 +43,6 @@ NODES = {
 PINS = read_pins(ROOT / "onebox/modules")
 CONTEXT = INVENTORY["kube_context"]
 NAMESPACE = "onebox-test"
-#: The pause image kubeadm names, imported into every node (lab.onebox.images).
-PAUSE = "registry.k8s.io/pause:3.10.1"
 
 
 class Kube:
@@ -55,6 +53,22 @@ class Kube:
             Path(INVENTORY["onebox_cache_dir"]) / "bin" / PINS["kubernetes"].key / "kubectl"
         )
         self.agnhost = ""
+        self.pause = ""
+
+    def kubeadm_images(self) -> list[str]:
+        """The images kubeadm names for the pinned version (and onebox built)."""
+        return subprocess.run(
+            [
+                str(self.kubectl.with_name("kubeadm")),
+                "config",
+                "images",
+                "list",
+                f"--kubernetes-version={PINS['kubernetes'].version}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
 
     def argv(self, *args: str) -> list[str]:
         return [str(self.kubectl), f"--context={CONTEXT}", *args]
@@ -110,6 +124,7 @@ def kube(onebox_logs: Path) -> Iterator[Kube]:
     print(f"make onebox: {time.monotonic() - started:.0f}s", file=sys.stderr)
     k = Kube()
     k.agnhost = agnhost_ref(module_source(PINS, Path(INVENTORY["onebox_cache_dir"])))
+    k.pause = next(ref for ref in k.kubeadm_images() if "/pause:" in ref)
     k.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=180)
     k.run("create", "namespace", NAMESPACE)
     yield k
@@ -151,18 +166,7 @@ def test_three_ready_nodes_shaped_like_the_homelab(kube: Kube) -> None:
 def test_the_control_plane_runs_the_images_built_here(kube: Kube) -> None:
     pods = kube.json("get", "pods", "--namespace=kube-system")["items"]
     images = {c["image"] for p in pods for c in p["spec"]["containers"]}
-    expected = subprocess.run(
-        [
-            str(kube.kubectl.with_name("kubeadm")),
-            "config",
-            "images",
-            "list",
-            f"--kubernetes-version={PINS['kubernetes'].version}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    expected = kube.kubeadm_images()
     # pause runs under every pod, not as a container of one
     assert images == {ref for ref in expected if "/pause:" not in ref}
     for pod in pods:
@@ -183,7 +187,7 @@ def test_a_second_make_onebox_changes_nothing(kube: Kube, onebox_logs: Path) -> 
 # --- the behaviours the experiment rests on ---------------------------------------
 
 
-def anti_affinity_deployment(name: str, replicas: int) -> dict[str, Any]:
+def anti_affinity_deployment(kube: Kube, name: str, replicas: int) -> dict[str, Any]:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
@@ -210,7 +214,7 @@ def anti_affinity_deployment(name: str, replicas: int) -> dict[str, Any]:
                     "containers": [
                         {
                             "name": "pause",
-                            "image": PAUSE,
+                            "image": kube.pause,
                             # imported with ctr, never pulled: IfNotPresent must find it
                             "imagePullPolicy": "IfNotPresent",
                         }
@@ -225,7 +229,7 @@ def test_a_surge_pod_needs_master1_untainted_under_required_anti_affinity(kube: 
     """Replicas = workers, maxSurge 1, one pod per node: the surge pod has no seat until
     master1's control-plane taint is removed (the scheduler), as on the homelab."""
     name = "seats"
-    kube.apply(anti_affinity_deployment(name, len(NODES) - 1))
+    kube.apply(anti_affinity_deployment(kube, name, len(NODES) - 1))
     kube.run(*kube.ns("rollout", "status", f"deployment/{name}", "--timeout=120s"), timeout=150)
     kube.run(*kube.ns("rollout", "restart", f"deployment/{name}"))
     try:
