@@ -215,6 +215,32 @@ def test_preflight_refuses_an_address_outside_the_range_naming_it() -> None:
     assert "node master1=192.168.1.10 is outside 198.18.0.0/15" in proc.stderr
 
 
+@pytest.mark.parametrize("bad", ["198.18.0.0/33", "2001:db8::/32"])
+def test_preflight_refuses_a_range_that_is_not_ipv4(bad: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.onebox.preflight",
+            "--range",
+            bad,
+            "--bridge",
+            "igwob0",
+            "--bridge-address",
+            "198.18.0.1/24",
+            "--pod-subnet",
+            "198.19.0.0/16",
+            "--service-subnet",
+            "198.18.16.0/20",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert f"range='{bad}': must be an IPv4 range" in proc.stderr
+
+
 def test_kubeadms_image_tags_must_be_the_pinned_versions() -> None:
     p = {
         "etcd": pins.Pin("etcd", "m", "v3.6.5", ("a",), "d", "."),

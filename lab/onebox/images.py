@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .build import built_dir
@@ -47,13 +47,10 @@ class ImageSpec:
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
     base: Path | None = None  # a root filesystem tarball, or None for an empty base
     links: tuple[tuple[str, str], ...] = ()  # (path in the image, what it points at)
-    extra: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(
-            json.dumps([self.name, self.entrypoint, self.env, self.links, self.extra]).encode()
-        )
+        h.update(json.dumps([self.name, self.entrypoint, self.env, self.links]).encode())
         for src, dst in self.files:
             h.update(dst.encode())
             h.update(file_digest(src).encode())

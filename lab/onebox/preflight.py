@@ -128,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             problems.append(f"{tool} not found: install {package}")
-    allowed = ipaddress.ip_network(args.allowed)
+    try:
+        allowed = ipaddress.ip_network(args.allowed)
+    except ValueError:
+        allowed = None
     if not isinstance(allowed, ipaddress.IPv4Network):
-        problems.append(f"range={args.allowed}: must be an IPv4 range")
-        allowed = ipaddress.IPv4Network("198.18.0.0/15")
+        # every other check is against the range: without one there is nothing to check
+        print(f"onebox preflight: range={args.allowed!r}: must be an IPv4 range", file=sys.stderr)
+        return 2
     nodes: dict[str, str] = {}
     for item in args.node:
         name, _, address = item.partition("=")
