@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.onebox.images import BUSYBOX_IMAGE, agnhost_ref, module_source
+from lab.onebox.images import (
+    BUSYBOX_IMAGE,
+    ISTIO_IMAGES,
+    agnhost_ref,
+    e2e_images,
+    istio_tag,
+    module_source,
+)
 from lab.onebox.machines import CGROUP_CONTROLLERS
 from lab.onebox.pins import read_pins
 
@@ -54,6 +61,8 @@ class Kube:
         )
         self.agnhost = ""
         self.pause = ""
+        self.istio_tag = ""
+        self.e2e_test = Path()
 
     def kubeadm_images(self) -> list[str]:
         """The images kubeadm names for the pinned version (and onebox built)."""
@@ -123,7 +132,10 @@ def kube(onebox_logs: Path) -> Iterator[Kube]:
     assert proc.returncode == 0, f"make onebox failed ({log}):\n{log.read_text()[-4000:]}"
     print(f"make onebox: {time.monotonic() - started:.0f}s", file=sys.stderr)
     k = Kube()
-    k.agnhost = agnhost_ref(module_source(PINS, Path(INVENTORY["onebox_cache_dir"])))
+    cache = Path(INVENTORY["onebox_cache_dir"])
+    k.e2e_test = k.kubectl.with_name("e2e.test")
+    k.agnhost = agnhost_ref(e2e_images(k.e2e_test))
+    k.istio_tag = istio_tag(PINS["istio"], module_source(PINS["istio"], cache))
     k.pause = next(ref for ref in k.kubeadm_images() if "/pause:" in ref)
     k.run("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=180)
     k.run("create", "namespace", NAMESPACE)
@@ -458,6 +470,249 @@ def test_exec_and_port_forward_work(kube: Kube) -> None:
             forward.wait(10)
     finally:
         kube.run(*kube.ns("delete", "pod", name, "--wait=false"))
+
+
+# --- upstream's own tests of the same behaviours ------------------------------------
+
+
+def test_kubernetes_conformance_tests_for_those_behaviours_pass(
+    kube: Kube, onebox_logs: Path
+) -> None:
+    """The pinned e2e suite's conformance tests for NodePort services, EndpointSlices,
+    lifecycle hooks, preStop and graceful removal (lab.onebox.conformance.FOCUS)."""
+    report = onebox_logs / "conformance"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.onebox.conformance",
+            f"--e2e-test={kube.e2e_test}",
+            f"--context={CONTEXT}",
+            f"--report-dir={report}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    print(proc.stdout, file=sys.stderr)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}{proc.stderr[-3000:]} ({report})"
+    summary = json.loads((report / "conformance.json").read_text())
+    assert summary["problems"] == []
+    assert summary["passed"] == summary["ran"] >= 15, summary["ran"]
+
+
+# --- Istio ---------------------------------------------------------------------------
+
+ISTIO_NAMESPACE = "istio-system"
+
+
+def test_istiod_runs_the_pinned_build(kube: Kube) -> None:
+    """istiod from the pinned module's chart, on the image built here, and Ready."""
+    deployment = kube.json("get", "deployment", "istiod", f"--namespace={ISTIO_NAMESPACE}")
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"{ISTIO_IMAGES}/pilot:{kube.istio_tag}"
+    assert deployment["status"].get("readyReplicas") == 1, deployment["status"]
+    version = kube.run(
+        f"--namespace={ISTIO_NAMESPACE}",
+        "exec",
+        "deployment/istiod",
+        "--",
+        "pilot-discovery",
+        "version",
+        "--short",
+    ).strip()
+    # the release line and "-dev" the build gave it (lab.onebox.build.version_ldflags)
+    assert version == f"client version: {kube.istio_tag.rsplit('-', 1)[0]}", version
+
+
+def istio_gateway_pod(kube: Kube, name: str, node: str) -> dict[str, Any]:
+    """A gateway like the homelab's istio-proxy container (pilot-agent in router mode,
+    its identity from a projected token, no injection), on our proxy image."""
+    field = {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "INSTANCE_IP": "status.podIP",
+        "SERVICE_ACCOUNT": "spec.serviceAccountName",
+        "NODE_NAME": "spec.nodeName",
+    }
+    env = [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in field.items()]
+    env += [
+        {"name": "PILOT_CERT_PROVIDER", "value": "istiod"},
+        {"name": "CA_ADDR", "value": f"istiod.{ISTIO_NAMESPACE}.svc:15012"},
+        {"name": "JWT_POLICY", "value": "third-party-jwt"},
+    ]
+    empty = ["workload-socket", "credential-socket", "workload-certs", "istio-data", "istio-envoy"]
+    mounts = {
+        "workload-socket": "/var/run/secrets/workload-spiffe-uds",
+        "credential-socket": "/var/run/secrets/credential-uds",
+        "workload-certs": "/var/run/secrets/workload-spiffe-credentials",
+        "istio-data": "/var/lib/istio/data",
+        "istio-envoy": "/etc/istio/proxy",
+        "istiod-ca-cert": "/var/run/secrets/istio",
+        "istio-token": "/var/run/secrets/tokens",
+    }
+    volumes: list[dict[str, Any]] = [{"name": v, "emptyDir": {}} for v in empty]
+    volumes += [
+        {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}},
+        {
+            "name": "istio-token",
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": "istio-ca",
+                            "expirationSeconds": 43200,
+                            "path": "istio-token",
+                        }
+                    }
+                ]
+            },
+        },
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app": name, "istio": name},
+            "annotations": {"sidecar.istio.io/inject": "false"},
+        },
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+                {
+                    "name": "istio-proxy",
+                    "image": f"{ISTIO_IMAGES}/proxyv2:{kube.istio_tag}",
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": ["proxy", "router", "--domain", f"{NAMESPACE}.svc.cluster.local"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": env,
+                    "readinessProbe": {
+                        "httpGet": {"path": "/healthz/ready", "port": 15021},
+                        "periodSeconds": 2,
+                    },
+                    "securityContext": {
+                        "runAsUser": 1337,
+                        "runAsGroup": 1337,
+                        "runAsNonRoot": True,
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": k, "mountPath": v} for k, v in mounts.items()],
+                }
+            ],
+            "volumes": volumes,
+        },
+    }
+
+
+def test_a_gateway_and_virtualservice_route_a_nodeport_request_to_a_backend(kube: Kube) -> None:
+    """istiod gives our proxy image its listener from a Gateway and a VirtualService,
+    and a request to a worker's NodePort goes through that Envoy to a backend pod."""
+    gw, backend, host = "istio-gw", "istio-backend", "igw.onebox.test"
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": backend, "namespace": NAMESPACE},
+        "spec": {
+            "selector": {"app": backend},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }
+    nodeport = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": gw, "namespace": NAMESPACE},
+        "spec": {
+            "type": "NodePort",
+            "externalTrafficPolicy": "Local",
+            "selector": {"app": gw},
+            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
+        },
+    }
+    gateway = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": gw, "namespace": NAMESPACE},
+        "spec": {
+            "selector": {"istio": gw},
+            "servers": [
+                {"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": [host]}
+            ],
+        },
+    }
+    route = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": gw, "namespace": NAMESPACE},
+        "spec": {
+            "hosts": [host],
+            "gateways": [gw],
+            "http": [
+                {
+                    "route": [
+                        {
+                            "destination": {
+                                "host": f"{backend}.{NAMESPACE}.svc.cluster.local",
+                                "port": {"number": 80},
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    kube.apply(
+        [
+            netexec_pod(kube, backend, "worker1", readiness=True),
+            service,
+            gateway,
+            route,
+            istio_gateway_pod(kube, gw, "worker2"),
+            nodeport,
+        ]
+    )
+    try:
+        ready = subprocess.run(
+            kube.argv(
+                *kube.ns(
+                    "wait", "--for=condition=Ready", f"pod/{gw}", f"pod/{backend}", "--timeout=180s"
+                )
+            ),
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+        logs = kube.run(*kube.ns("logs", gw, "--tail=40"), check=False)
+        assert ready.returncode == 0, f"{ready.stderr}\nistio-proxy:\n{logs}"
+        listeners = kube.run(
+            *kube.ns("exec", gw, "--", "pilot-agent", "request", "GET", "listeners")
+        )
+        assert "0.0.0.0_8080" in listeners, f"{listeners}\nistio-proxy:\n{logs}"
+        port = kube.json(*kube.ns("get", "service", gw))["spec"]["ports"][0]["nodePort"]
+        url = f"http://{NODES['worker2']}:{port}/hostname"
+
+        def through_envoy() -> tuple[int, str, str] | None:
+            request = urllib.request.Request(url, headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=2) as r:
+                    return r.status, r.read().decode(), r.headers.get("server", "")
+            except OSError:
+                return None
+
+        answer = wait_for("the gateway's NodePort routing to the backend", through_envoy, 60)
+        # netexec answers its pod's name; Envoy names itself in the server header
+        assert answer == (200, backend, "istio-envoy"), answer
+    finally:
+        kube.run(*kube.ns("delete", "pod,service", gw, backend, "--wait=false"), check=False)
+        kube.run(
+            *kube.ns("delete", "gateway.networking.istio.io,virtualservice", gw, "--wait=false"),
+            check=False,
+        )
 
 
 # --- and gone -----------------------------------------------------------------------

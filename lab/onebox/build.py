@@ -28,19 +28,38 @@ from .pins import Pin, PinError, read_pins
 #: Binaries whose package path does not end in the name people call them by.
 BINARY_NAMES = {"go.etcd.io/etcd/server/v3": "etcd"}
 
+#: Test binaries (`go test -c`) built beside a component's tools: Kubernetes' own
+#: end-to-end suite, whose conformance tests check onebox's cluster (docs/onebox.md).
+TEST_BINARIES = {"kubernetes": {"e2e.test": "k8s.io/kubernetes/test/e2e"}}
+
 
 class BuildError(RuntimeError):
     """A build step that failed; the message names the component and the step."""
 
 
-def version_ldflags(pin: Pin) -> list[str]:
+def version_ldflags(pin: Pin, source: Path | None = None) -> list[str]:
     """The -X flags that make a binary report the version it was built from.
 
     Kubernetes reads its version from two packages set at link time (its own
     hack/lib/version.sh sets the same variables); without them every binary says
-    v0.0.0-master and kubeadm refuses to pick image tags. Helm likewise. etcd and
-    CoreDNS carry their version in their source.
+    v0.0.0-master and kubeadm refuses to pick image tags. Helm likewise. Istio too
+    (istiod reads each proxy's version to decide what config it may send; "unknown"
+    would make every feature check guess): a build from a commit, not a release,
+    gets the release line of its VERSION file plus "-dev", as Istio's own Makefile
+    gives one. etcd and CoreDNS carry their version in their source.
     """
+    if pin.component == "istio":
+        if source is None:
+            raise BuildError("component=istio step=version: the module's source is needed")
+        line = (source / "VERSION").read_text(encoding="utf-8").strip()
+        values = {
+            "buildVersion": f"{line}-dev",
+            "buildGitRevision": pin.version.rsplit("-", 1)[-1],
+            "buildStatus": "archive",
+            "buildTag": pin.version,
+            "buildHub": "onebox.invalid/istio",
+        }
+        return [f"-X istio.io/istio/pkg/version.{k}={v}" for k, v in values.items()]
     if pin.component == "kubernetes":
         major, minor = pin.version.removeprefix("v").split(".")[:2]
         values = {
@@ -71,9 +90,24 @@ def go_environment(cache: Path) -> dict[str, str]:
     }
 
 
-def go_build_argv(pin: Pin, out_dir: Path) -> list[str]:
-    ldflags = " ".join(["-s", "-w", *version_ldflags(pin)])
+def go_build_argv(pin: Pin, out_dir: Path, source: Path | None = None) -> list[str]:
+    ldflags = " ".join(["-s", "-w", *version_ldflags(pin, source)])
     return ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}/", *pin.tools]
+
+
+def go_test_argv(pin: Pin, out_dir: Path, name: str, package: str) -> list[str]:
+    ldflags = " ".join(["-s", "-w", *version_ldflags(pin)])
+    return [
+        "go",
+        "test",
+        "-c",
+        "-trimpath",
+        "-ldflags",
+        ldflags,
+        "-o",
+        f"{out_dir}/{name}",
+        package,
+    ]
 
 
 def go_default_name(tool: str) -> str:
@@ -90,6 +124,35 @@ def binary_name(tool: str) -> str:
     return BINARY_NAMES.get(tool, go_default_name(tool))
 
 
+def module_source(pin: Pin, cache: Path) -> Path:
+    """The pinned module's files, downloaded into the machine's module cache."""
+    proc = subprocess.run(
+        ["go", "mod", "download", "-json", pin.module],
+        cwd=pin.directory,
+        env=go_environment(cache),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BuildError(
+            f"component={pin.component} step=download module={pin.module}:"
+            f" {(proc.stdout + proc.stderr).strip()[-800:]}"
+        )
+    return Path(json.loads(proc.stdout)["Dir"])
+
+
+def go(pin: Pin, step: str, argv: list[str], cache: Path, started: float) -> None:
+    proc = subprocess.run(
+        argv, cwd=pin.directory, env=go_environment(cache), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise BuildError(
+            f"component={pin.component} step={step} rc={proc.returncode}"
+            f" after {time.monotonic() - started:.0f}s:\n{tail}"
+        )
+
+
 def built_dir(cache: Path, pin: Pin) -> Path:
     return cache / "bin" / pin.key
 
@@ -103,19 +166,16 @@ def build(pin: Pin, cache: Path, log: Callable[[str], None]) -> Path:
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    argv = go_build_argv(pin, partial)
+    source = module_source(pin, cache) if pin.component == "istio" else None
+    argv = go_build_argv(pin, partial, source)
     log(f"component={pin.component} step=go-build version={pin.version} tools={len(pin.tools)}")
     started = time.monotonic()
-    proc = subprocess.run(
-        argv, cwd=pin.directory, env=go_environment(cache), capture_output=True, text=True
-    )
+    go(pin, "go-build", argv, cache, started)
+    tests = TEST_BINARIES.get(pin.component, {})
+    for name, package in tests.items():
+        log(f"component={pin.component} step=go-test-c binary={name}")
+        go(pin, f"go-test-c {name}", go_test_argv(pin, partial, name, package), cache, started)
     took = time.monotonic() - started
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise BuildError(
-            f"component={pin.component} step=go-build rc={proc.returncode}"
-            f" after {took:.0f}s:\n{tail}"
-        )
     for tool in pin.tools:
         name, default = binary_name(tool), partial / go_default_name(tool)
         if name != default.name and default.is_file():
@@ -127,7 +187,7 @@ def build(pin: Pin, cache: Path, log: Callable[[str], None]) -> Path:
         "module": pin.module,
         "version": pin.version,
         "key": pin.key,
-        "binaries": sorted(binary_name(t) for t in pin.tools),
+        "binaries": sorted([*(binary_name(t) for t in pin.tools), *tests]),
         "argv": argv,
         "seconds": round(took, 1),
     }
