@@ -4,7 +4,7 @@ a few inputs, with the invariants that keep the longest request from being cut.
 Seed 000 §2 derives every number from two axes: (A) the longest in-flight request must
 not be cut at any deadline; (B) LB first, endpoints later. The seed kept the numbers by
 hand in seven files; here they are derived (`derive`), checked (`check`) and rendered
-(the `manifests` and `haproxy` roles, through the `timing` role's igw_timing filter plugin).
+(the `manifests` and `haproxy` roles, through filter_plugins/igw.py's igw_timing_report).
 
 Stdlib only: Ansible's controller Python, the lab and the tests import it alike.
 """
