@@ -31,7 +31,7 @@ def tracked_text() -> list[Path]:
 
 
 def module_exists(dotted: str) -> bool:
-    """lab.a.b is a module, or a module's name (lab.a.b.NAME, lab.a.b.func)."""
+    """A dotted lab name is a module, or a name one of its modules defines."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         base = ROOT.joinpath(*parts[:cut])
@@ -41,7 +41,7 @@ def module_exists(dotted: str) -> bool:
         if source.is_file():
             rest = parts[cut:]
             if cut == 1 and rest:
-                return False  # lab.x where no module x is: not a name lab defines
+                return False  # a name directly under lab that is no module of it
             text = source.read_text(encoding="utf-8")
             return all(re.search(rf"\b{re.escape(name)}\b", text) for name in rest[:1])
     return False
