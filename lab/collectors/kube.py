@@ -4,7 +4,7 @@ conditions, and Envoy's gauge through a port-forward.
 
 They write the same events, to the same `collected/*.jsonl` files, as the local lab's
 pod runner and collectors do; the analysis cannot tell the targets apart. Each runs in
-a thread until `stop` is set. Tested only on a cluster (README, "What is tested where").
+a thread until `stop` is set. Tested only on a cluster (docs/testing.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 isolation, the host's network) as a non-root user and answers on a loopback port, and
 the scenario's containerd lists both content tags in kubelet's namespace with a digest.
 What this does not show: kubelet running them under a real CRI with the pods'
-securityContext (README, "What is tested where")."""
+securityContext (docs/testing.md)."""
 
 from __future__ import annotations
 
