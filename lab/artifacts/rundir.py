@@ -1,8 +1,14 @@
 """The run directory: `artifacts/<UTC stamp>-<scenario>-<mode>/`, never reused, and the
-small files a run leaves in it for whoever started it."""
+small files a run leaves in it for whoever started it.
+
+    python -m lab.artifacts.rundir --artifacts artifacts --scenario inflight --mode ordered
+
+makes a new one and prints its path (the homelab playbook names its runs this way).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,3 +63,17 @@ def read_result(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and "run_dir" in doc else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make a new run directory, print its path")
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--mode", required=True)
+    args = parser.parse_args(argv)
+    print(new_run_dir(args.artifacts, args.scenario, args.mode))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

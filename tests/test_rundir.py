@@ -1,0 +1,39 @@
+"""lab.artifacts.rundir: the one place a run directory is named, for both targets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_run_dir(artifacts: Path) -> Path:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.artifacts.rundir",
+            f"--artifacts={artifacts}",
+            "--scenario=steady",
+            "--mode=ordered",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(proc.stdout.strip())
+
+
+def test_the_cli_names_a_new_run_directory_and_never_reuses_one(tmp_path: Path) -> None:
+    """What the homelab playbook runs: a second run in the same second gets a suffix
+    instead of the first one's folder."""
+    artifacts = tmp_path / "artifacts"
+    first, second = make_run_dir(artifacts), make_run_dir(artifacts)
+    assert first.is_dir() and second.is_dir() and first != second
+    assert re.fullmatch(r"\d{8}T\d{6}Z-steady-ordered", first.name), first.name
+    if first.name[:16] == second.name[:16]:
+        assert second.name == f"{first.name}-2"
