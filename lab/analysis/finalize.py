@@ -13,27 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..artifacts import events as ev
 from ..artifacts.journal import STATUSES, Journal
 from ..artifacts.rundir import RAW_REQUESTS, write_json
+from ..artifacts.termination import Termination, read_termination
 from ..model.plan import RunPlan
 from .accounting import account
 from .report import write_run_report
 from .summary import summarize, verdict
-
-
-@dataclass(frozen=True, slots=True)
-class Termination:
-    """What was terminated, when, and which LB the load went through."""
-
-    ms: float
-    pod: str
-    node: str
-    lb: str
 
 
 def read_plan(run_dir: Path) -> RunPlan:
@@ -111,8 +102,7 @@ def main() -> int:
     args = p.parse_args()
     plan = read_plan(args.run_dir)
     journal = Journal(plan.mode, plan.scenario, plan.profile, args.target)
-    term_file = args.run_dir / "termination.json"
-    term = Termination(**json.loads(term_file.read_text())) if term_file.exists() else None
+    term = read_termination(args.run_dir)
     print_summary(args.run_dir, finalize(args.run_dir, plan, args.status, journal, term))
     return 0
 

@@ -21,15 +21,14 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 
-from ..analysis.finalize import Termination
 from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.rundir import RAW_REQUESTS, write_json
+from ..artifacts.termination import Termination, write_termination
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model.plan import add_arguments
@@ -125,7 +124,7 @@ async def run(args: argparse.Namespace) -> None:
         collected.log("experiment").emit(
             "experiment", "termination_issued", ts_ms=term.ms, pod=term.pod, node=term.node
         )
-        write_json(run_dir / "termination.json", asdict(term))
+        write_termination(run_dir, term)
         await asyncio.to_thread(
             core.delete_namespaced_pod, victim.metadata.name, args.namespace
         )  # graceful: the pod's own terminationGracePeriodSeconds

@@ -27,10 +27,11 @@ from typing import Any
 
 import aiohttp
 
-from ..analysis.finalize import Termination, finalize, print_summary
+from ..analysis.finalize import finalize, print_summary
 from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.journal import Journal
 from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_result
+from ..artifacts.termination import Termination
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder

@@ -1,0 +1,30 @@
+"""The termination record: what was terminated, when, and which LB the load went
+through. The runner that issues the termination makes it; on the homelab it is
+`termination.json` in the run directory, which the finalize step reads back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .rundir import write_json
+
+TERMINATION_FILE = "termination.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    ms: float  # when it was issued, on the run's clock
+    pod: str
+    node: str
+    lb: str
+
+
+def write_termination(run_dir: Path, term: Termination) -> None:
+    write_json(run_dir / TERMINATION_FILE, asdict(term))
+
+
+def read_termination(run_dir: Path) -> Termination | None:
+    path = run_dir / TERMINATION_FILE
+    return Termination(**json.loads(path.read_text())) if path.exists() else None
