@@ -68,12 +68,13 @@ molecule: venv
 
 test: setup lint pytest molecule
 
-# MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less
+# MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; ARTIFACTS= puts
+# the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's
 MODES ?= $(modes)
 SCENARIOS ?= $(scenarios)
 REPEATS ?= $(repeats)
 experiment: setup
-	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS))
+	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB))
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

@@ -1,6 +1,7 @@
 """Ctrl-C on `make experiment` (SIGINT to the whole process group, as a terminal sends
-it): one line per run saying where its artifacts are, journals saying `interrupted`,
-no process of either lab left, and the next run on the same labs works. And a second
+it), and SIGTERM and SIGHUP the same way: one line per run saying where its artifacts
+are, journals saying `interrupted`, no process of the labs left when the command
+returns, and the next run on the same labs works. And a second
 `make experiment` in the same checkout is refused while the first runs."""
 
 from __future__ import annotations
@@ -66,20 +67,77 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
+def wait_for_terminations(proc: subprocess.Popen[str], count: int) -> None:
+    """Until `count` runs have terminated their gateway pod (mid-load)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 180
+    terminating = set()
+    for line in proc.stdout:
+        if "terminating" in line:
+            terminating.add(line.split("]", 1)[0])
+        if len(terminating) == count:
+            return
+        assert time.monotonic() < deadline, "the runs never reached the termination"
+    raise AssertionError("the output ended before the terminations")
+
+
+def assert_interrupted(artifacts: Path, said: list[str]) -> None:
+    for run_dir in artifacts.iterdir():
+        journal = json.loads((run_dir / "journal.json").read_text())
+        assert journal["status"] == "interrupted"
+        assert any(str(run_dir) in line for line in said)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_make_experiment_as_ctrl_c_does(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """What a CI timeout or systemd (SIGTERM) and a closing terminal (SIGHUP) send to
+    `make experiment`'s process group: make returns only after every run has stopped,
+    kept its artifacts and left no process behind."""
+    artifacts = tmp_path / "artifacts"
+    labs = [Topology(FIRST_LAB)]
+    proc = subprocess.Popen(
+        [
+            "make",
+            "--no-print-directory",
+            "experiment",
+            "MODES=ordered",
+            "SCENARIOS=inflight",
+            "REPEATS=1",
+            f"ARTIFACTS={artifacts}",
+            f"FIRST_LAB={FIRST_LAB}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for_terminations(proc, 1)
+        time.sleep(1)
+        os.killpg(proc.pid, sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # nothing goes on after make returned: checked at once, not after a while
+    assert lab_leftovers(artifacts, labs) == []
+    # make waits for its command, then ends itself by the same signal
+    assert proc.returncode == -sig, stderr[-3000:]
+    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
+    assert len(said) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert_interrupted(artifacts, said)
+
+
 def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     labs = [Topology(FIRST_LAB), Topology(FIRST_LAB + 1)]
     proc = run_all(artifacts, "--modes=current,improved")
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 180
-        terminating = set()
-        for line in proc.stdout:
-            if "terminating" in line:
-                terminating.add(line.split("]", 1)[0])
-            if len(terminating) == 2:
-                break
-            assert time.monotonic() < deadline, "the runs never reached the termination"
+        wait_for_terminations(proc, 2)
         time.sleep(1)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
@@ -90,10 +148,7 @@ def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -
     said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
     assert len(said) == 2, stderr[-3000:]
     assert "Traceback" not in stderr
-    for run_dir in artifacts.iterdir():
-        journal = json.loads((run_dir / "journal.json").read_text())
-        assert journal["status"] == "interrupted"
-        assert any(str(run_dir) in line for line in said)
+    assert_interrupted(artifacts, said)
     assert lab_leftovers(artifacts, labs) == []
 
     # the next run on the same labs works

@@ -14,9 +14,11 @@ runs, is refused at once with a message naming the first (it would take the same
 addresses, ports, pidfiles). The lock is `.lab/experiment.lock`, released by the
 kernel when its holder exits, however it exits.
 
-Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops every run:
-each keeps what it recorded and its journal says `interrupted`; then every lab process
-is gone, HAProxy included, and one line per run says where its artifacts are.
+Ctrl-C (SIGINT to the whole process group, as a terminal sends it), SIGTERM (a CI
+timeout, `timeout(1)`, systemd) and SIGHUP (a closing terminal) stop every run alike
+(lab.runners.signals): each keeps what it recorded and its journal says `interrupted`;
+then every lab process is gone, HAProxy included, one line per run says where its
+artifacts are, and only then does the command exit (128 + the signal's number).
 
     python -m lab.runners.all [--modes current,ordered] [--scenarios steady] [--repeats 3]
 """
@@ -43,6 +45,7 @@ from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
 from ..model import registry
 from ..model.plan import check_inputs
+from .signals import cancel_on_exit_signals, exit_code
 
 ROOT = Path.cwd()
 #: How long an interrupted run may take to write its artifacts before it is killed.
@@ -320,7 +323,11 @@ async def main_async(
     first_index: int,
     artifacts: Path | None,
     repeats: int,
+    stopped_by: list[signal.Signals],
 ) -> int:
+    # SIGINT, SIGTERM and SIGHUP alike: every run below is stopped and cleaned up
+    # before this returns, and the checkout's lock is held until then
+    cancel_on_exit_signals(stopped_by, "lab.runners.all")
     started = time.monotonic()
     pairs = [(m, sc) for sc in scenarios for m in modes]
     runs = [
@@ -455,6 +462,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
+    stopped_by: list[signal.Signals] = []
     try:
         return asyncio.run(
             main_async(
@@ -464,10 +472,11 @@ def main() -> int:
                 args.first_lab_index,
                 args.artifacts.resolve() if args.artifacts else None,
                 args.repeats,
+                stopped_by,
             )
         )
-    except KeyboardInterrupt:
-        return 130
+    except asyncio.CancelledError:  # an exit signal: every run stopped, artifacts kept
+        return exit_code(stopped_by)
     finally:
         lock.close()
 

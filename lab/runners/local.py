@@ -41,6 +41,7 @@ from ..localcluster.manifests import Manifests
 from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
+from .signals import cancel_on_exit_signals, exit_code
 from .verify import check_running_lab
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
@@ -263,29 +264,16 @@ def main() -> int:
     stopped_by: list[signal.Signals] = []
     try:
         asyncio.run(_main_cancellable(args, stopped_by))
-    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: cleaned up, artifacts kept
-        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    except asyncio.CancelledError:  # an exit signal: cleaned up, artifacts kept
+        return exit_code(stopped_by)
     return 0
 
 
 async def _main_cancellable(args: argparse.Namespace, stopped_by: list[signal.Signals]) -> None:
-    """run(), cancelled by the first SIGINT or SIGTERM so that its cleanup runs; a
-    repeated signal is noted and ignored, since cancelling the cleanup itself would
-    leave the pods running. Both can arrive: Ansible passes the terminal's Ctrl-C on to
+    """run(), cancelled by the first exit signal (lab.runners.signals) so that its
+    cleanup runs. More than one can arrive: Ansible passes the terminal's Ctrl-C on to
     the task's command, and `make experiment` also signals the runner directly."""
-    task = asyncio.current_task()
-    assert task is not None
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stopped_by:
-            print(f"{sig.name}: already stopping, cleaning up the lab", file=sys.stderr)
-            return
-        stopped_by.append(sig)
-        task.cancel()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    cancel_on_exit_signals(stopped_by, "lab.runners.local")
     await run(args)
 
 
