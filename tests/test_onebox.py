@@ -303,6 +303,23 @@ def netexec_pod(kube: Kube, name: str, node: str, readiness: bool = False) -> di
     }
 
 
+def service(name: str, port: int, target_port: int, local_nodeport: bool = False) -> dict[str, Any]:
+    """A Service for the pods labelled app=<name>; a NodePort one with the homelab's
+    `externalTrafficPolicy: Local` when asked."""
+    spec: dict[str, Any] = {
+        "selector": {"app": name},
+        "ports": [{"name": "http", "port": port, "targetPort": target_port}],
+    }
+    if local_nodeport:
+        spec |= {"type": "NodePort", "externalTrafficPolicy": "Local"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
 def test_nodeport_with_local_traffic_policy_answers_only_where_an_endpoint_is(kube: Kube) -> None:
     """kube-proxy's iptables rules: a NodePort with externalTrafficPolicy Local answers
     on the node with a ready endpoint and not on the other worker."""
@@ -310,17 +327,7 @@ def test_nodeport_with_local_traffic_policy_answers_only_where_an_endpoint_is(ku
     kube.apply(
         [
             netexec_pod(kube, name, "worker1", readiness=True),
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": NAMESPACE},
-                "spec": {
-                    "type": "NodePort",
-                    "externalTrafficPolicy": "Local",
-                    "selector": {"app": name},
-                    "ports": [{"port": 80, "targetPort": 8080}],
-                },
-            },
+            service(name, 80, 8080, local_nodeport=True),
         ]
     )
     try:
@@ -614,26 +621,6 @@ def test_a_gateway_and_virtualservice_route_a_nodeport_request_to_a_backend(kube
     """istiod gives our proxy image its listener from a Gateway and a VirtualService,
     and a request to a worker's NodePort goes through that Envoy to a backend pod."""
     gw, backend, host = "istio-gw", "istio-backend", "igw.onebox.test"
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": backend, "namespace": NAMESPACE},
-        "spec": {
-            "selector": {"app": backend},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-        },
-    }
-    nodeport = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": gw, "namespace": NAMESPACE},
-        "spec": {
-            "type": "NodePort",
-            "externalTrafficPolicy": "Local",
-            "selector": {"app": gw},
-            "ports": [{"name": "http", "port": 8080, "targetPort": 8080}],
-        },
-    }
     gateway = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
@@ -669,11 +656,11 @@ def test_a_gateway_and_virtualservice_route_a_nodeport_request_to_a_backend(kube
     kube.apply(
         [
             netexec_pod(kube, backend, "worker1", readiness=True),
-            service,
+            service(backend, 80, 8080),
             gateway,
             route,
             istio_gateway_pod(kube, gw, "worker2"),
-            nodeport,
+            service(gw, 8080, 8080, local_nodeport=True),
         ]
     )
     try:
