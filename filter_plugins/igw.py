@@ -41,10 +41,16 @@ def igw_registry(key: str) -> Any:
     return data[key]
 
 
+def igw_gateway_active_stat(gateway_port: int) -> str:
+    """The gateway listener's in-flight gauge (lab.model.registry.gateway_active_stat)."""
+    return registry.gateway_active_stat(int(gateway_port))
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
             "igw_timing_report": igw_timing_report,
             "igw_haproxy_duration": igw_haproxy_duration,
             "igw_registry": igw_registry,
+            "igw_gateway_active_stat": igw_gateway_active_stat,
         }

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 
 from ..artifacts.events import EventLog
+from ..model import registry
 
 StatsFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 
@@ -22,7 +24,7 @@ StatsFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 def active_stat_regex(gateway_port: int) -> str:
     """The gateway's data-plane connection manager only (docs/design.md: the admin's own
     /stats request and the overflow counters must not be counted)."""
-    return rf"^http\.outbound_0\.0\.0\.0_{gateway_port}\.downstream_rq_active$"
+    return f"^{re.escape(registry.gateway_active_stat(gateway_port))}$"
 
 
 def active_from_stats(doc: Mapping[str, Any]) -> int | None:

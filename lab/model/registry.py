@@ -1,8 +1,9 @@
 """The one registry of termination modes and load scenarios, and the names every part
 of the project shares (the HAProxy backend, the gateway's listener stat).
 
-The roles read it through the `timing` role's filter plugin (`igw_registry`), the
-playbooks through the same plugin, the Python code by import. Adding a mode is one
+The roles and playbooks read it through the project's filter plugin
+(`filter_plugins/igw.py`: `igw_registry`, `igw_gateway_active_stat`), the Python code by
+import. Adding a mode is one
 entry here plus its template delta in `roles/manifests/templates/`.
 """
 
@@ -13,6 +14,15 @@ from dataclasses import asdict, dataclass
 #: HAProxy's backend of gateway NodePorts: the haproxy role's config, the collectors'
 #: `show stat` filter and the runners all use this name.
 HAPROXY_BACKEND = "igw_nodeports"
+
+
+def gateway_active_stat(gateway_port: int) -> str:
+    """Envoy's gauge of requests in flight on the gateway's listener: what the Envoy
+    collector polls and the manifests' proxyStatsMatcher lets Istio emit (each escapes it
+    as its regex needs). graceful-drain.sh's default filter spells the same stat: a shell
+    script outside the project's Python (its ACTIVE_STATS_FILTER)."""
+    return f"http.outbound_0.0.0.0_{gateway_port}.downstream_rq_active"
+
 
 #: The header that carries each request's id through every hop. The load driver sends
 #: it (and the same value as X-Request-Id); HAProxy, Envoy and the backend log it. Our
