@@ -26,14 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.onebox.images import (
-    BUSYBOX_IMAGE,
-    ISTIO_IMAGES,
-    agnhost_ref,
-    e2e_images,
-    istio_tag,
-    module_source,
-)
+from lab.onebox.build import module_source
+from lab.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
 from lab.onebox.machines import CGROUP_CONTROLLERS
 from lab.onebox.pins import read_pins
 

@@ -90,24 +90,21 @@ def go_environment(cache: Path) -> dict[str, str]:
     }
 
 
+def go_ldflags(pin: Pin, source: Path | None) -> str:
+    """Stripped, and told its version: the same for the tools and the test binaries."""
+    return " ".join(["-s", "-w", *version_ldflags(pin, source)])
+
+
 def go_build_argv(pin: Pin, out_dir: Path, source: Path | None = None) -> list[str]:
-    ldflags = " ".join(["-s", "-w", *version_ldflags(pin, source)])
+    ldflags = go_ldflags(pin, source)
     return ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", f"{out_dir}/", *pin.tools]
 
 
-def go_test_argv(pin: Pin, out_dir: Path, name: str, package: str) -> list[str]:
-    ldflags = " ".join(["-s", "-w", *version_ldflags(pin)])
-    return [
-        "go",
-        "test",
-        "-c",
-        "-trimpath",
-        "-ldflags",
-        ldflags,
-        "-o",
-        f"{out_dir}/{name}",
-        package,
-    ]
+def go_test_argv(
+    pin: Pin, out_dir: Path, name: str, package: str, source: Path | None = None
+) -> list[str]:
+    ldflags, out = go_ldflags(pin, source), f"{out_dir}/{name}"
+    return ["go", "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", out, package]
 
 
 def go_default_name(tool: str) -> str:
@@ -166,7 +163,7 @@ def build(pin: Pin, cache: Path, log: Callable[[str], None]) -> Path:
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    source = module_source(pin, cache) if pin.component == "istio" else None
+    source = module_source(pin, cache)
     argv = go_build_argv(pin, partial, source)
     log(f"component={pin.component} step=go-build version={pin.version} tools={len(pin.tools)}")
     started = time.monotonic()
@@ -174,7 +171,8 @@ def build(pin: Pin, cache: Path, log: Callable[[str], None]) -> Path:
     tests = TEST_BINARIES.get(pin.component, {})
     for name, package in tests.items():
         log(f"component={pin.component} step=go-test-c binary={name}")
-        go(pin, f"go-test-c {name}", go_test_argv(pin, partial, name, package), cache, started)
+        test_argv = go_test_argv(pin, partial, name, package, source)
+        go(pin, f"go-test-c {name}", test_argv, cache, started)
     took = time.monotonic() - started
     for tool in pin.tools:
         name, default = binary_name(tool), partial / go_default_name(tool)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import built_dir
+from .build import BuildError, built_dir, module_source
 from .pins import Pin, PinError, read_pins
 
 #: Debian packages of the base under kube-proxy and Istio's images (kube-proxy's
@@ -337,11 +337,6 @@ def build_image(spec: ImageSpec, cache: Path, log: Callable[[str], None]) -> Pat
     return archive
 
 
-def module_source(pin: Pin, cache: Path) -> Path:
-    """A pinned module's files, as the Go build downloaded them."""
-    return cache / "gomod" / f"{pin.module}@{pin.version}"
-
-
 def build_pause(pins: dict[str, Pin], cache: Path, tag: str) -> Path:
     """Kubernetes' pause.c, compiled static as its own Makefile does."""
     source = module_source(pins["kubernetes"], cache) / "build" / "pause" / "linux" / "pause.c"
@@ -415,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             build_debian_base(args.cache, AGNHOST_BASE_PACKAGES),
         )
         archives = {s.name: str(build_image(s, args.cache, log)) for s in wanted}
-    except (PinError, ImageError, subprocess.CalledProcessError) as e:
+    except (PinError, ImageError, BuildError, subprocess.CalledProcessError) as e:
         print(f"onebox images: {e}", file=sys.stderr)
         return 1
     print(json.dumps(archives))
