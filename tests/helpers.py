@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from applog import parse_logfmt
+from lab.localcluster.cluster import Topology
 from lab.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,3 +203,29 @@ def run_app(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def require_root_netns() -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to create a network namespace")
+
+
+def lab_leftovers(artifacts: Path, labs: list[Topology]) -> list[str]:
+    """Processes of the labs still alive: anything whose working folder is in a run
+    directory (every pod runs there), a runner or HAProxy of one of the labs, or a
+    listener on a lab's addresses."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cwd.startswith(str(artifacts)) or any(
+            f".lab/{lab.index}/haproxy.cfg" in cmdline
+            or ("lab.runners.local" in cmdline and f"--lab-index={lab.index} " in cmdline)
+            for lab in labs
+        ):
+            found.append(f"{proc.name}: {cmdline[:120]}")
+    listeners = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout
+    found += [
+        line for line in listeners.splitlines() if any(f" {lab.net}." in line for lab in labs)
+    ]
+    return found

@@ -16,35 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, lab_leftovers
 from lab.localcluster.cluster import Topology
 
 pytestmark = pytest.mark.e2e
 FIRST_LAB = 160
-
-
-def lab_leftovers(artifacts: Path, labs: list[Topology]) -> list[str]:
-    """Processes of the labs still alive: anything whose working folder is in a run
-    directory (every pod runs there), HAProxy with a lab config, or a listener on a
-    lab's addresses."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if cwd.startswith(str(artifacts)) or any(
-            f".lab/{lab.index}/haproxy.cfg" in cmdline for lab in labs
-        ):
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    listeners = subprocess.run(["ss", "-ltnuH"], capture_output=True, text=True).stdout
-    found += [
-        line for line in listeners.splitlines() if any(f" {lab.net}." in line for lab in labs)
-    ]
-    return found
 
 
 def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:

@@ -306,31 +306,3 @@ def test_recorded_image_tags_reach_the_rendered_manifests(tmp_path: Path) -> Non
     backend = (out / "10-backend.yaml").read_text()
     assert "image: localhost/igw-hc:0.1.0-0123456789ab" in gateway
     assert "image: localhost/igw-backend:0.1.0-ba9876543210" in backend
-
-
-def test_a_runner_is_waited_for_only_while_its_result_says_running(tmp_path: Path) -> None:
-    """`make experiment` waits for the local runner named by its result file (Ansible
-    puts it outside the playbook's process group): only while the status is running
-    and the pid is a live runner, never a stranger that reused the pid."""
-    from lab.artifacts.rundir import write_result
-    from lab.runners.all import running_runner
-
-    result = tmp_path / "result-1.json"
-    # argv[0] of `sh -c` is the last word: the command line names the runner's module
-    runner = subprocess.Popen(["sh", "-c", "sleep 60", "lab.runners.local"])
-    stranger = subprocess.Popen(["sleep", "60"])
-    try:
-        write_result(result, tmp_path, "running", pid=runner.pid)
-        assert running_runner(result) == runner.pid
-        write_result(result, tmp_path, "running", pid=stranger.pid)
-        assert running_runner(result) is None
-        write_result(result, tmp_path, "interrupted", pid=runner.pid)
-        assert running_runner(result) is None
-        write_result(result, tmp_path, "running", pid=runner.pid)
-        runner.kill()
-        runner.wait()
-        assert running_runner(result) is None
-    finally:
-        for p in (runner, stranger):
-            p.kill()
-            p.wait()

@@ -44,14 +44,11 @@ def write_json(path: Path, doc: Any) -> None:
         f.write("\n")
 
 
-def write_result(path: Path, run_dir: Path, status: str, pid: int | None = None) -> None:
+def write_result(path: Path, run_dir: Path, status: str) -> None:
     """The run's result for its caller (`make experiment`): where, and how it ended.
-    Rewritten as the run goes on (it lives in the lab's scratch folder, not in artifacts).
-    While it runs, `pid` names the runner: Ansible starts a task's command in a session
-    of its own, so a caller that stops the playbook must also wait for this process."""
+    Written when the run directory exists (`running`) and again when it ends; it lives
+    in the lab's scratch folder, not in artifacts."""
     doc: dict[str, Any] = {"run_dir": str(run_dir), "status": status}
-    if pid is not None:
-        doc["pid"] = pid
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)

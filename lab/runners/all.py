@@ -1,13 +1,16 @@
 """`make experiment`: every mode in every scenario on the local lab, side by side, then
 one comparison.
 
-Each (scenario, mode) pair runs `playbooks/run-experiment.yml` once in its own isolated
-lab (its own loopback /16, ports and files). Every mode's manifests are rendered once
-for all the labs (`.lab/manifests-<profile>`); each lab converges its HAProxy once, then
-its repeats run one after the other, so the whole command takes about as long as its
+Each (scenario, mode) pair has an isolated lab of its own (its own loopback /16, ports
+and files). Every mode's manifests are rendered once for all the labs
+(`.lab/manifests-<profile>`); `playbooks/run-experiment.yml` converges each lab once
+(HAProxy provisioned and running, the runner's command written to
+`.lab/<N>/runner.json`); then this runs the lab's repeats one after the other, each a
+`lab.runners.local` child whose progress lines it shows with the lab's name in front
+(all its output in `.lab/<N>/runner-<repeat>.log`) and whose exit code and result
+(`.lab/<N>/result-<repeat>.json`: its run directory, how it ended) it reads when the
+child ends. The labs run side by side, so the whole command takes about as long as its
 longest lab.
-Each run writes `.lab/<N>/result-<repeat>.json` (where its artifacts are, how it
-ended), which is what this reads.
 
 One `make experiment` at a time per checkout: a second one, started while the first
 runs, is refused at once with a message naming the first (it would take the same labs:
@@ -43,6 +46,7 @@ from ..analysis.comparison import compare, timing_line, timing_summary
 from ..analysis.report import write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
+from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..model import registry
 from ..model.plan import check_inputs
 from .signals import cancel_on_exit_signals, exit_code
@@ -54,8 +58,8 @@ CLEANUP_TIMEOUT_S = 60
 #: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
 #: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
 LAB_STAGGER_S = 2.5
-#: Each repeat's result file in its lab; the playbook puts the repeat's number for @N@.
-RESULT_FILE = "result-@N@.json"
+#: The runner's command, written by the converge playbook into each lab's folder.
+RUNNER_ARGV = "runner.json"
 
 
 class Busy(RuntimeError):
@@ -90,58 +94,44 @@ def take_lock(path: Path, labs: list[str], first_index: int) -> IO[str]:
     return f
 
 
+class LabFailed(RuntimeError):
+    """A lab could not be converged: its runs never started."""
+
+
 @dataclass
 class LabRun:
     mode: str
     scenario: str
     index: int
     lab_dir: Path
+    #: what runs for the lab now, in a session of its own: its converge playbook, then
+    #: each repeat's runner; None between them
     proc: asyncio.subprocess.Process | None = None
-    elapsed_s: float = 0.0  # the playbook run's wall time, its repeats included
+    #: the repeat now running (its result file names its run directory)
+    repeat: int = 0
+    elapsed_s: float = 0.0  # converge and repeats
 
     @property
     def name(self) -> str:
         return f"{self.mode}/{self.scenario}"
 
     def result_file(self, repeat: int) -> Path:
-        return self.lab_dir / RESULT_FILE.replace("@N@", str(repeat))
+        return self.lab_dir / f"result-{repeat}.json"
 
-    def results(self) -> list[Path]:
-        """The result files this lab's runs have written, in order."""
-        return sorted(self.lab_dir.glob("result-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    def runner_log(self, repeat: int) -> Path:
+        return self.lab_dir / f"runner-{repeat}.log"
 
     @property
     def log_path(self) -> Path:
+        """The converge playbook's output."""
         return self.lab_dir / "ansible.log"
 
 
-def _group_alive(pgid: int) -> bool:
+def log_tail(path: Path, lines: int = 25) -> str:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_lab_haproxy(lab_dir: Path) -> None:
-    """Stop the lab's HAProxy (the playbook's `always` step does this unless Ansible
-    itself was interrupted). Only a process whose command line names this lab's config."""
-    pidfile = lab_dir / "haproxy.pid"
-    try:
-        pids = [int(p) for p in pidfile.read_text().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if str(lab_dir / "haproxy.cfg").encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-    pidfile.unlink(missing_ok=True)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
 
 
 async def start_playbook(
@@ -195,92 +185,98 @@ async def render_shared_manifests(profile: str) -> Path:
     return dest
 
 
-async def run_mode(
-    run: LabRun, profile: str, artifacts: Path | None, repeats: int, manifests: Path | None = None
-) -> int:
-    run.lab_dir.mkdir(parents=True, exist_ok=True)
-    progress = run.lab_dir / "progress.log"
-    progress.unlink(missing_ok=True)
-    for old in run.results():
-        old.unlink()
+async def converge_lab(
+    run: LabRun, profile: str, artifacts: Path | None, manifests: Path
+) -> list[str]:
+    """run-experiment.yml with `experiment_converge_only`: the lab's HAProxy provisioned
+    and running, the runner's command (runner.json) written. Returns that command;
+    LabFailed with the log's end when the playbook fails."""
+    argv_file = run.lab_dir / RUNNER_ARGV
+    argv_file.unlink(missing_ok=True)
+    extra: dict[str, object] = {
+        "mode": run.mode,
+        "lab_index": run.index,
+        "scenario": run.scenario,
+        "experiment_profile": profile,
+        "experiment_manifests": manifests,
+        "experiment_converge_only": True,
+    }
+    if artifacts:
+        extra["experiment_artifacts"] = artifacts
     with run.log_path.open("wb") as log:
-        extra: dict[str, object] = {
-            "mode": run.mode,
-            "lab_index": run.index,
-            "scenario": run.scenario,
-            "experiment_profile": profile,
-            "experiment_repeats": repeats,
-            "experiment_result_file": run.lab_dir / RESULT_FILE,
-        }
-        if artifacts:
-            extra["experiment_artifacts"] = artifacts
-        if manifests:
-            extra["experiment_manifests"] = manifests
         run.proc = await start_playbook("playbooks/run-experiment.yml", extra, log)
-        shown = 0
-        while run.proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.proc.wait(), 0.5)
-            if progress.exists():
-                lines = progress.read_text().splitlines()
-                for line in lines[shown:]:
-                    print(f"[{run.name:>21}] {line}", flush=True)
-                shown = len(lines)
-    return run.proc.returncode or 0
+        code = await run.proc.wait()
+    run.proc = None
+    if code != 0 or not argv_file.exists():
+        raise LabFailed(f"converging the lab failed (exit {code}):\n{log_tail(run.log_path)}")
+    argv = json.loads(argv_file.read_text())
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise LabFailed(f"{argv_file} is not a command (a list of strings)")
+    return argv
 
 
-def running_runner(result_file: Path) -> int | None:
-    """The pid of the local runner still writing `result_file`, if it runs: Ansible
-    starts a task's command in a session of its own, so the playbook's process group
-    does not include it and the playbook can end while the runner still cleans up."""
-    result = read_result(result_file)
-    if result is None or result["status"] != "running" or "pid" not in result:
-        return None
-    pid = int(result["pid"])
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-    return pid if b"lab.runners.local" in cmdline and state != "Z" else None
+def shown_on_console(line: str) -> bool:
+    """The runner's progress lines (`[  12.3s] ...`) and its verdict (`== ...`); the
+    rest of its output is in the lab's runner-<repeat>.log."""
+    return line.startswith(("[", "== "))
+
+
+async def run_repeat(
+    run: LabRun, argv: list[str], repeat: int
+) -> tuple[int, dict[str, Any] | None]:
+    """One run of the lab's runner as a child, its output streamed to the console (the
+    lab's name in front) and to runner-<repeat>.log: (exit code, result)."""
+    result_file = run.result_file(repeat)
+    run.repeat = repeat
+    run.proc = await asyncio.create_subprocess_exec(
+        *argv,
+        f"--result-file={result_file}",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # signalled by stop_runs only, once, however the command was stopped
+        start_new_session=True,
+    )
+    assert run.proc.stdout is not None
+    with run.runner_log(repeat).open("wb") as log:
+        async for raw in run.proc.stdout:
+            log.write(raw)
+            line = raw.decode(errors="replace").rstrip("\n")
+            if shown_on_console(line):
+                print(f"[{run.name:>21}] {line}", flush=True)
+    code = await run.proc.wait()
+    run.proc = None
+    return code, read_result(result_file)
 
 
 async def stop_runs(runs: list[LabRun]) -> None:
-    """SIGINT to each run's playbook and runner, wait for their cleanup, then leave
-    nothing: what is still there after CLEANUP_TIMEOUT_S is killed, the pods of a killed
-    runner included."""
-    groups = [r.proc.pid for r in runs if r.proc is not None]
-    for pgid in groups:
+    """The one cleanup of an interrupted `make experiment`: SIGINT once to what runs for
+    each lab (its converge playbook or its runner, each in a session of its own), wait
+    for their own cleanup (a runner finalizes its artifacts and stops its pods), kill
+    what is still there after CLEANUP_TIMEOUT_S, the pods of a killed runner included,
+    then stop every lab's HAProxy."""
+    running = [(r, r.proc) for r in runs if r.proc is not None and r.proc.returncode is None]
+    for _, proc in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGINT)
-    # the runner takes a second SIGINT (Ansible passes one on too) as the same request
-    runners = {f: pid for r in runs for f in r.results() if (pid := running_runner(f))}
-    for pid in runners.values():
+            os.killpg(proc.pid, signal.SIGINT)
+    if running:
+        await asyncio.wait(
+            [asyncio.ensure_future(proc.wait()) for _, proc in running],
+            timeout=CLEANUP_TIMEOUT_S,
+        )
+    for r, proc in running:
+        if proc.returncode is not None:
+            continue
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-
-    def busy() -> bool:
-        return any(_group_alive(g) for g in groups) or any(map(running_runner, runners))
-
-    deadline = time.monotonic() + CLEANUP_TIMEOUT_S
-    while busy() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    for result_file in runners:
-        if (pid := running_runner(result_file)) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            result = read_result(result_file)
-            if result is not None:
-                killed = kill_leftover_pods(Path(result["run_dir"]))
-                print(
-                    f"lab.runners.all: the runner of {result['run_dir']} did not finish its "
-                    f"cleanup in {CLEANUP_TIMEOUT_S} s; killed it and {len(killed)} pod "
-                    "processes",
-                    file=sys.stderr,
-                )
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        result = read_result(r.result_file(r.repeat)) if r.repeat else None
+        killed = kill_leftover_pods(Path(result["run_dir"])) if result else []
+        print(
+            f"lab.runners.all: [{r.name}] did not finish its cleanup in {CLEANUP_TIMEOUT_S} s; "
+            f"killed it and {len(killed)} pod processes",
+            file=sys.stderr,
+        )
     for r in runs:
         stop_lab_haproxy(r.lab_dir)
 
@@ -290,20 +286,26 @@ async def run_lab(
     repeats: int,
     profile: str,
     artifacts: Path | None,
+    manifests: Path,
     start_after_s: float = 0,
-    manifests: Path | None = None,
 ) -> list[tuple[int, dict[str, Any] | None]]:
-    """The lab's mode and scenario, `repeats` times one after the other in one playbook
-    run: (exit code, result) each; a repeat that never ran has no result."""
+    """Converge the lab once, then its mode and scenario `repeats` times one after the
+    other: (exit code, result) each; a repeat that never ran has no result. The lab's
+    HAProxy is stopped when its repeats end (stop_runs does it on an interrupt)."""
     await asyncio.sleep(start_after_s)
+    run.lab_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
+        old.unlink()
     started = time.monotonic()
-    code = await run_mode(run, profile, artifacts, repeats, manifests)
+    try:
+        argv = await converge_lab(run, profile, artifacts, manifests)
+    except LabFailed as exc:
+        stop_lab_haproxy(run.lab_dir)
+        print(f"\n[{run.name}] {exc}", file=sys.stderr)
+        return [(1, None)] * repeats
+    out = [await run_repeat(run, argv, i) for i in range(1, repeats + 1)]
+    stop_lab_haproxy(run.lab_dir)
     run.elapsed_s = time.monotonic() - started
-    out = []
-    for i in range(1, repeats + 1):
-        result = read_result(run.result_file(i))
-        ok = result is not None and result["status"] == "completed"
-        out.append((0 if ok else (code or 1), result))
     return out
 
 
@@ -342,41 +344,38 @@ async def main_async(
         return 1
     print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
     tasks = [
-        asyncio.create_task(run_lab(r, repeats, profile, artifacts, i * LAB_STAGGER_S, manifests))
+        asyncio.create_task(run_lab(r, repeats, profile, artifacts, manifests, i * LAB_STAGGER_S))
         for i, r in enumerate(runs)
     ]
     try:
         outcomes = await asyncio.gather(*tasks)
     except asyncio.CancelledError:
+        # the labs' tasks are cancelled with us; their children are stopped here
+        await asyncio.wait(tasks)
         await stop_runs(runs)
         for r in runs:
-            written = r.results()
-            result = read_result(written[-1]) if written else None
+            result = read_result(r.result_file(r.repeat)) if r.repeat else None
             where = result["run_dir"] if result else f"none recorded (see {r.log_path})"
             print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
-    finally:
-        for t in tasks:
-            t.cancel()
     done: dict[str, dict[str, list[Path]]] = {}
     failed = False
     for r, results in zip(runs, outcomes, strict=True):
-        bad = [code for code, result in results if code != 0 or result is None]
         for code, result in results:
-            if code == 0 and result is not None:
+            if code == 0 and result is not None and result["status"] == "completed":
                 done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
                     Path(result["run_dir"]).resolve()
                 )
-        if bad:
-            # the lab's repeats share one playbook run, hence one log
+        for i, (code, result) in enumerate(results, 1):
+            if code == 0 and result is not None and result["status"] == "completed":
+                continue
             failed = True
-            print(
-                f"\n[{r.name}] {len(bad)} of {repeats} run(s) failed (exit {bad[0]}); "
-                "the playbook's last lines:",
-                file=sys.stderr,
-            )
-            lines = r.log_path.read_text(errors="replace").splitlines()
-            print("\n".join(lines[-25:]), file=sys.stderr)
+            if r.runner_log(i).exists():  # else the converge failed, said above
+                print(
+                    f"\n[{r.name}] run {i} of {repeats} failed (exit {code}); "
+                    f"the last lines of {r.runner_log(i)}:\n{log_tail(r.runner_log(i))}",
+                    file=sys.stderr,
+                )
     all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
     timing = timing_summary(
         time.monotonic() - started,

@@ -8,7 +8,11 @@ finalize step (merge, summary, journal, report).
         --syslog 127.31.0.100:5514 --artifacts artifacts
 
 HAProxy is provisioned and started by the haproxy role before this runs
-(playbooks/run-experiment.yml); this module runs everything behind it.
+(playbooks/run-experiment.yml); this module runs everything behind it. `make
+experiment` (lab.runners.all) runs it once per repeat as its child; a run by hand
+(run-experiment.yml) passes `--stop-haproxy`, so that the lab's HAProxy stops with the
+run even when Ansible itself is killed before its `always:` step, and
+`--stop-with-ansible`, so that the run ends when Ansible does.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -37,11 +40,12 @@ from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster, Topology, pods_dir
 from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
+from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.manifests import Manifests
 from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
-from .signals import cancel_on_exit_signals, exit_code
+from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
 from .verify import check_running_lab
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
@@ -49,18 +53,14 @@ LOCAL_LB = "lab-haproxy"
 
 
 class Progress:
-    """Progress lines on stdout and, for callers that cannot stream stdout (Ansible), a file."""
+    """Progress lines on stdout, each with the seconds since the run started (`make
+    experiment` streams them with the lab's name in front)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self) -> None:
         self.started = time.monotonic()
-        self.path = path
 
     def __call__(self, msg: str) -> None:
-        line = f"[{time.monotonic() - self.started:6.1f}s] {msg}"
-        print(line, flush=True)
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        print(f"[{time.monotonic() - self.started:6.1f}s] {msg}", flush=True)
 
 
 async def wait_lb_up(
@@ -122,7 +122,7 @@ async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float =
 
 
 async def run(args: argparse.Namespace) -> Path:
-    progress = Progress(Path(args.progress_file) if args.progress_file else None)
+    progress = Progress()
     overrides = json.loads(args.overrides) if args.overrides else None
     run_plan = make_plan(args.profile, args.mode, args.scenario, overrides)
     scenario = run_plan.load
@@ -131,7 +131,7 @@ async def run(args: argparse.Namespace) -> Path:
     run_dir = new_run_dir(Path(args.artifacts), args.scenario, args.mode)
     result_file = Path(args.result_file) if args.result_file else None
     if result_file:
-        write_result(result_file, run_dir, "running", pid=os.getpid())
+        write_result(result_file, run_dir, "running")
     write_json(run_dir / "plan.json", run_plan.as_dict())
     progress(f"run {run_dir}")
     collected = CollectedDir(run_dir)
@@ -241,6 +241,8 @@ async def run(args: argparse.Namespace) -> Path:
         summary = finalize(run_dir, run_plan, status, journal, term)
         if result_file:
             write_result(result_file, run_dir, status)
+        if args.stop_haproxy:
+            stop_lab_haproxy(Path(args.haproxy_socket).parent)
         if status == "interrupted":
             print(f"interrupted: artifacts kept in {run_dir}", flush=True)
     print_summary(run_dir, summary)
@@ -258,8 +260,19 @@ def main() -> int:
     p.add_argument("--ca")
     p.add_argument("--syslog", required=True, help="HOST:PORT HAProxy logs to")
     p.add_argument("--artifacts", default="artifacts")
-    p.add_argument("--progress-file", help="also append progress lines here")
     p.add_argument("--result-file", help="write {run_dir, status} here for the caller")
+    p.add_argument(
+        "--stop-haproxy",
+        action="store_true",
+        help="stop the lab's HAProxy (haproxy.pid beside the socket) when the run ends, "
+        "however it ends: a run by hand is the lab's only one",
+    )
+    p.add_argument(
+        "--stop-with-ansible",
+        action="store_true",
+        help="stop, as on SIGHUP, when the ansible-playbook that started this run exits "
+        "first (Ansible passes SIGINT and SIGTERM on to its commands, not SIGHUP)",
+    )
     args = p.parse_args()
     stopped_by: list[signal.Signals] = []
     try:
@@ -274,6 +287,14 @@ async def _main_cancellable(args: argparse.Namespace, stopped_by: list[signal.Si
     cleanup runs. More than one can arrive: Ansible passes the terminal's Ctrl-C on to
     the task's command, and `make experiment` also signals the runner directly."""
     cancel_on_exit_signals(stopped_by, "lab.runners.local")
+    if args.stop_with_ansible:
+        playbook = [pid for pid, cmd in ancestors() if "ansible-playbook" in cmd]
+        if not playbook:
+            print(
+                "lab.runners.local: --stop-with-ansible: no ansible-playbook started this run",
+                file=sys.stderr,
+            )
+        cancel_when_gone(playbook, stopped_by, "lab.runners.local")
     await run(args)
 
 

@@ -7,13 +7,20 @@ no process behind, then exit. Each entry point runs its work as one asyncio task
 cancellation, so its `finally` and `except CancelledError` blocks do the cleanup. A
 repeated signal is noted and ignored: cancelling the cleanup itself would leave the
 lab running.
+
+A command that starts a run and dies without passing a signal on counts as a hangup:
+Ansible forwards SIGINT and SIGTERM to its tasks' commands (each in a session of its
+own) but not SIGHUP, so a run by hand whose terminal closed would otherwise go on
+without it. `cancel_when_gone` watches such processes (Linux pidfds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
+from pathlib import Path
 
 #: The signals that end a run, handled alike.
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,3 +48,53 @@ def cancel_on_exit_signals(stopped_by: list[signal.Signals], who: str) -> None:
 def exit_code(stopped_by: list[signal.Signals]) -> int:
     """The shell's convention for a command ended by a signal: 128 + its number."""
     return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+
+
+def ancestors(pid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, command line) of each ancestor of `pid` (default: this process), nearest
+    first, up to but not including PID 1."""
+    out = []
+    current = os.getpid() if pid is None else pid
+    while True:
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return out
+        if parent <= 1:
+            return out
+        try:
+            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return out
+        out.append((parent, cmdline.decode(errors="replace").strip()))
+        current = parent
+
+
+def cancel_when_gone(pids: list[int], stopped_by: list[signal.Signals], who: str) -> None:
+    """From now on, the exit of any of `pids` is a hangup: the current task is cancelled
+    and SIGHUP appended to `stopped_by`, unless an exit signal came first. Call it from
+    the task."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("cancel_when_gone must be called from an asyncio task")
+    loop = asyncio.get_running_loop()
+
+    def on_gone(pid: int, fd: int | None) -> None:
+        if fd is not None:
+            loop.remove_reader(fd)
+            os.close(fd)
+        if stopped_by:
+            return
+        print(f"{who}: pid {pid}, which started this run, is gone: stopping", file=sys.stderr)
+        stopped_by.append(signal.SIGHUP)
+        task.cancel()
+
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            loop.call_soon(on_gone, pid, None)
+            continue
+        # a pidfd is readable once its process has exited
+        loop.add_reader(fd, on_gone, pid, fd)
