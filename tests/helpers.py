@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from applog import parse_logfmt
-from lab.localcluster.cluster import Topology
 from lab.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
+from lab.localcluster.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

@@ -185,7 +185,13 @@ def test_grace_period_kills_a_hook_that_overruns(quick_manifests: Path, tmp_path
             ],
             1,
         )
-        pod = Pod(cluster, template, "slow-1", "worker1", cluster.topology.backend_pod_ip(9))
+        pod = Pod(
+            cluster.pod_environment("worker1"),
+            template,
+            "slow-1",
+            "worker1",
+            cluster.topology.backend_pod_ip(9),
+        )
         try:
             await pod.start()
             await asyncio.sleep(1)
@@ -218,7 +224,13 @@ def test_liveness_failure_restarts_the_container(quick_manifests: Path, tmp_path
     async def fault_and_wait(cluster: LabCluster) -> int:
         hc = next(c for c in cluster.manifests.gateway.containers if c.name == "hc")
         template = PodTemplate("hc-only", {}, 5.0, [hc], 1)
-        pod = Pod(cluster, template, "hc-only-1", "worker1", cluster.topology.gateway_pod_ip(9))
+        pod = Pod(
+            cluster.pod_environment("worker1"),
+            template,
+            "hc-only-1",
+            "worker1",
+            cluster.topology.gateway_pod_ip(9),
+        )
         try:
             await pod.start()
             await asyncio.sleep(1)

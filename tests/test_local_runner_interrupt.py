@@ -18,7 +18,7 @@ import pytest
 
 from helpers import ROOT, render_manifests
 from lab.artifacts.events import read_jsonl
-from lab.localcluster.cluster import Topology
+from lab.localcluster.topology import Topology
 from lab.model.registry import HAPROXY_BACKEND
 
 LAB = Topology(185)

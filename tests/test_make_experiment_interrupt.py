@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, lab_leftovers
-from lab.localcluster.cluster import Topology
+from lab.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
 FIRST_LAB = 160

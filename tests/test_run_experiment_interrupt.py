@@ -18,7 +18,7 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, lab_leftovers
 from lab.artifacts.events import read_jsonl
-from lab.localcluster.cluster import Topology
+from lab.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
 LAB = Topology(176)

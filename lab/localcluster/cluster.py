@@ -9,51 +9,17 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from ..artifacts.events import CollectedDir
+from . import pilot_agent
 from .envoy_bootstrap import Upstream, gateway_bootstrap
-from .kubelet import Pod, program_for
+from .kubelet import LogLineSink, Pod, PodEnvironment, program_for
 from .kubeproxy import NodePort, endpoint_conditions
-from .manifests import Manifests, seconds
-
-PY = sys.executable
-
-
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """Loopback addresses of one isolated lab: 127.<30+index>.<role>.<n>."""
-
-    index: int
-
-    @property
-    def net(self) -> str:
-        if not 1 <= self.index <= 200:
-            raise ValueError(f"lab index {self.index} must be 1..200")
-        return f"127.{30 + self.index}"
-
-    def node_ip(self, n: int) -> str:
-        return f"{self.net}.0.{n}"
-
-    @property
-    def haproxy_ip(self) -> str:
-        return f"{self.net}.0.100"
-
-    def gateway_pod_ip(self, n: int) -> str:
-        return f"{self.net}.1.{n}"
-
-    def backend_pod_ip(self, n: int) -> str:
-        return f"{self.net}.2.{n}"
-
-
-def pods_dir(run_dir: Path) -> Path:
-    """Where a run's pods work (their logs, the Envoy configs): every container and
-    preStop hook of the run has it as its working directory."""
-    return run_dir / "lab"
+from .manifests import ContainerSpec, Manifests, seconds
+from .topology import NODES, WORKERS, Topology, pods_dir
 
 
 def kill_leftover_pods(run_dir: Path) -> list[int]:
@@ -77,13 +43,6 @@ def kill_leftover_pods(run_dir: Path) -> list[int]:
     return killed
 
 
-WORKERS = ("worker1", "worker2")
-#: Every node kube-proxy runs on: the workers, and the untainted control plane, which
-#: has the NodePorts but (nodeAffinity) no gateway pod: the node that shows whether
-#: externalTrafficPolicy keeps a health check node-local.
-NODES = (*WORKERS, "master1")
-
-
 class LabCluster:
     """Two workers, a gateway pod on each, two backend pods, NodePorts on each worker."""
 
@@ -93,24 +52,35 @@ class LabCluster:
         manifests: Manifests,
         lab_dir: Path,
         collected: CollectedDir,
-        on_log_line: Callable[[str, str, str], None] | None = None,
+        on_log_line: LogLineSink | None = None,
         namespace: str = "service-a",
     ) -> None:
         self.topology = topology
         self.manifests = manifests
         self.lab_dir = lab_dir
         # the same files the homelab's collectors write (lab.collectors.kube)
-        self.kubelet_events = collected.log("kubelet")
+        kubelet_events = collected.log("kubelet")
         self.endpoint_events = collected.log("endpointslices")
-        self.proxy_events = collected.log("kube-proxy")
-        self.on_log_line = on_log_line
-        self.namespace = namespace
+        proxy_events = collected.log("kube-proxy")
         (lab_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.http = aiohttp.ClientSession()
+        # each node's kubelet: what its pods get from it
+        self._where = where = {
+            node: PodEnvironment(
+                namespace=namespace,
+                host_ip=topology.ip_of_node(node),
+                work_dir=lab_dir,
+                events=kubelet_events,
+                http=self.http,
+                command=self.container_command,
+                on_log_line=on_log_line,
+            )
+            for node in NODES
+        }
         m = manifests
         self.backend_pods = [
             Pod(
-                self,
+                where[WORKERS[i % 2]],
                 m.backend,
                 f"{m.backend.deployment}-{i + 1}",
                 WORKERS[i % 2],
@@ -121,7 +91,7 @@ class LabCluster:
         mode = m.gateway.labels.get("mode", "gw")
         self.gateway_pods = [
             Pod(
-                self,
+                where[node],
                 m.gateway,
                 f"{m.gateway.deployment}-{mode}-{node}",
                 node,
@@ -130,22 +100,36 @@ class LabCluster:
             for i, node in enumerate(WORKERS[: m.gateway.replicas])
         ]
         self.node_ports = [
-            NodePort(self, node, topology.node_ip(i + 1), node_port, target)
-            for i, node in enumerate(NODES)
+            NodePort(
+                node,
+                topology.ip_of_node(node),
+                node_port,
+                target,
+                endpoints=lambda: self.gateway_pods,
+                traffic_policy=m.traffic_policy,
+                events=proxy_events,
+            )
+            for node in NODES
             for node_port, target in m.node_ports.items()
         ]
         self._conditions: dict[str, dict[str, bool]] = {}
         self._reconciler: asyncio.Task[None] | None = None
 
-    def node_ip(self, node: str) -> str:
-        return self.topology.node_ip(NODES.index(node) + 1)
+    def pod_environment(self, node: str) -> PodEnvironment:
+        """What a pod on `node` gets from its kubelet (a test's extra pod uses it)."""
+        return self._where[node]
 
     def selected_by_gateway(self, pod: Pod) -> bool:
         """istiod pushes the Gateway's listeners only to proxies its selector matches."""
         selector = self.manifests.gateway_selector or {}
         return bool(selector) and selector.items() <= pod.labels.items()
 
-    def proxy_argv(self, pod: Pod) -> list[str]:
+    def container_command(self, pod: Pod, spec: ContainerSpec) -> list[str]:
+        """The command for a container's image: our app's module, or for istio-proxy
+        the pilot-agent stand-in with the Envoy bootstrap istiod would have pushed."""
+        program = program_for(spec.image)
+        if program != "istio-proxy":
+            return [sys.executable, "-m", program]
         m = self.manifests
         config = gateway_bootstrap(
             listen_host=pod.ip,
@@ -158,38 +142,15 @@ class LabCluster:
         )
         path = self.lab_dir / f"envoy-{pod.name}.json"
         path.write_text(json.dumps(config, indent=1))
-        status_port = next(
-            c.readiness.port
-            for c in pod.template.containers
-            if program_for(c.image) == "istio-proxy" and c.readiness
+        if spec.readiness is None:
+            raise ValueError(f"{pod.name}: istio-proxy has no readiness probe (its status port)")
+        return pilot_agent.command(
+            config=path,
+            admin=f"http://{pod.ip}:15000",
+            status=f"{pod.ip}:{spec.readiness.port}",
+            drain_time_s=int(seconds(m.proxy_config.get("drainDuration", "45s"))),
+            termination_drain_s=seconds(m.proxy_config.get("terminationDrainDuration", "5s")),
         )
-        return [
-            PY,
-            "-m",
-            "lab.localcluster.pilot_agent",
-            "--config",
-            str(path),
-            "--admin",
-            f"http://{pod.ip}:15000",
-            "--status",
-            f"{pod.ip}:{status_port}",
-            "--drain-time-s",
-            str(int(seconds(m.proxy_config.get("drainDuration", "45s")))),
-            "--termination-drain-s",
-            str(seconds(m.proxy_config.get("terminationDrainDuration", "5s"))),
-        ]
-
-    async def pump(
-        self, proc: asyncio.subprocess.Process, log: Path, pod: str, container: str
-    ) -> None:
-        """Container output to its log file, each line also to `on_log_line` (the
-        collectors decide what a line means, as they do with the homelab's log stream)."""
-        assert proc.stdout is not None
-        with log.open("ab", buffering=0) as out:
-            while line := await proc.stdout.readline():
-                out.write(line)
-                if self.on_log_line is not None:
-                    self.on_log_line(pod, container, line.decode(errors="replace"))
 
     async def start(self) -> None:
         for pod in self.backend_pods:

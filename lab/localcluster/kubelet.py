@@ -7,19 +7,19 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
+from ..artifacts.events import EventLog
 from .manifests import ContainerSpec, PodTemplate, Probe
 
-PY = sys.executable
-#: The image's repository name -> the program the lab runs for it (by role; the
-#: istio-proxy program needs the cluster, see LabCluster.proxy_argv).
+#: The image's repository name -> the program the lab runs for it (by role; each
+#: program's command line is the cluster's: LabCluster.container_command).
 PROGRAMS = {
     "proxyv2": "istio-proxy",
     "igw-hc": "hc",
@@ -39,8 +39,47 @@ def program_for(image: str) -> str:
     return PROGRAMS[repo]
 
 
-if TYPE_CHECKING:
-    from .cluster import LabCluster
+#: A container line's receiver: (pod, container, line).
+LogLineSink = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class PodEnvironment:
+    """What a pod needs from the node that runs it, and no more: kubelet's view."""
+
+    namespace: str
+    #: the node's address (status.hostIP)
+    host_ip: str
+    #: the working folder of every container and hook; their logs in logs/
+    work_dir: Path
+    #: kubelet's events (kubelet.jsonl, as the homelab's collectors write it)
+    events: EventLog
+    #: the probes' HTTP client
+    http: aiohttp.ClientSession
+    #: a container's command line (the image's program, pilot-agent's flags, ...)
+    command: Callable[[Pod, ContainerSpec], list[str]]
+    #: each line a container or hook writes (the collectors decide what it means)
+    on_log_line: LogLineSink | None = None
+
+    def log_path(self, pod: str, container: str) -> Path:
+        return self.work_dir / "logs" / f"{pod}.{container}.log"
+
+
+async def pump_log(
+    proc: asyncio.subprocess.Process,
+    log: Path,
+    pod: str,
+    container: str,
+    on_line: LogLineSink | None,
+) -> None:
+    """Container output to its log file, each line also to `on_line`, as the container
+    runtime's logging does (the homelab reads the same lines from the API's stream)."""
+    assert proc.stdout is not None
+    with log.open("ab", buffering=0) as out:
+        while line := await proc.stdout.readline():
+            out.write(line)
+            if on_line is not None:
+                on_line(pod, container, line.decode(errors="replace"))
 
 
 @dataclass
@@ -59,9 +98,9 @@ class Container:
 
 class Pod:
     def __init__(
-        self, cluster: LabCluster, template: PodTemplate, name: str, node: str, ip: str
+        self, where: PodEnvironment, template: PodTemplate, name: str, node: str, ip: str
     ) -> None:
-        self.cluster = cluster
+        self.where = where
         self.template = template
         self.name = name
         self.node = node
@@ -82,9 +121,9 @@ class Pod:
         """The container env with fieldRefs resolved (Downward API) and the pod loopback."""
         refs = {
             "metadata.name": self.name,
-            "metadata.namespace": self.cluster.namespace,
+            "metadata.namespace": self.where.namespace,
             "status.podIP": self.ip,
-            "status.hostIP": self.cluster.node_ip(self.node),
+            "status.hostIP": self.where.host_ip,
             "spec.nodeName": self.node,
             "spec.serviceAccountName": self.template.deployment,
         }
@@ -98,12 +137,6 @@ class Pod:
             env["HC_ADDR"] = self.ip + env["HC_ADDR"]  # ":port" = every interface of the pod
         return env
 
-    def argv(self, c: ContainerSpec) -> list[str]:
-        program = program_for(c.image)
-        if program == "istio-proxy":
-            return self.cluster.proxy_argv(self)
-        return [PY, "-m", program]
-
     async def start(self) -> None:
         for c in self.containers:
             await self._start_container(c)
@@ -112,20 +145,24 @@ class Pod:
         env = self.env(c.spec)
         if program_for(c.spec.image) == "backend":
             env["BIND_HOST"] = self.ip
-        log = self.cluster.lab_dir / "logs" / f"{self.name}.{c.spec.name}.log"
         c.proc = await asyncio.create_subprocess_exec(
-            *self.argv(c.spec),
+            *self.where.command(self, c.spec),
             env=env,
-            cwd=self.cluster.lab_dir,
+            cwd=self.where.work_dir,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
         c.ready = c.spec.readiness is None
-        self.cluster.kubelet_events.emit(
+        self.where.events.emit(
             "kubelet", "container_started", pod=self.name, container=c.spec.name, pid=c.proc.pid
         )
-        c.tasks = [asyncio.create_task(self.cluster.pump(c.proc, log, self.name, c.spec.name))]
+        log = self.where.log_path(self.name, c.spec.name)
+        c.tasks = [
+            asyncio.create_task(
+                pump_log(c.proc, log, self.name, c.spec.name, self.where.on_log_line)
+            )
+        ]
         if c.spec.readiness:
             c.tasks.append(asyncio.create_task(self._probe(c, c.spec.readiness, "readiness")))
         if c.spec.liveness:
@@ -136,7 +173,7 @@ class Pod:
         assert c.proc is not None
         code = await c.proc.wait()
         c.ready = False
-        self.cluster.kubelet_events.emit(
+        self.where.events.emit(
             "kubelet", "container_exited", pod=self.name, container=c.spec.name, code=code
         )
 
@@ -147,7 +184,7 @@ class Pod:
         while c.running:
             await asyncio.sleep(probe.period_s)
             try:
-                async with self.cluster.http.get(url, timeout=timeout) as r:
+                async with self.where.http.get(url, timeout=timeout) as r:
                     ok = 200 <= r.status < 400
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
@@ -156,11 +193,11 @@ class Pod:
                 was = c.ready
                 c.ready = ok or (c.ready and failures < probe.failure_threshold)
                 if c.ready != was:
-                    self.cluster.kubelet_events.emit(
+                    self.where.events.emit(
                         "kubelet", "readiness", pod=self.name, container=c.spec.name, ready=c.ready
                     )
             elif failures >= probe.failure_threshold and c.running:
-                self.cluster.kubelet_events.emit(
+                self.where.events.emit(
                     "kubelet",
                     "liveness_failed",
                     pod=self.name,
@@ -204,7 +241,7 @@ class Pod:
 
     async def terminate(self) -> None:
         """kubelet's graceful deletion of this pod."""
-        ev = self.cluster.kubelet_events
+        ev = self.where.events
         self.terminating = True
         ev.emit("kubelet", "pod_terminating", pod=self.name, grace_s=self.template.grace_s)
         loop = asyncio.get_running_loop()
@@ -218,14 +255,16 @@ class Pod:
                 hook = await asyncio.create_subprocess_exec(
                     *argv,
                     env=env,
-                    cwd=self.cluster.lab_dir,
+                    cwd=self.where.work_dir,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                 )
                 self.hooks.append(hook)
-                log = self.cluster.lab_dir / "logs" / f"{self.name}.{c.spec.name}.prestop.log"
-                pump = asyncio.create_task(self.cluster.pump(hook, log, self.name, "prestop"))
+                log = self.where.log_path(self.name, f"{c.spec.name}.prestop")
+                pump = asyncio.create_task(
+                    pump_log(hook, log, self.name, "prestop", self.where.on_log_line)
+                )
                 self.hook_tasks.append(pump)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hook.wait(), max(grace_end - loop.time(), 0))
@@ -294,6 +333,6 @@ class Pod:
                 await c.proc.wait()
         tasks = self.hook_tasks + [t for c in self.containers for t in c.tasks]
         for t in tasks:
-            if not t.done() and t.get_coro().__name__ != "pump":
+            if not t.done() and t.get_coro().__name__ != "pump_log":
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

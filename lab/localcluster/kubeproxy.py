@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from ..artifacts.events import EventLog
 from .kubelet import Pod
-
-if TYPE_CHECKING:
-    from .cluster import LabCluster
 
 
 def endpoint_conditions(pod: Pod) -> dict[str, bool]:
@@ -51,9 +49,20 @@ class NodePort:
     """
 
     def __init__(
-        self, cluster: LabCluster, node: str, ip: str, node_port: int, target_port: int
+        self,
+        node: str,
+        ip: str,
+        node_port: int,
+        target_port: int,
+        endpoints: Callable[[], list[Pod]],
+        traffic_policy: str,
+        events: EventLog,
     ) -> None:
-        self.cluster = cluster
+        """`endpoints`: the service's pods (the EndpointSlices kube-proxy watches);
+        `traffic_policy`: its externalTrafficPolicy; `events`: kube-proxy.jsonl."""
+        self.service_pods = endpoints
+        self.traffic_policy = traffic_policy
+        self.events = events
         self.node = node
         self.ip = ip
         self.node_port = node_port
@@ -64,19 +73,19 @@ class NodePort:
         self.rr = 0
 
     def endpoints(self) -> list[Pod]:
-        return local_endpoints([p for p in self.cluster.gateway_pods if p.node == self.node])
+        return local_endpoints([p for p in self.service_pods() if p.node == self.node])
 
     def cluster_endpoints(self) -> list[Pod]:
         return [
             p
-            for p in self.cluster.gateway_pods
+            for p in self.service_pods()
             if not p.terminated.is_set() and endpoint_conditions(p)["ready"]
         ]
 
     def endpoints_for(self, source_ip: str | None) -> list[Pod]:
         # externalTrafficPolicy: Cluster sends every node's traffic to any ready
         # endpoint (with SNAT): a node without a gateway pod answers as if it had one
-        if source_ip == self.ip or self.cluster.manifests.traffic_policy != "Local":
+        if source_ip == self.ip or self.traffic_policy != "Local":
             return self.cluster_endpoints()
         return self.endpoints()
 
@@ -91,7 +100,7 @@ class NodePort:
             # "closed": new connections from elsewhere are dropped; established ones
             # live on (conntrack)
             kind = "nodeport_open" if has_local else "nodeport_closed"
-            self.cluster.proxy_events.emit("kube-proxy", kind, node=self.node, port=self.node_port)
+            self.events.emit("kube-proxy", kind, node=self.node, port=self.node_port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -119,6 +120,23 @@ async def run(args: argparse.Namespace) -> int:
     await runner.cleanup()
     log.info("exit", extra={"envoy_code": envoy.returncode})
     return 0
+
+
+def command(
+    config: Path, admin: str, status: str, drain_time_s: int, termination_drain_s: float
+) -> list[str]:
+    """This stand-in's command line, as the lab's kubelet starts it for an istio-proxy
+    container: the flags main() parses."""
+    return [
+        sys.executable,
+        "-m",
+        __spec__.name if __spec__ else "lab.localcluster.pilot_agent",
+        f"--config={config}",
+        f"--admin={admin}",
+        f"--status={status}",
+        f"--drain-time-s={drain_time_s}",
+        f"--termination-drain-s={termination_drain_s}",
+    ]
 
 
 def main() -> int:

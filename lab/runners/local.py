@@ -38,10 +38,11 @@ from ..artifacts.termination import Termination
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
-from ..localcluster.cluster import LabCluster, Topology, pods_dir
+from ..localcluster.cluster import LabCluster
 from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
 from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.manifests import Manifests
+from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan

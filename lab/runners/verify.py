@@ -43,8 +43,9 @@ from ..analysis import checks
 from ..artifacts.events import CollectedDir
 from ..artifacts.rundir import utc_stamp, write_json
 from ..collectors import haproxy as haproxy_collector
-from ..localcluster.cluster import NODES, LabCluster, Topology
+from ..localcluster.cluster import LabCluster
 from ..localcluster.manifests import Manifests, seconds
+from ..localcluster.topology import NODES, Topology
 from ..model import registry, timing
 
 #: HAProxy purges idle server connections every `pool-purge-delay` (5 s unless set),
@@ -274,7 +275,10 @@ async def check_running_lab(
         # all nodes at once: a node that drops (no pod, Local policy) costs one timeout
         statuses = await asyncio.gather(
             *(
-                status_of(http, f"http://{cluster.node_ip(node)}:{node_port}{mode.lb.check_uri}")
+                status_of(
+                    http,
+                    f"http://{cluster.topology.ip_of_node(node)}:{node_port}{mode.lb.check_uri}",
+                )
                 for node in NODES
             )
         )
