@@ -51,13 +51,13 @@ def gone(pid: int, timeout: float = 5) -> bool:
 
 
 def test_stops_the_labs_master_and_forgets_the_pidfile(tmp_path: Path) -> None:
-    lab = tmp_path / "lab"
-    master = start_master(lab)
-    assert lab_haproxy_pids(lab) == [master]
-    assert stop_lab_haproxy(lab) == [master]
+    lab_dir = tmp_path / "lab"
+    master = start_master(lab_dir)
+    assert lab_haproxy_pids(lab_dir) == [master]
+    assert stop_lab_haproxy(lab_dir) == [master]
     assert gone(master)
-    assert not (lab / "haproxy.pid").exists()
-    assert stop_lab_haproxy(lab) == []  # nothing left to stop is not an error
+    assert not (lab_dir / "haproxy.pid").exists()
+    assert stop_lab_haproxy(lab_dir) == []  # nothing left to stop is not an error
 
 
 def test_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
@@ -67,11 +67,11 @@ def test_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
     other_lab = tmp_path / "other"
     other = start_master(other_lab)
     stranger = subprocess.Popen(["sleep", "30"])
-    lab = tmp_path / "lab"
-    lab.mkdir()
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
     try:
-        (lab / "haproxy.pid").write_text(f"{stranger.pid}\n{other}\n")
-        assert stop_lab_haproxy(lab) == []
+        (lab_dir / "haproxy.pid").write_text(f"{stranger.pid}\n{other}\n")
+        assert stop_lab_haproxy(lab_dir) == []
         assert stranger.poll() is None
         assert not gone(other, timeout=0.5)
     finally:
@@ -82,9 +82,9 @@ def test_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
 
 def test_the_playbooks_command_line(tmp_path: Path) -> None:
     """What run-experiment.yml's `always:` step runs, and the word it decides `changed` by."""
-    lab = tmp_path / "lab"
-    master = start_master(lab)
-    cli = [sys.executable, "-m", "lab.localcluster.haproxy_process", "stop", str(lab)]
+    lab_dir = tmp_path / "lab"
+    master = start_master(lab_dir)
+    cli = [sys.executable, "-m", "lab.localcluster.haproxy_process", "stop", str(lab_dir)]
     first = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, check=True)
     assert f"stopped={master}" in first.stdout
     assert gone(master)

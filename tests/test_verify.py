@@ -24,7 +24,9 @@ import yaml
 from helpers import ROOT, VENV_BIN, free_port
 from lab.analysis import checks
 from lab.collectors import haproxy as haproxy_collector
-from lab.runners.verify import haproxy_seconds, haproxy_settings, tls_accepts
+from lab.collectors.haproxy_config import haproxy_settings
+from lab.collectors.tls import tls_accepts
+from lab.model.durations import haproxy_seconds
 
 LAB = 199  # apart from make experiment's labs (1..8) and site.yml's (200)
 
@@ -291,7 +293,7 @@ def test_the_committed_seed_manifests_read_back_through_the_checker(mode_file: s
     """What the homelab verification reads back from the live objects is what the
     committed manifests hold: the seed's numbers pass the seed profile's rules, and a
     deployed value out of line is caught."""
-    from lab.runners.verify import deployed_timing, raw_docs
+    from lab.analysis.deployed import deployed_timing, raw_docs
 
     docs = raw_docs(ROOT / "manifests", mode_file)
     cfg = haproxy_settings(

@@ -2,7 +2,7 @@
 pitfalls that break the experiment silently, each a small pure function from observed
 facts to a result that says what is wrong and how to fix it.
 
-The facts are gathered elsewhere (lab.runners.verify: the local lab's real processes,
+The facts are gathered elsewhere (lab.runners.premise_checks: the local lab's real processes,
 or the Kubernetes API and the workers' HAProxy on the homelab); here only the judgment.
 """
 

@@ -61,3 +61,20 @@ async def poll_active(
                 sink.emit("envoy", "active_requests", pod=pod, value=value)
                 last[pod] = value
         await asyncio.sleep(interval_s)
+
+
+def listener_addresses(doc: dict[str, Any]) -> list[str]:
+    """`host:port` of each listener in Envoy's `/listeners?format=json`."""
+    out = []
+    for status in doc.get("listener_statuses", []):
+        addr = status.get("local_address", {}).get("socket_address", {})
+        out.append(f"{addr.get('address')}:{addr.get('port_value')}")
+    return out
+
+
+async def listeners(http: aiohttp.ClientSession, admin: str) -> list[str]:
+    try:
+        async with http.get(f"{admin}/listeners", params={"format": "json"}) as r:
+            return listener_addresses(await r.json(content_type=None))
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []

@@ -14,11 +14,12 @@ from pathlib import Path
 import aiohttp
 
 from ..artifacts.events import CollectedDir
+from ..model.durations import duration_seconds
 from . import pilot_agent
 from .envoy_bootstrap import Upstream, gateway_bootstrap
 from .kubelet import LogLineSink, Pod, PodEnvironment, program_for
 from .kubeproxy import NodePort, endpoint_conditions
-from .manifests import ContainerSpec, Manifests, seconds
+from .manifests import ContainerSpec, Manifests
 from .topology import NODES, WORKERS, Topology, pods_dir
 
 
@@ -144,12 +145,13 @@ class LabCluster:
         path.write_text(json.dumps(config, indent=1))
         if spec.readiness is None:
             raise ValueError(f"{pod.name}: istio-proxy has no readiness probe (its status port)")
+        drain = m.proxy_config
         return pilot_agent.command(
             config=path,
             admin=f"http://{pod.ip}:15000",
             status=f"{pod.ip}:{spec.readiness.port}",
-            drain_time_s=int(seconds(m.proxy_config.get("drainDuration", "45s"))),
-            termination_drain_s=seconds(m.proxy_config.get("terminationDrainDuration", "5s")),
+            drain_time_s=int(duration_seconds(drain.get("drainDuration", "45s"))),
+            termination_drain_s=duration_seconds(drain.get("terminationDrainDuration", "5s")),
         )
 
     async def start(self) -> None:

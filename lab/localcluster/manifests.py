@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from ..model.durations import duration_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class Probe:
@@ -125,20 +127,10 @@ class Manifests:
             backend=PodTemplate.from_deployment(be_deploy),
             backend_port=int(be_svc["spec"]["ports"][0]["targetPort"]),
             gateway_port=int(gateway["spec"]["servers"][0]["port"]["number"]),
-            route_timeout_s=seconds(vs["spec"]["http"][0]["timeout"]),
+            route_timeout_s=duration_seconds(vs["spec"]["http"][0]["timeout"]),
             node_ports={int(p["nodePort"]): int(p["targetPort"]) for p in gw_svc["spec"]["ports"]},
             node_ports_by_name={p["name"]: int(p["nodePort"]) for p in gw_svc["spec"]["ports"]},
             proxy_config=proxy_config,
             traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
             gateway_selector=dict(gateway["spec"].get("selector") or {}),
         )
-
-
-def seconds(duration: str) -> float:
-    if duration.endswith("ms"):
-        return float(duration[:-2]) / 1000
-    if duration.endswith("s"):
-        return float(duration[:-1])
-    if duration.endswith("m"):
-        return float(duration[:-1]) * 60
-    raise ValueError(f"duration {duration!r}: expected e.g. 150s")

@@ -46,8 +46,8 @@ from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
+from .premise_checks import check_running_lab
 from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
-from .verify import check_running_lab
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
 LOCAL_LB = "lab-haproxy"
