@@ -33,8 +33,9 @@ def igw_haproxy_duration(seconds: float) -> str:
 
 
 def igw_registry(key: str) -> Any:
-    """One part of the registry: `modes`, `mode_files`, `scenarios`, `haproxy_backend`,
-    or `profiles` (the timing profiles' names)."""
+    """One part of the registry: `objects` (the Kubernetes objects' names), `ports`,
+    `modes`, `mode_files`, `scenarios`, `haproxy_backend`, ..., or `profiles` (the timing
+    profiles' names)."""
     data = {**registry.as_dict(), "profiles": list(timing.PROFILES)}
     if key not in data:
         raise AnsibleFilterError(f"igw_registry: {key!r} is not one of: {', '.join(data)}")

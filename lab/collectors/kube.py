@@ -21,6 +21,7 @@ from kubernetes.client import CoreV1Api, DiscoveryV1Api
 from kubernetes.stream import portforward
 
 from ..artifacts.events import EventLog
+from ..model import registry
 from .podlogs import event_from_line
 
 WATCH_WINDOW_S = 5  # how often a watch returns to look at `stop`
@@ -151,7 +152,9 @@ class _Tunnelled(http.client.HTTPConnection):
 class PortForwardAdmin:
     """GETs on a pod's Envoy admin port through the API server's port-forward."""
 
-    def __init__(self, api: CoreV1Api, namespace: str, pod: str, port: int = 15000) -> None:
+    def __init__(
+        self, api: CoreV1Api, namespace: str, pod: str, port: int = registry.PORTS.envoy_admin
+    ) -> None:
         self.api, self.namespace, self.pod, self.port = api, namespace, pod, port
 
     def get_json(self, path: str, params: Mapping[str, str]) -> Mapping[str, Any]:

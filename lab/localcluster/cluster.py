@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from ..artifacts.events import CollectedDir
+from ..model import registry
 from ..model.durations import duration_seconds
 from . import pilot_agent
 from .envoy_bootstrap import Upstream, gateway_bootstrap
@@ -54,7 +55,7 @@ class LabCluster:
         lab_dir: Path,
         collected: CollectedDir,
         on_log_line: LogLineSink | None = None,
-        namespace: str = "service-a",
+        namespace: str = registry.OBJECTS.namespace,
     ) -> None:
         self.topology = topology
         self.manifests = manifests
@@ -136,7 +137,7 @@ class LabCluster:
             listen_host=pod.ip,
             listen_port=m.gateway_port,
             admin_host=pod.ip,
-            admin_port=15000,
+            admin_port=registry.PORTS.envoy_admin,
             upstreams=[Upstream(p.ip, m.backend_port) for p in self.backend_pods],
             route_timeout_s=m.route_timeout_s,
             with_listener=self.selected_by_gateway(pod),
@@ -148,7 +149,7 @@ class LabCluster:
         drain = m.proxy_config
         return pilot_agent.command(
             config=path,
-            admin=f"http://{pod.ip}:15000",
+            admin=f"http://{pod.ip}:{registry.PORTS.envoy_admin}",
             status=f"{pod.ip}:{spec.readiness.port}",
             drain_time_s=int(duration_seconds(drain.get("drainDuration", "45s"))),
             termination_drain_s=duration_seconds(drain.get("terminationDrainDuration", "5s")),

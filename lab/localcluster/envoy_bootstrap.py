@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model.registry import ENVOY_ACCESS_LOG_FORMAT
+from ..model.registry import ENVOY_ACCESS_LOG_FORMAT, OBJECTS, PORTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,9 @@ def gateway_bootstrap(
     admin_port: int,
     upstreams: Sequence[Upstream],
     route_timeout_s: float,
-    cluster_name: str = "outbound|8080||backend.service-a.svc.cluster.local",
+    cluster_name: str = (
+        f"outbound|{PORTS.backend}||{OBJECTS.backend}.{OBJECTS.namespace}.svc.cluster.local"
+    ),
     with_listener: bool = True,
 ) -> dict[str, object]:
     """A static bootstrap: one HTTP listener routing `/` to `upstreams`. Without the

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from ..artifacts.events import EventLog
+from ..model.registry import PORTS
 from .manifests import ContainerSpec, PodTemplate, Probe
 
 #: The image's repository name -> the program the lab runs for it (by role; each
@@ -231,7 +232,9 @@ class Pod:
         env = self.env(c)
         # the pod's loopback is its pod IP here; preStop output is captured by the lab
         env.update(
-            HC_URL=f"http://{self.ip}:18180", ENVOY_ADMIN=f"http://{self.ip}:15000", LOG_MIRROR=""
+            HC_URL=f"http://{self.ip}:{PORTS.hc}",
+            ENVOY_ADMIN=f"http://{self.ip}:{PORTS.envoy_admin}",
+            LOG_MIRROR="",
         )
         argv = [
             a.replace("127.0.0.1", self.ip).replace(IMAGE_DRAIN_SCRIPT, str(DRAIN_SCRIPT))

@@ -11,6 +11,46 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+
+@dataclass(frozen=True)
+class ObjectNames:
+    """The Kubernetes objects' names: the manifests role renders them, the gateway role
+    waits for them, the homelab runner, its collectors and verify look them up."""
+
+    namespace: str = "service-a"
+    #: the gateway's Deployment, ServiceAccount, Service and pod label `app`
+    gateway_deployment: str = "service-a-igw"
+    #: the pod label `istio` the Gateway's selector matches
+    gateway_selector: str = "service-a-igw"
+    gateway: str = "service-a-gateway"
+    virtualservice: str = "service-a"
+    backend: str = "backend"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports the manifests, the haproxy role, the local lab and the collectors share."""
+
+    #: the Gateway server's port: Envoy's listener
+    gateway: int = 8080
+    #: hc's API (health checks, /drain, /fault)
+    hc: int = 18180
+    #: pilot-agent's status port (/healthz/ready)
+    status: int = 15021
+    #: Envoy's admin (stats, /listeners, /drain_listeners)
+    envoy_admin: int = 15000
+    backend: int = 8080
+    #: the gateway Service's NodePorts on every node: traffic, hc, status
+    nodeport_http: int = 30080
+    nodeport_hc: int = 30180
+    nodeport_status: int = 32021
+
+
+OBJECTS = ObjectNames()
+PORTS = Ports()
+#: The label selector of the gateway's pods (every mode's).
+GATEWAY_POD_SELECTOR = f"app={OBJECTS.gateway_deployment}"
+
 #: HAProxy's backend of gateway NodePorts: the haproxy role's config, the collectors'
 #: `show stat` filter and the runners all use this name.
 HAPROXY_BACKEND = "igw_nodeports"
@@ -203,6 +243,8 @@ def scenario(name: str) -> Scenario:
 def as_dict() -> dict[str, object]:
     """The whole registry as plain data (for Ansible)."""
     return {
+        "objects": asdict(OBJECTS),
+        "ports": asdict(PORTS),
         "modes": {name: asdict(m) for name, m in MODES.items()},
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},

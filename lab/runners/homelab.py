@@ -31,11 +31,11 @@ from ..artifacts.rundir import RAW_REQUESTS, write_json
 from ..artifacts.termination import Termination, write_termination
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
+from ..model import registry
 from ..model.plan import add_arguments
 from ..model.plan import plan as make_plan
 
-GATEWAY_SELECTOR = "app=service-a-igw"
-GATEWAY_SERVICE = "service-a-igw"
+GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
 WATCHED_CONTAINERS = ("hc", "istio-proxy")
 
 
@@ -66,7 +66,7 @@ async def run(args: argparse.Namespace) -> None:
     write_json(run_dir / "plan.json", run_plan.as_dict())
     collected = CollectedDir(run_dir)
     stop = threading.Event()
-    selector = f"{GATEWAY_SELECTOR},mode={args.mode}"
+    selector = f"{registry.GATEWAY_POD_SELECTOR},mode={args.mode}"
     pods = core.list_namespaced_pod(args.namespace, label_selector=selector).items
     victim = pick_victim(pods, args.workers.split(","), args.lb)
     print(f"victim {victim.metadata.name} on {victim.spec.node_name}", flush=True)

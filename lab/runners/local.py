@@ -183,7 +183,9 @@ async def run(args: argparse.Namespace) -> Path:
             )
         regex = envoy.active_stat_regex(manifests.gateway_port)
         fetchers = {
-            p.name: envoy.http_fetcher(stats_session, f"http://{p.ip}:15000", regex)
+            p.name: envoy.http_fetcher(
+                stats_session, f"http://{p.ip}:{registry.PORTS.envoy_admin}", regex
+            )
             for p in cluster.gateway_pods
         }
         background.append(asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers)))

@@ -128,7 +128,12 @@ async def check_running_lab(
         found.append(
             checks.envoy_listener(
                 manifests.gateway_port,
-                {p.name: await envoy.listeners(http, f"http://{p.ip}:15000") for p in gw},
+                {
+                    p.name: await envoy.listeners(
+                        http, f"http://{p.ip}:{registry.PORTS.envoy_admin}"
+                    )
+                    for p in gw
+                },
             )
         )
         found.append(checks.proxy_volumes(docs["gateway"]["spec"]["template"]["spec"]))
@@ -177,7 +182,6 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
     from kubernetes import client, config
 
     from ..collectors.kube import PortForwardAdmin
-    from .homelab import GATEWAY_SELECTOR
 
     mode = registry.mode(args.mode)
     config.load_kube_config(context=args.context)
@@ -195,7 +199,7 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
     service = serialize(core.read_namespaced_service(args.deployment, ns))
     pods = [
         p
-        for p in core.list_namespaced_pod(ns, label_selector=GATEWAY_SELECTOR).items
+        for p in core.list_namespaced_pod(ns, label_selector=registry.GATEWAY_POD_SELECTOR).items
         if p.metadata.deletion_timestamp is None
     ]
     nodes = core.list_node().items

@@ -65,11 +65,12 @@ def main() -> int:
     local.add_argument("--manifests", required=True)
     local.add_argument("--haproxy-socket", required=True)
     homelab.add_argument("--context", required=True)
-    homelab.add_argument("--namespace", default="service-a")
-    homelab.add_argument("--deployment", default="service-a-igw")
-    homelab.add_argument("--backend", default="backend")
-    homelab.add_argument("--gateway", default="service-a-gateway")
-    homelab.add_argument("--virtualservice", default="service-a")
+    names = registry.OBJECTS
+    homelab.add_argument("--namespace", default=names.namespace)
+    homelab.add_argument("--deployment", default=names.gateway_deployment)
+    homelab.add_argument("--backend", default=names.backend)
+    homelab.add_argument("--gateway", default=names.gateway)
+    homelab.add_argument("--virtualservice", default=names.virtualservice)
     homelab.add_argument("--lb-host", required=True, help="the node the experiment's LB runs on")
     homelab.add_argument(
         "--lb-states", required=True, help="JSON {lb host: {server: status}} read on each worker"
