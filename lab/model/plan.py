@@ -1,11 +1,18 @@
 """The run plan: what one experiment drives and why, from the mode, the scenario and
 the timing budget. Both runners (local lab, homelab) and the analysis read it from
 `plan.json` in the run directory.
+
+The budget is derived once, by the timing role in `run-experiment.yml` (the same
+derivation that rendered the manifests and HAProxy's config), and handed to the
+runner as `--budget`: the plan describes what was deployed, timing overrides
+included. A runner started without it derives the budget from `--profile` and
+`--overrides`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -131,13 +138,46 @@ def check_inputs(mode: str, scenario: str, profile: str) -> None:
     registry.require("profile", profile, list(timing.PROFILES))
 
 
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """--budget (the timing role's derivation, handed down) or --overrides."""
+    parser.add_argument(
+        "--budget",
+        help="the timing budget as JSON, as the timing role derived it (timing.report): "
+        "the plan is sized from what was deployed",
+    )
+    parser.add_argument("--overrides", help="timing overrides as JSON (without --budget)")
+
+
+def plan_for(args: argparse.Namespace) -> RunPlan:
+    """The plan for a runner's arguments (add_arguments, add_budget_arguments): from the
+    handed-down budget when there is one, whose profile must be --profile's."""
+    if args.budget:
+        if args.overrides:
+            raise ValueError("--budget already carries the overrides: pass one of the two")
+        budget = json.loads(args.budget)
+        if budget.get("profile") != args.profile:
+            raise ValueError(
+                f"--budget is profile {budget.get('profile')!r}, --profile is {args.profile!r}"
+            )
+        return plan_from_budget(budget, args.mode, args.scenario)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    return plan(args.profile, args.mode, args.scenario, overrides)
+
+
 def plan(
     profile: str, mode: str, scenario: str = "inflight", overrides: Mapping[str, Any] | None = None
 ) -> RunPlan:
     """Size the long requests from what the best gateway path protects (timing model)."""
     check_inputs(mode, scenario, profile)
-    budget = timing.derive(profile, overrides)
-    protected = timing.protected_by_path(budget)
+    return plan_from_budget(timing.report(profile, overrides), mode, scenario)
+
+
+def plan_from_budget(budget: Mapping[str, Any], mode: str, scenario: str = "inflight") -> RunPlan:
+    """The plan from a derived budget (timing.report's shape: profile, numbers,
+    protected)."""
+    profile = str(budget["profile"])
+    check_inputs(mode, scenario, profile)
+    protected = budget["protected"]
     mine = float(protected[registry.mode(mode).protected_path]["longest_s"])
     if scenario == "steady":
         # A long request may start on the gateway until the LB stops sending; in the
@@ -172,4 +212,4 @@ def plan(
             f"The {mode} path protects {mine:g}s: these requests are longer than it can carry "
             "by design, to show what it cuts."
         )
-    return RunPlan(mode, scenario, profile, load, mine, notes, budget.as_dict())
+    return RunPlan(mode, scenario, profile, load, mine, notes, dict(budget["numbers"]))

@@ -32,8 +32,7 @@ from ..artifacts.termination import Termination, write_termination
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
-from ..model.plan import add_arguments
-from ..model.plan import plan as make_plan
+from ..model.plan import add_arguments, add_budget_arguments, plan_for
 
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
 WATCHED_CONTAINERS = ("hc", "istio-proxy")
@@ -60,7 +59,7 @@ def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
 async def run(args: argparse.Namespace) -> None:
     config.load_kube_config(context=args.context)
     core, discovery = client.CoreV1Api(), client.DiscoveryV1Api()
-    run_plan = make_plan(args.profile, args.mode, args.scenario)
+    run_plan = plan_for(args)
     scenario = run_plan.load
     run_dir = Path(args.run_dir)
     write_json(run_dir / "plan.json", run_plan.as_dict())
@@ -162,7 +161,8 @@ def main() -> int:
     p.add_argument("--lb", required=True, help="inventory name of the HAProxy the load uses")
     p.add_argument("--workers", required=True, help="comma-separated worker node names")
     add_arguments(p, profile="seed")
-    p.add_argument("--gateway-port", type=int, default=8080)
+    add_budget_arguments(p)
+    p.add_argument("--gateway-port", type=int, default=registry.PORTS.gateway)
     p.add_argument("--run-dir", required=True)
     args = p.parse_args()
     asyncio.run(run(args))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -44,8 +43,7 @@ from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.manifests import Manifests
 from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
-from ..model.plan import add_arguments
-from ..model.plan import plan as make_plan
+from ..model.plan import add_arguments, add_budget_arguments, plan_for
 from .premise_checks import check_running_lab
 from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
 
@@ -124,8 +122,7 @@ async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float =
 
 async def run(args: argparse.Namespace) -> Path:
     progress = Progress()
-    overrides = json.loads(args.overrides) if args.overrides else None
-    run_plan = make_plan(args.profile, args.mode, args.scenario, overrides)
+    run_plan = plan_for(args)
     scenario = run_plan.load
     topology = Topology(args.lab_index)
     manifests = Manifests.load(Path(args.manifests), registry.mode(args.mode).manifest)
@@ -255,7 +252,7 @@ async def run(args: argparse.Namespace) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description="one gateway-termination experiment on the local lab")
     add_arguments(p, profile="quick")
-    p.add_argument("--overrides", help="timing overrides as JSON")
+    add_budget_arguments(p)
     p.add_argument("--lab-index", type=int, default=1)
     p.add_argument("--manifests", required=True)
     p.add_argument("--haproxy-socket", required=True)
