@@ -1,7 +1,7 @@
 #!/bin/sh
 # graceful-drain.sh: the improved mode's preStop hook in the hc container (seed 003 §5).
 #
-# The seed's seven steps, in the seed's order:
+# The seed's seven steps, in the seed's order (DRAIN_ORDER=drain-first, the default):
 #   [1] POST hc /drain              OPEN -> DRAINING (both probes still pass)
 #   [2] POST envoy /drain_listeners graceful drain; Connection: close on responses
 #   [3] poll Envoy until the data-plane active-request gauge is 0, or DRAIN_TIMEOUT
@@ -29,7 +29,7 @@
 # - The seed treated an unreadable stats endpoint as 0 (awk's END printed sum+0) and
 #   could flip the LB with requests in flight. Unknown is not zero: we keep polling.
 #
-# Not fixed here, by design of this (seed) order: the LB still sends new requests
+# Not fixed here, by design of the drain-first order: the LB still sends new requests
 # during [2]-[3] (the check passes in DRAINING), so under steady traffic the gauge
 # seldom reaches 0. See README, "Ordering".
 #
@@ -45,7 +45,7 @@ POLL_INTERVAL="${POLL_INTERVAL:-2}"
 LB_BUFFER="${LB_BUFFER:-10}"
 CURL_MAX_TIME="${CURL_MAX_TIME:-5}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
-DRAIN_ORDER="${DRAIN_ORDER:-seed}"
+DRAIN_ORDER="${DRAIN_ORDER:-drain-first}"
 NOLB_WAIT="${NOLB_WAIT:-5}"
 ACTIVE_STATS_FILTER="${ACTIVE_STATS_FILTER:-^http\.outbound_0\.0\.0\.0_${GATEWAY_PORT}\.downstream_rq_active\$}"
 # preStop output never reaches `kubectl logs`; PID 1's stdout does.
@@ -94,8 +94,8 @@ require_whole LB_BUFFER "$LB_BUFFER" 0 600
 require_whole CURL_MAX_TIME "$CURL_MAX_TIME" 1 60
 require_whole GATEWAY_PORT "$GATEWAY_PORT" 1 65535
 case "$DRAIN_ORDER" in
-    seed | lb-first) ;;
-    *) bad_setting DRAIN_ORDER "$DRAIN_ORDER" "seed or lb-first" ;;
+    drain-first | lb-first) ;;
+    *) bad_setting DRAIN_ORDER "$DRAIN_ORDER" "drain-first or lb-first" ;;
 esac
 require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
 

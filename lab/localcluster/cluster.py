@@ -52,26 +52,26 @@ class LabCluster:
         self,
         topology: Topology,
         manifests: Manifests,
-        lab_dir: Path,
+        work_dir: Path,
         collected: CollectedDir,
         on_log_line: LogLineSink | None = None,
         namespace: str = registry.OBJECTS.namespace,
     ) -> None:
         self.topology = topology
         self.manifests = manifests
-        self.lab_dir = lab_dir
+        self.work_dir = work_dir
         # the same files the homelab's collectors write (lab.collectors.kube)
         kubelet_events = collected.log("kubelet")
         self.endpoint_events = collected.log("endpointslices")
         proxy_events = collected.log("kube-proxy")
-        (lab_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.http = aiohttp.ClientSession()
         # each node's kubelet: what its pods get from it
         self._where = where = {
             node: PodEnvironment(
                 namespace=namespace,
                 host_ip=topology.ip_of_node(node),
-                work_dir=lab_dir,
+                work_dir=work_dir,
                 events=kubelet_events,
                 http=self.http,
                 command=self.container_command,
@@ -142,7 +142,7 @@ class LabCluster:
             route_timeout_s=m.route_timeout_s,
             with_listener=self.selected_by_gateway(pod),
         )
-        path = self.lab_dir / f"envoy-{pod.name}.json"
+        path = self.work_dir / f"envoy-{pod.name}.json"
         path.write_text(json.dumps(config, indent=1))
         if spec.readiness is None:
             raise ValueError(f"{pod.name}: istio-proxy has no readiness probe (its status port)")

@@ -51,7 +51,9 @@ from ..model import registry
 from ..model.plan import check_inputs
 from .signals import cancel_on_exit_signals, exit_code
 
-ROOT = Path.cwd()
+#: The checkout this module runs from (`make setup` installs the project editable):
+#: its playbooks, and its `.lab/` for the labs' scratch files and the lock.
+CHECKOUT = Path(__file__).resolve().parents[2]
 #: How long an interrupted run may take to write its artifacts before it is killed.
 CLEANUP_TIMEOUT_S = 60
 #: Labs start this far apart: on two cores, eight labs booting their pods at the same
@@ -146,7 +148,7 @@ async def start_playbook(
         playbook,
         "-e",
         json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()}),
-        cwd=ROOT,
+        cwd=CHECKOUT,
         stdout=log,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
@@ -155,7 +157,7 @@ async def start_playbook(
 
 def shared_manifests_dir(profile: str) -> Path:
     """Where `make experiment` renders every mode's manifests once for all its labs."""
-    return ROOT / ".lab" / f"manifests-{profile}"
+    return CHECKOUT / ".lab" / f"manifests-{profile}"
 
 
 async def render_shared_manifests(profile: str) -> Path:
@@ -164,7 +166,7 @@ async def render_shared_manifests(profile: str) -> Path:
     was seconds of CPU the others waited for). RuntimeError with the log's end on a
     failure; on cancellation the playbook is stopped before this returns."""
     dest = shared_manifests_dir(profile)
-    log_path = ROOT / ".lab" / f"render-{profile}.log"
+    log_path = CHECKOUT / ".lab" / f"render-{profile}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = await start_playbook(
@@ -231,7 +233,7 @@ async def run_repeat(
     run.proc = await asyncio.create_subprocess_exec(
         *argv,
         f"--result-file={result_file}",
-        cwd=ROOT,
+        cwd=CHECKOUT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         # signalled by stop_runs only, once, however the command was stopped
@@ -333,7 +335,7 @@ async def main_async(
     started = time.monotonic()
     pairs = [(m, sc) for sc in scenarios for m in modes]
     runs = [
-        LabRun(m, sc, first_index + i, ROOT / ".lab" / str(first_index + i))
+        LabRun(m, sc, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
         for i, (m, sc) in enumerate(pairs)
     ]
     print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
@@ -432,8 +434,12 @@ def main() -> int:
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     scenarios = [sc for sc in args.scenarios.split(",") if sc]
-    if not (ROOT / "playbooks" / "run-experiment.yml").exists():
-        print(f"lab.runners.all: run it from the project's root, not {ROOT}", file=sys.stderr)
+    if not (CHECKOUT / "playbooks" / "run-experiment.yml").exists():
+        print(
+            f"lab.runners.all: {CHECKOUT} is not a checkout of the project (no playbooks/): "
+            "run it from a checkout set up by `make setup`",
+            file=sys.stderr,
+        )
         return 2
     try:
         if not modes:
@@ -450,7 +456,7 @@ def main() -> int:
         return 2
     try:
         lock = take_lock(
-            ROOT / ".lab" / "experiment.lock",
+            CHECKOUT / ".lab" / "experiment.lock",
             [f"{m}/{sc}" for sc in scenarios for m in modes],
             args.first_lab_index,
         )
