@@ -1,6 +1,6 @@
 """The accounting's pure parts, case by case: the join, each cause rule, the phases,
 exposure, and the comparison's arithmetic. (The end-to-end runs produce real cases of
-the rules against the real HAProxy, Envoy and backend: tests/test_experiment_e2e.py,
+the rules against the real HAProxy, Envoy and backend: tests/test_make_experiment_e2e.py,
 tests/test_failure_causes.py.)"""
 
 from __future__ import annotations

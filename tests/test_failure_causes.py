@@ -2,7 +2,7 @@
 per-request log format), a real Envoy (the lab's bootstrap, its JSON access log) and
 the real backend, made to fail one way at a time; the accounting must name the cause
 from the hops' own lines. (The LB's shutdown-sessions case comes from the end-to-end
-`current` run: tests/test_experiment_e2e.py.)"""
+`current` run: tests/test_make_experiment_e2e.py.)"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import NamedTuple
 
 import pytest
 
@@ -39,9 +40,19 @@ def timed_get(url: str) -> tuple[int, float]:
     return status, time.time()
 
 
-def drain_with_a_request_in_flight(
-    procs: Procs, settings: dict[str, str]
-) -> tuple[Proc, subprocess.CompletedProcess[str], float, int, float]:
+class DrainRun(NamedTuple):
+    hc: Proc
+    #: the drain script's result
+    result: subprocess.CompletedProcess[str]
+    #: how long the script took, in seconds
+    took: float
+    #: the in-flight request's status
+    status: int
+    #: when the request ended
+    ended: float
+
+
+def drain_with_a_request_in_flight(procs: Procs, settings: dict[str, str]) -> DrainRun:
     """A real backend, Envoy and hc; a 3 s request through Envoy, and 0.5 s into it the
     drain script with `settings`: (hc, the script's result, its duration, the request's
     status and end)."""
@@ -62,7 +73,7 @@ def drain_with_a_request_in_flight(
             }
         )
         status, ended = request.result()
-    return hc, result, took, status, ended
+    return DrainRun(hc, result, took, status, ended)
 
 
 def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Procs) -> None:

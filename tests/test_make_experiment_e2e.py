@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jsonschema
 import pytest
@@ -36,8 +37,19 @@ SUMMARY_KEYS = {
 pytestmark = pytest.mark.e2e
 
 
+class Runs(NamedTuple):
+    """One `make experiment` (every mode in both scenarios, one repeat)."""
+
+    stdout: str
+    #: mode -> its inflight run directory
+    inflight: dict[str, Path]
+    comparison: dict[str, Any]
+    #: mode -> its steady run directory
+    steady: dict[str, Path]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     artifacts = tmp_path_factory.mktemp("artifacts")
     result = subprocess.run(
         [
@@ -63,15 +75,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Path]
     steady = {mode: d for (scenario, mode), d in named.items() if scenario == "steady"}
     assert set(dirs) == set(steady) == set(registry.MODES)
     (comparison,) = artifacts.glob("comparison-*.json")
-    return result.stdout, dirs, json.loads(comparison.read_text()), steady
+    return Runs(result.stdout, dirs, json.loads(comparison.read_text()), steady)
 
 
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
-def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
-    _, dirs, _, _ = runs
+def test_current_cuts_in_flight_and_improved_cuts_none(runs: Runs) -> None:
+    dirs = runs.inflight
     current, improved = summary(dirs["current"]), summary(dirs["improved"])
     assert current["in_flight_at_termination"] >= 4
     assert current["cut_in_flight"] >= 1  # shutdown-sessions at the LB's DOWN
@@ -85,8 +97,8 @@ def test_current_cuts_in_flight_and_improved_cuts_none(runs) -> None:
     )
 
 
-def test_every_loss_is_explained_and_exposure_is_counted(runs) -> None:
-    _, dirs, comparison, _ = runs
+def test_every_loss_is_explained_and_exposure_is_counted(runs: Runs) -> None:
+    dirs, comparison = runs.inflight, runs.comparison
     current, improved = summary(dirs["current"]), summary(dirs["improved"])
     for s in (current, improved):
         # enough long requests land on the terminating gateway to test both classes
@@ -116,10 +128,10 @@ def test_every_loss_is_explained_and_exposure_is_counted(runs) -> None:
     assert modes["current"]["causes"] == {"lb_killed_session_at_down": current["lost_exposed"]}
 
 
-def test_ordered_loses_nothing_in_either_scenario(runs) -> None:
+def test_ordered_loses_nothing_in_either_scenario(runs: Runs) -> None:
     """LB first: no class loses a request, under the seed's load and under steady
     traffic; the LB is out long before zero in flight, and zero before the DOWN."""
-    _, dirs, comparison, steady = runs
+    dirs, comparison, steady = runs.inflight, runs.comparison, runs.steady
     for run in (dirs["ordered"], steady["ordered"]):
         s = summary(run)
         assert s["lost_exposed"] == 0 and s["failed_total"] == 0, s["failed"]
@@ -138,11 +150,11 @@ def test_ordered_loses_nothing_in_either_scenario(runs) -> None:
         )
 
 
-def test_steady_traffic_defeats_the_seed_order_and_istio_s_own_drain(runs) -> None:
+def test_steady_traffic_defeats_the_seed_order_and_istio_s_own_drain(runs: Runs) -> None:
     """improved: new requests keep the gauge above zero, the poll runs to DRAIN_TIMEOUT
     and the DOWN cuts what is in flight then. istio-native: readiness fails at SIGTERM,
     so the DOWN comes at once and cuts what is in flight. Each loss has its cause."""
-    _, _, _, steady = runs
+    steady = runs.steady
     improved, native = summary(steady["improved"]), summary(steady["istio-native"])
     assert improved["lost_exposed"] >= 1
     assert improved["timings_s"]["termination_to_lb_down"] > 10  # DRAIN_TIMEOUT 12
@@ -151,8 +163,8 @@ def test_steady_traffic_defeats_the_seed_order_and_istio_s_own_drain(runs) -> No
         assert s["causes"] and "unexplained" not in s["causes"], s["causes"]
 
 
-def test_artifacts_are_complete(runs) -> None:
-    stdout, dirs, comparison, _ = runs
+def test_artifacts_are_complete(runs: Runs) -> None:
+    stdout, dirs, comparison = runs.stdout, runs.inflight, runs.comparison
     assert "comparison report:" in stdout and "wall time:" in stdout
     # where the time went: every completed run counted, each lab's fixed cost apart
     timing = comparison["timing"]
