@@ -229,3 +229,11 @@ def lab_leftovers(artifacts: Path, labs: list[Topology]) -> list[str]:
         line for line in listeners.splitlines() if any(f" {lab.net}." in line for lab in labs)
     ]
     return found
+
+
+def as_a_terminal_job() -> None:
+    """preexec_fn: the exit signals at their defaults, as a command typed in a terminal
+    has them, whatever the test runner inherited (under `nohup` SIGHUP is ignored, and
+    in a shell's background job SIGINT too; the runners respect that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)

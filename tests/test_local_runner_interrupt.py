@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, render_manifests
+from helpers import ROOT, as_a_terminal_job, render_manifests
 from lab.artifacts.events import read_jsonl
 from lab.localcluster.topology import Topology
 from lab.model.registry import HAPROXY_BACKEND
@@ -88,6 +88,7 @@ def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_a_terminal_job,
     )
     try:
         assert run.stdout is not None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, lab_leftovers
+from helpers import ROOT, as_a_terminal_job, lab_leftovers
 from lab.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,7 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_terminal_job,
         start_new_session=True,  # a process group of its own, like a terminal's job
     )
 
@@ -88,6 +89,7 @@ def test_sigterm_and_sighup_stop_make_experiment_as_ctrl_c_does(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_a_terminal_job,
         start_new_session=True,
     )
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, VENV_BIN, lab_leftovers
+from helpers import ROOT, VENV_BIN, as_a_terminal_job, lab_leftovers
 from lab.artifacts.events import read_jsonl
 from lab.localcluster.topology import Topology
 
@@ -63,6 +63,7 @@ def test_a_run_by_hand_stopped_by_a_signal_keeps_its_record_and_leaves_nothing(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_a_terminal_job,
         start_new_session=True,  # a process group of its own, like a terminal's job
     )
     try:

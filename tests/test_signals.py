@@ -103,3 +103,20 @@ def test_the_first_exit_signal_cancels_once_and_the_cleanup_runs_to_its_end() ->
     assert stopped_by == [signal.SIGTERM]
     assert cleaned == ["done"]
     assert exit_code(stopped_by) == 128 + signal.SIGTERM
+
+
+def test_a_signal_inherited_as_ignored_stays_ignored() -> None:
+    """`nohup` (SIGHUP ignored) outlives the terminal; the runners respect it."""
+    stopped_by: list[signal.Signals] = []
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    async def run() -> None:
+        cancel_on_exit_signals(stopped_by, "test")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.3)
+
+    try:
+        assert not asyncio.run(cancelled_within(2, run))
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert stopped_by == []

@@ -28,7 +28,9 @@ EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def cancel_on_exit_signals(stopped_by: list[signal.Signals], who: str) -> None:
     """From now on, the first exit signal cancels the current task and is appended to
-    `stopped_by`; later ones only say the cleanup is under way. Call it from the task."""
+    `stopped_by`; later ones only say the cleanup is under way. Call it from the task.
+    A signal this process inherited as ignored stays ignored: `nohup make experiment`
+    outlives its terminal, and a shell's background job ignores Ctrl-C, as they ask."""
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("cancel_on_exit_signals must be called from an asyncio task")
@@ -42,6 +44,8 @@ def cancel_on_exit_signals(stopped_by: list[signal.Signals], who: str) -> None:
 
     loop = asyncio.get_running_loop()
     for sig in EXIT_SIGNALS:
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            continue
         loop.add_signal_handler(sig, on_signal, sig)
 
 
