@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from lab.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
-from lab.analysis.comparison import compare, timing_line, timing_summary
 from lab.analysis.summary import summarize, verdict
 
 T = 1_000_000.0
@@ -213,65 +212,3 @@ def test_join_exposure_and_missing_hops() -> None:
     line = verdict(s)
     assert "lost 1 of 3 exposed requests (sleep 1/3)" in line
     assert "not tested: stream, short" in line
-
-
-def test_comparison_over_repeats() -> None:
-    def run(lost: int, exposed: int, causes: dict[str, int]) -> dict:
-        exposure = {
-            "sleep": {"exposed": exposed, "lost": lost, "tested": exposed > 0},
-            "stream": {"exposed": 1, "lost": 0, "tested": True},
-            "short": {"exposed": 0, "lost": 0, "tested": False},
-        }
-        return {
-            "exposure": exposure,
-            "lost_exposed": lost,
-            "causes": causes,
-            "failed_total": lost + 1,
-        }
-
-    doc = compare(
-        {
-            "improved": [run(0, 3, {}), run(0, 2, {}), run(0, 3, {})],
-            "current": [run(2, 3, {"lb_killed_session_at_down": 2}), run(0, 0, {})],
-        }
-    )
-    improved, current = doc["modes"]["improved"], doc["modes"]["current"]
-    assert improved["verdict"] == "0 lost in 3 of 3 runs"
-    assert improved["exposed"] == {"sleep": 8, "stream": 3, "short": 0}
-    assert improved["tested_in_runs"] == {"sleep": 3, "stream": 3, "short": 0}
-    assert current["lost_exposed"]["sleep"] == 2 and current["held_in"] == 1
-    assert current["failed_all"] == 4
-    assert current["verdict"] == (
-        "2 exposed lost over 2 runs; no loss in 1 of 2; causes: lb_killed_session_at_down x2"
-    )
-
-
-def test_the_timing_summary_sets_wall_time_against_labs_and_runs() -> None:
-    t = timing_summary(
-        125.04,
-        {"current/steady": (100.0, [30.0, 31.0, 32.0]), "ordered/steady": (120.0, [35, 36, 30])},
-    )
-    assert t == {
-        "wall_s": 125.0,
-        "labs": 2,
-        "longest_lab": {"name": "ordered/steady", "s": 120.0},
-        "runs": 6,
-        "longest_run_s": 36.0,
-        "sum_of_runs_s": 194.0,
-        "outside_runs_s": {"current/steady": 7.0, "ordered/steady": 19.0},
-    }
-    line = timing_line(t)
-    assert "longest lab 120.0s (ordered/steady)" in line and "together 194.0s" in line
-    assert "7.0-19.0s" in line
-
-
-def test_the_timing_summary_of_labs_whose_runs_all_failed() -> None:
-    # a lab whose runs never completed: all its time is outside runs, no longest run
-    t = timing_summary(30.0, {"current/inflight": (20.0, [])})
-    assert (t["runs"], t["longest_run_s"], t["outside_runs_s"]) == (
-        0,
-        None,
-        {"current/inflight": 20.0},
-    )
-    assert timing_summary(1.0, {}) == {"wall_s": 1.0, "labs": 0}
-    assert timing_line(timing_summary(1.0, {})) == "wall time: 1.0s (no lab ran)"

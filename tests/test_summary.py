@@ -89,9 +89,15 @@ def test_counts_cuts_and_timings() -> None:
     assert t["termination_to_pod_gone"] == 20.0
     assert t["last_in_flight_end"] == 8.0
     assert t["drain_overhead"] == 12.0
+    # hand-made failures carry no cause rule (no accounting ran): the run cannot count
+    assert s["valid"] is False
+    assert s["invalid_reasons"] == [
+        "3 failures have no cause rule (refused x1, 5xx x1, truncated x1)"
+    ]
     assert verdict(s) == (
         "current: lost 2 of 4 exposed requests (sleep 1/2, stream 1/2); "
-        "not tested: short; 3 failed in all"
+        "not tested: short; 3 failed in all; INVALID RUN: "
+        "3 failures have no cause rule (refused x1, 5xx x1, truncated x1)"
     )
 
 

@@ -53,7 +53,9 @@ def in_flight_at(record: Record, t_ms: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Phases:
-    """The termination sequence on one clock (ms); None for what did not happen."""
+    """The victim's termination sequence on one clock (ms); None for what did not
+    happen. A failure served by another node is `on_other_node` (account), not a phase
+    of this sequence."""
 
     termination: float
     lb_check_failing: float | None  # HAProxy's first failed check of the victim's node
@@ -281,7 +283,14 @@ def account(
         joined["exposed"] = exposed(r, hops, term, ph.pod_gone)
         if r.get("error"):
             joined["rule"], joined["cause"] = explain(r, hops)
-            joined["phase"] = ph.of(r.get("end_ms") or r["start_ms"])
+            node = joined["served_by"]["node"]
+            # the termination's phases are the victim's: a failure on another node
+            # (a session HAProxy killed on the survivor) is named for where it happened
+            joined["phase"] = (
+                "on_other_node"
+                if node is not None and node != term["node"]
+                else ph.of(r.get("end_ms") or r["start_ms"])
+            )
         out.append(joined)
     return out, ph
 

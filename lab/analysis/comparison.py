@@ -1,14 +1,17 @@
-"""The comparison across repeated runs: per scenario and mode, what was lost per class
-and per cause over all runs, how much was exposed, the termination's timings, and in how
-many runs the verdict held."""
+"""The comparison across repeated runs: per scenario and mode, over its valid runs,
+what was lost per class and per cause, how much was exposed, every failure, how sure
+the verdict is (lab.analysis.bounds), the termination's timings, and in how many runs
+nothing failed; the invalid runs beside, with their reasons."""
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from ..model.registry import REQUEST_CLASSES
+from .bounds import loss_bounds, percent, upper_bound_none_lost, wilson_interval
 
 #: The timings the comparison puts side by side (medians over the runs).
 TIMINGS = (
@@ -28,10 +31,20 @@ def _median(values: list[float | None]) -> float | None:
     return round(statistics.median(known), 3) if known else None
 
 
-def compare(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """mode -> its runs' summaries (one scenario), to the comparison document."""
+def compare(
+    summaries: dict[str, list[dict[str, Any]]], valid_runs_asked: int | None = None
+) -> dict[str, Any]:
+    """mode -> its runs' summaries (one scenario), to the comparison document. Only the
+    valid runs (lab.analysis.validity) are counted; the invalid ones are listed with
+    their reasons. With `valid_runs_asked`, a verdict over fewer says it is incomplete."""
     modes: dict[str, Any] = {}
-    for mode, runs in summaries.items():
+    for mode, all_runs in summaries.items():
+        runs = [s for s in all_runs if s.get("valid", True)]
+        invalid = [
+            {"run": s.get("run_dir"), "reasons": s.get("invalid_reasons", [])}
+            for s in all_runs
+            if not s.get("valid", True)
+        ]
         classes = _classes(runs)
         exposed: Counter[str] = Counter()
         lost: Counter[str] = Counter()
@@ -40,7 +53,6 @@ def compare(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         causes: Counter[str] = Counter()
         failed_all = 0
         held = 0
-        unclean = 0
         for s in runs:
             exposure = s.get("exposure", {})
             for cls in classes:
@@ -51,39 +63,87 @@ def compare(summaries: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 tested_runs[cls] += bool(e["tested"])
             causes.update(s.get("causes", {}))
             failed_all += s.get("failed_total", 0)
-            held += s.get("lost_exposed", 0) == 0
-            unclean += s.get("failed_before_termination", 0) > 0
+            # a run holds when no request failed at all, exposed or not
+            held += s.get("failed_total", 0) == 0
         n = len(runs)
-        total_lost = sum(lost.values())
+        total_exposed, total_lost = sum(exposed.values()), sum(lost.values())
+        bounds = loss_bounds(total_lost, total_exposed)
         modes[mode] = {
-            "runs": n,
+            "runs": len(all_runs),
+            "valid_runs": n,
+            "invalid_runs": invalid,
             "exposed": {c: exposed[c] for c in classes},
             "lost_exposed": {c: lost[c] for c in classes},
             "lost_beyond_protection": {c: beyond[c] for c in classes},
             "tested_in_runs": {c: tested_runs[c] for c in classes},
+            "exposed_total": total_exposed,
+            "lost_total": total_lost,
             "failed_all": failed_all,
+            **bounds,
             "causes": dict(causes.most_common()),
             "median_timings_s": {
                 k: _median([s.get("timings_s", {}).get(k) for s in runs]) for k in TIMINGS
             },
             "held_in": held,
-            "unclean_runs": unclean,
-            "verdict": verdict_line(n, held, total_lost, causes, sum(beyond.values()))
+            "verdict": verdict_line(
+                Tally(n, len(all_runs), held, total_exposed, total_lost, failed_all),
+                causes,
+                sum(beyond.values()),
+            )
             + (
-                f"; {unclean} run(s) not clean (failures before the termination)" if unclean else ""
+                f"; INCOMPLETE: {n} valid runs of the {valid_runs_asked} asked"
+                if valid_runs_asked is not None and n < valid_runs_asked
+                else ""
             ),
+            "complete": valid_runs_asked is None or n >= valid_runs_asked,
         }
     return {"modes": modes}
 
 
-def verdict_line(runs: int, held: int, lost: int, causes: Counter[str], beyond: int = 0) -> str:
-    if runs == 0:
+@dataclass(frozen=True)
+class Tally:
+    """What a verdict counts, over one mode's runs in one scenario."""
+
+    valid_runs: int
+    runs: int
+    #: valid runs in which no request failed
+    held: int
+    exposed: int
+    lost: int
+    #: every failed request of the valid runs, exposed or not
+    failed_all: int
+
+
+def verdict_line(t: Tally, causes: Counter[str], beyond: int = 0) -> str:
+    """One line a person reads: lost of exposed, every failure, over how many valid runs
+    of how many, and how sure."""
+    if t.runs == 0:
         return "no run completed"
-    if lost == 0:
-        return f"0 lost in {held} of {runs} runs"
+    over = f"over {t.valid_runs} valid runs of {t.runs}"
+    if t.valid_runs == 0:
+        return f"no valid run: {t.runs} run(s), all invalid (see invalid_runs)"
+    failed = f"{t.failed_all} failed in all"
+    if t.lost == 0:
+        upper = upper_bound_none_lost(t.exposed)
+        sure = f"; loss rate below {percent(upper)} at 95%" if upper is not None else ""
+        head = "0 lost" if t.failed_all == 0 else f"0 exposed lost, {failed}"
+        return (
+            f"{head}: 0 of {t.exposed} exposed requests {over}{sure}; "
+            f"no failure in {t.held} of {t.valid_runs}"
+        )
     top = ", ".join(f"{k} x{v}" for k, v in causes.most_common(3))
     why = f" ({beyond} longer than the path protects)" if beyond else ""
-    return f"{lost} exposed lost{why} over {runs} runs; no loss in {held} of {runs}; causes: {top}"
+    interval = wilson_interval(t.lost, t.exposed)
+    sure = (
+        f"; loss rate {percent(t.lost / t.exposed)} ({percent(interval[0])}-"
+        f"{percent(interval[1])} at 95%)"
+        if interval is not None
+        else ""
+    )
+    return (
+        f"{t.lost} of {t.exposed} exposed lost{why}, {failed}, {over}{sure}; "
+        f"no failure in {t.held} of {t.valid_runs}; causes: {top}"
+    )
 
 
 def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) -> dict[str, Any]:

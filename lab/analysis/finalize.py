@@ -63,6 +63,9 @@ def finalize(
         summary["notes"] = plan.notes + (
             [] if status == "completed" else [f"run {status}: the figures cover what was recorded"]
         )
+        if status != "completed":
+            summary["valid"] = False
+            summary["invalid_reasons"].insert(0, f"the run was {status}, not completed")
         write_json(run_dir / "summary.json", summary)
     journal.write(run_dir / "journal.json", status, summary, None if term is None else term.ms)
     if summary is not None:

@@ -193,6 +193,8 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
             [
                 s["mode"],
                 s["scenario"],
+                # an invalid run is shown, never counted (lab.analysis.validity)
+                "yes" if s.get("valid", True) else "NO",
                 _per_class(exposure, "exposed") if exposure else "?",
                 _per_class(exposure, "lost") if exposure else "?",
                 s.get("lost_beyond_protection", "?"),
@@ -209,6 +211,7 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
 COMPARISON_HEADER = [
     "mode",
     "scenario",
+    "valid",
     "exposed per class",
     "lost of those",
     "beyond protection",

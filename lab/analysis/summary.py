@@ -10,6 +10,7 @@ from typing import Any
 from ..model import registry
 from ..model.plan import LoadShape
 from .accounting import Phases, in_flight_at, phases
+from .validity import validity
 
 
 def scenario_classes(scenario: str) -> tuple[str, ...]:
@@ -131,6 +132,9 @@ def summarize(
         for r in sorted(records, key=lambda r: r.get("end_ms") or r["start_ms"])
         if r["error"]
     ]
+    run_validity = validity(
+        events, failed, {"ms": t, "pod": pod, "node": node, "lb": meta.get("lb", "")}
+    )
     return {
         "mode": meta["mode"],
         "scenario": meta["scenario"],
@@ -153,7 +157,12 @@ def summarize(
         "causes": dict(Counter(f["rule"] for f in failed if f["rule"])),
         # failures before the termination say the lab itself was unsteady (e.g. a false
         # DOWN from a starved health check): such a run is no clean test of the order
-        "failed_before_termination": sum(1 for f in failed if f["phase"] == "before_termination"),
+        "failed_before_termination": sum(
+            1 for f in failed if f["at_s"] is not None and f["at_s"] < 0
+        ),
+        # whether the run measured the order at all (lab.analysis.validity)
+        "valid": run_validity.valid,
+        "invalid_reasons": run_validity.reasons,
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
@@ -188,8 +197,9 @@ def verdict(summary: dict[str, Any]) -> str:
         return f"{summary['mode']}: {word} of {n} in-flight requests; {failed} failed in all"
     slow = [c for c, r in summary.get("rates", {}).items() if r.get("shortfall")]
     warn = f"; WARNING achieved rate under offered for {', '.join(slow)}" if slow else ""
-    before = summary.get("failed_before_termination", 0)
-    if before:
+    if summary.get("valid") is False:
+        warn += "; INVALID RUN: " + "; ".join(summary.get("invalid_reasons", []))
+    elif before := summary.get("failed_before_termination", 0):
         warn += f"; NOT A CLEAN RUN: {before} failed before the termination"
     tested = {c: e for c, e in exposure.items() if e["tested"]}
     if not tested:

@@ -9,8 +9,9 @@ and files). Every mode's manifests are rendered once for all the labs
 `lab.runners.local` child whose progress lines it shows with the lab's name in front
 (all its output in `.lab/<N>/runner-<repeat>.log`) and whose exit code and result
 (`.lab/<N>/result-<repeat>.json`: its run directory, how it ended) it reads when the
-child ends. The labs run side by side, so the whole command takes about as long as its
-longest lab.
+child ends. A run whose lab did not hold steady (lab.analysis.validity) is kept and
+shown but not counted, and another run takes its place (MAX_REPLACEMENTS per lab). The
+labs run side by side, so the whole command takes about as long as its longest lab.
 
 One `make experiment` at a time per checkout: a second one, started while the first
 runs, is refused at once with a message naming the first (it would take the same labs:
@@ -60,6 +61,9 @@ CLEANUP_TIMEOUT_S = 60
 #: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
 #: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
 LAB_STAGGER_S = 2.5
+#: Runs that may take the place of invalid ones in one lab (lab.analysis.validity),
+#: beyond the repeats asked: then the verdict says it is incomplete.
+MAX_REPLACEMENTS = 2
 #: The runner's command, written by the converge playbook into each lab's folder.
 RUNNER_ARGV = "runner.json"
 
@@ -291,9 +295,11 @@ async def run_lab(
     manifests: Path,
     start_after_s: float = 0,
 ) -> list[tuple[int, dict[str, Any] | None]]:
-    """Converge the lab once, then its mode and scenario `repeats` times one after the
-    other: (exit code, result) each; a repeat that never ran has no result. The lab's
-    HAProxy is stopped when its repeats end (stop_runs does it on an interrupt)."""
+    """Converge the lab once, then run its mode and scenario one run after the other
+    until `repeats` runs are valid (lab.analysis.validity): an invalid run is kept and
+    shown, and another takes its place, at most MAX_REPLACEMENTS of them. (exit code,
+    result) each; a run that never ran has no result. The lab's HAProxy is stopped when
+    its runs end (stop_runs does it on an interrupt)."""
     await asyncio.sleep(start_after_s)
     run.lab_dir.mkdir(parents=True, exist_ok=True)
     for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
@@ -305,10 +311,36 @@ async def run_lab(
         stop_lab_haproxy(run.lab_dir)
         print(f"\n[{run.name}] {exc}", file=sys.stderr)
         return [(1, None)] * repeats
-    out = [await run_repeat(run, argv, i) for i in range(1, repeats + 1)]
+    out: list[tuple[int, dict[str, Any] | None]] = []
+    valid = 0
+    while valid < repeats and len(out) < repeats + MAX_REPLACEMENTS:
+        code, result = await run_repeat(run, argv, len(out) + 1)
+        out.append((code, result))
+        if code != 0 or result is None or result["status"] != "completed":
+            valid += 1  # a failed run is an error, reported as such, not replaced
+        elif is_valid(Path(result["run_dir"])):
+            valid += 1
+        else:
+            print(
+                f"[{run.name:>21}] run {len(out)} invalid, kept in {result['run_dir']}; "
+                + (
+                    "another takes its place"
+                    if len(out) < repeats + MAX_REPLACEMENTS
+                    else "no more replacements"
+                ),
+                flush=True,
+            )
     stop_lab_haproxy(run.lab_dir)
     run.elapsed_s = time.monotonic() - started
     return out
+
+
+def is_valid(run_dir: Path) -> bool:
+    """What the run's summary says of its lab (no summary: it measured nothing)."""
+    try:
+        return bool(json.loads((run_dir / "summary.json").read_text()).get("valid", True))
+    except (OSError, ValueError):
+        return False
 
 
 def run_durations(run_dirs: list[Path]) -> list[float]:
@@ -393,12 +425,19 @@ async def main_async(
         doc = {
             "repeats": repeats,
             "profile": profile,
+            # labs side by side on this machine's cores: what the runs shared
+            "labs_at_once": len(runs),
+            "cpus": os.cpu_count(),
             "scenarios": {
                 sc: compare(
                     {
-                        m: [json.loads((d / "summary.json").read_text()) for d in dirs]
+                        m: [
+                            {**json.loads((d / "summary.json").read_text()), "run_dir": str(d)}
+                            for d in dirs
+                        ]
                         for m, dirs in by_mode.items()
-                    }
+                    },
+                    valid_runs_asked=repeats,
                 )
                 for sc, by_mode in done.items()
             },
@@ -414,6 +453,16 @@ async def main_async(
         for sc, cmp_ in doc["scenarios"].items():
             for mode, m in cmp_["modes"].items():
                 print(f"  {mode:>12} {sc:>8}: {m['verdict']}")
+        invalid = [
+            (mode, sc, bad)
+            for sc, cmp_ in doc["scenarios"].items()
+            for mode, m in cmp_["modes"].items()
+            for bad in m["invalid_runs"]
+        ]
+        if invalid:
+            print(f"\n{len(invalid)} invalid run(s), shown, not counted:")
+            for mode, sc, bad in invalid:
+                print(f"  {mode:>12} {sc:>8}: {bad['run']}: {'; '.join(bad['reasons'])}")
         print(f"\ncomparison report: {page}")
         print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
     print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")

@@ -1,0 +1,106 @@
+"""lab.analysis.comparison: verdicts over the valid runs only, every failure counted,
+how sure each one is; and where `make experiment`'s time went."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.analysis.comparison import compare, timing_line, timing_summary
+
+
+def run(
+    lost: int = 0,
+    exposed: int = 4,
+    failed_total: int | None = None,
+    causes: dict[str, int] | None = None,
+    valid: bool = True,
+) -> dict:
+    """One run's summary, as far as the comparison reads it."""
+    exposure = {
+        "sleep": {"exposed": exposed, "lost": lost, "tested": exposed > 0},
+        "stream": {"exposed": 1, "lost": 0, "tested": True},
+        "short": {"exposed": 0, "lost": 0, "tested": False},
+    }
+    return {
+        "exposure": exposure,
+        "lost_exposed": lost,
+        "causes": causes or ({"lb_killed_session_at_down": lost} if lost else {}),
+        "failed_total": lost if failed_total is None else failed_total,
+        "valid": valid,
+        "invalid_reasons": [] if valid else ["worker2 (a survivor) marked DOWN at +0.56 s"],
+        "run_dir": "artifacts/x",
+    }
+
+
+def test_only_valid_runs_count_and_invalid_ones_are_listed() -> None:
+    doc = compare({"ordered": [run(), run(), run(lost=40, valid=False), run()]})
+    m = doc["modes"]["ordered"]
+    assert (m["runs"], m["valid_runs"], m["exposed_total"], m["lost_total"]) == (4, 3, 15, 0)
+    assert m["invalid_runs"] == [
+        {"run": "artifacts/x", "reasons": ["worker2 (a survivor) marked DOWN at +0.56 s"]}
+    ]
+    assert m["failed_all"] == 0 and m["held_in"] == 3
+    # 0 of 15: the exact one-sided bound 1 - 0.05^(1/15)
+    assert m["loss_rate_upper_95"] == pytest.approx(0.181, abs=5e-4)
+    assert m["verdict"] == (
+        "0 lost: 0 of 15 exposed requests over 3 valid runs of 4; loss rate below 18.10% "
+        "at 95%; no failure in 3 of 3"
+    )
+
+
+def test_a_failure_nothing_exposed_still_counts() -> None:
+    """'0 lost' means no request failed: a failed request that was not on the victim is
+    in the verdict beside the exposed ones."""
+    m = compare({"improved": [run(failed_total=1), run()]})["modes"]["improved"]
+    assert m["failed_all"] == 1 and m["held_in"] == 1
+    assert m["verdict"].startswith("0 exposed lost, 1 failed in all: 0 of 10 exposed")
+
+
+def test_losses_get_their_rate_and_wilson_interval() -> None:
+    m = compare({"current": [run(lost=2, failed_total=3), run()]})["modes"]["current"]
+    assert (m["lost_total"], m["exposed_total"], m["failed_all"]) == (2, 10, 3)
+    assert m["loss_rate"] == 0.2
+    low, high = m["loss_rate_interval_95"]
+    assert low == pytest.approx(0.0567, abs=5e-4) and high == pytest.approx(0.5098, abs=5e-4)
+    assert m["verdict"] == (
+        "2 of 10 exposed lost, 3 failed in all, over 2 valid runs of 2; loss rate 20.00% "
+        "(5.67%-50.98% at 95%); no failure in 1 of 2; causes: lb_killed_session_at_down x2"
+    )
+
+
+def test_no_valid_run_is_no_verdict() -> None:
+    m = compare({"current": [run(valid=False)]})["modes"]["current"]
+    assert m["valid_runs"] == 0 and m["loss_rate"] is None
+    assert m["verdict"] == "no valid run: 1 run(s), all invalid (see invalid_runs)"
+    assert compare({"current": []})["modes"]["current"]["verdict"] == "no run completed"
+
+
+def test_the_timing_summary_sets_wall_time_against_labs_and_runs() -> None:
+    t = timing_summary(
+        125.04,
+        {"current/steady": (100.0, [30.0, 31.0, 32.0]), "ordered/steady": (120.0, [35, 36, 30])},
+    )
+    assert t == {
+        "wall_s": 125.0,
+        "labs": 2,
+        "longest_lab": {"name": "ordered/steady", "s": 120.0},
+        "runs": 6,
+        "longest_run_s": 36.0,
+        "sum_of_runs_s": 194.0,
+        "outside_runs_s": {"current/steady": 7.0, "ordered/steady": 19.0},
+    }
+    line = timing_line(t)
+    assert "longest lab 120.0s (ordered/steady)" in line and "together 194.0s" in line
+    assert "7.0-19.0s" in line
+
+
+def test_the_timing_summary_of_labs_whose_runs_all_failed() -> None:
+    # a lab whose runs never completed: all its time is outside runs, no longest run
+    t = timing_summary(30.0, {"current/inflight": (20.0, [])})
+    assert (t["runs"], t["longest_run_s"], t["outside_runs_s"]) == (
+        0,
+        None,
+        {"current/inflight": 20.0},
+    )
+    assert timing_summary(1.0, {}) == {"wall_s": 1.0, "labs": 0}
+    assert timing_line(timing_summary(1.0, {})) == "wall time: 1.0s (no lab ran)"

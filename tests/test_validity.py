@@ -1,0 +1,129 @@
+"""lab.analysis.validity, rule by rule on hand-made events: a run counts only if its
+lab held steady and every failure is the termination's."""
+
+from __future__ import annotations
+
+from lab.analysis.validity import servers_out, validity
+
+T = 100_000.0  # the termination, ms
+TERM = {"ms": T, "pod": "gw-worker1", "node": "worker1", "lb": "lab-haproxy"}
+
+
+def state(dt_ms: float, server: str, status: str, lb: str = "lab-haproxy") -> dict:
+    return {
+        "ts_ms": T + dt_ms,
+        "source": "haproxy",
+        "lb": lb,
+        "kind": "server_state",
+        "server": server,
+        "status": status,
+    }
+
+
+def check_failed(dt_ms: float, server: str, why: str) -> dict:
+    line = (
+        f"Health check for server igw_nodeports/{server} failed, reason: {why}, status: 0/2 DOWN."
+    )
+    return {
+        "ts_ms": T + dt_ms,
+        "source": "haproxy",
+        "lb": "lab-haproxy",
+        "kind": "health_check_log",
+        "line": line,
+    }
+
+
+STEADY = [
+    # bring-up: both DOWN until their pods are ready, then UP; none of it counts
+    state(-20_000, "worker1", "DOWN"),
+    state(-20_000, "worker2", "DOWN"),
+    state(-15_000, "worker1", "UP"),
+    state(-15_000, "worker2", "UP"),
+    # the termination takes the victim's node out: what the run measures
+    state(500, "worker1", "NOLB"),
+    state(9_000, "worker1", "DOWN"),
+]
+
+
+def failure(
+    at_s: float,
+    rule: str = "lb_killed_session_at_down",
+    node: str | None = "worker1",
+    pod: str | None = "gw-worker1",
+    error: str = "http_502",
+) -> dict:
+    return {
+        "at_s": at_s,
+        "rule": rule,
+        "error": error,
+        "served_by": {"node": node, "gateway_pod": pod, "backend_pod": None},
+    }
+
+
+def test_a_steady_lab_whose_failures_are_the_victims_is_valid() -> None:
+    v = validity(STEADY, [failure(1.2), failure(9.0, rule="gateway_aborted_response")], TERM)
+    assert v.valid and v.reasons == []
+
+
+def test_a_survivor_marked_down_makes_the_run_invalid_and_says_why() -> None:
+    events = [
+        *STEADY,
+        check_failed(540, "worker2", "Layer7 timeout, check duration: 501ms"),
+        state(560, "worker2", "DOWN"),
+    ]
+    failed = [
+        *[failure(0.6, rule="lb_killed_session_at_down", node="worker2", pod="gw-worker2")] * 9,
+        *[failure(0.7, rule="lb_no_server", node=None, pod=None, error="http_503")] * 31,
+    ]
+    v = validity(events, failed, TERM)
+    assert not v.valid
+    assert v.reasons[0] == (
+        "worker2 (a survivor) marked DOWN at +0.56 s by a failed check (Layer7 timeout, "
+        "check duration: 501ms): the lab was unsteady, not the order; 9 requests failed on "
+        "it and 31 found no server"
+    )
+    assert v.reasons[1] == (
+        "40 failures were not on the terminating gateway (no server x31, worker2 x9; "
+        "lb_no_server x31, lb_killed_session_at_down x9)"
+    )
+
+
+def test_only_this_runs_lb_and_only_after_bring_up() -> None:
+    events = [*STEADY, state(700, "worker2", "DOWN", lb="another-lb")]
+    assert servers_out(events, "lab-haproxy", "worker1", T) == []
+    # a server that never came UP is still starting, not falsely DOWN
+    assert servers_out([state(-1000, "worker2", "DOWN")], "lab-haproxy", "worker1", T) == []
+
+
+def test_a_check_failing_without_a_state_change_is_not_a_down() -> None:
+    events = [
+        *STEADY,
+        check_failed(540, "worker2", "Layer7 timeout"),
+        state(541, "worker2", "UP 1/2"),
+    ]
+    assert validity(events, [], TERM).valid
+
+
+def test_the_victims_node_out_before_the_termination_is_the_lab() -> None:
+    events = [*STEADY[:4], state(-3000, "worker1", "DOWN"), state(-2000, "worker1", "UP")]
+    (reason,) = validity(events, [], TERM).reasons
+    assert reason.startswith(
+        "worker1 (the victim's node before its termination) marked DOWN at -3.00 s"
+    )
+
+
+def test_a_failure_before_the_termination_is_the_lab() -> None:
+    (reason,) = validity(
+        STEADY, [failure(-4.5, rule="lb_no_server", error="http_503")], TERM
+    ).reasons
+    assert reason == "1 requests failed before the termination (first at -4.50 s; http_503 x1)"
+
+
+def test_a_failure_without_a_cause_rule_is_not_counted_as_the_orders() -> None:
+    (reason,) = validity(STEADY, [failure(2.0, rule="unexplained", error="timeout")], TERM).reasons
+    assert reason == "1 failures have no cause rule (timeout x1)"
+
+
+def test_a_failure_known_only_by_its_gateway_pod_is_the_victims() -> None:
+    # no HAProxy line (missing hop), but the victim's Envoy served it
+    assert validity(STEADY, [failure(3.0, node=None, pod="gw-worker1")], TERM).valid
