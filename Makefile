@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests run for real: HAProxy 2.6, curl (the preStop's client),
 # iproute2 (network namespaces for the hc source check), openssl (a test certificate);
 # buildah, containerd and mmdebstrap: the images built and loaded for real (molecule images).
+# chromium: the comparison page as a person sees it (a screenshot, headless).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt venv lint pytest molecule test experiment onebox onebox-down onebox-apt clean
@@ -39,7 +40,7 @@ endef
 
 apt:
 	$(call apt_ensure,haproxy:haproxy curl:curl ip:iproute2 openssl:openssl \
-	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap)
+	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap chromium:chromium)
 
 venv: $(STAMP)
 
@@ -69,12 +70,13 @@ molecule: venv
 test: setup lint pytest molecule
 
 # MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; ARTIFACTS= puts
-# the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's
+# the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's,
+# LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU)
 MODES ?= $(modes)
 SCENARIOS ?= $(scenarios)
 REPEATS ?= $(repeats)
 experiment: setup
-	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB))
+	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB)) $(if $(LABS_AT_ONCE),--labs-at-once $(LABS_AT_ONCE))
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

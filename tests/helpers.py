@@ -237,3 +237,49 @@ def as_a_terminal_job() -> None:
     in a shell's background job SIGINT too; the runners respect that)."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+
+
+#: Debian's Chromium (`make setup` installs it), headless, touching no network: the
+#: background-networking flags keep it from calling out at every start.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+
+
+def screenshot(page: Path, out: Path, width: int, height: int) -> Any:
+    """The first `width` x `height` pixels of `page` as headless Chromium draws them, as
+    an RGB(A) array of floats in 0..1."""
+    import matplotlib.image
+
+    profile = out.parent / "chromium-profile"
+    subprocess.run(
+        [
+            "chromium",
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={out}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return matplotlib.image.imread(out)
+
+
+def pixels_of(image: Any, colour: str, tolerance: float = 0.03) -> int:
+    """How many pixels of `image` (screenshot's array) are `colour` (#rrggbb)."""
+    rgb = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    near = abs(image[..., 0] - rgb[0]) < tolerance
+    for channel in (1, 2):
+        near &= abs(image[..., channel] - rgb[channel]) < tolerance
+    return int(near.sum())

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from lab.analysis.comparison import compare, timing_line, timing_summary
+from lab.analysis.comparison import (
+    VERDICT_KINDS,
+    compare,
+    comparison_doc,
+    timing_line,
+    timing_summary,
+    verdict_cell,
+    verdict_matrix,
+)
 
 
 def run(
@@ -104,3 +112,55 @@ def test_the_timing_summary_of_labs_whose_runs_all_failed() -> None:
     )
     assert timing_summary(1.0, {}) == {"wall_s": 1.0, "labs": 0}
     assert timing_line(timing_summary(1.0, {})) == "wall time: 1.0s (no lab ran)"
+
+
+def test_the_matrix_cell_of_a_verdict_with_no_failure_is_held_with_its_bound() -> None:
+    cell = verdict_cell(compare({"ordered": [run(), run(), run()]})["modes"]["ordered"])
+    assert (cell.kind, cell.colour) == ("held", VERDICT_KINDS["held"])
+    assert cell.head == "0 / 15 lost"
+    assert cell.detail == "3 valid of 3 runs; below 18.10% at 95%"
+
+
+def test_the_matrix_cell_of_failures_nothing_exposed_is_not_held() -> None:
+    m = compare({"improved": [run(failed_total=2), run()]})["modes"]["improved"]
+    cell = verdict_cell(m)
+    assert cell.kind == "unexposed" and cell.detail.endswith("; 2 failed in all")
+
+
+def test_the_matrix_cell_of_losses_gives_the_rate_and_its_interval() -> None:
+    cell = verdict_cell(compare({"current": [run(lost=2, failed_total=3)]})["modes"]["current"])
+    assert (cell.kind, cell.head) == ("lost", "2 / 5 lost")
+    assert cell.detail == "1 valid of 1 runs; 40.00% (11.76%-76.93% at 95%); 3 failed in all"
+
+
+def test_the_matrix_cell_of_an_incomplete_or_empty_verdict() -> None:
+    short = compare({"ordered": [run(), run(valid=False)]}, valid_runs_asked=2)
+    assert verdict_cell(short["modes"]["ordered"]).kind == "incomplete"
+    none = verdict_cell(compare({"ordered": [run(valid=False)]})["modes"]["ordered"])
+    assert (none.kind, none.head, none.detail) == ("none", "no valid run", "1 run(s), all invalid")
+
+
+def test_the_matrix_has_modes_as_rows_and_scenarios_as_columns() -> None:
+    scenarios = {
+        "inflight": compare({"ordered": [run()], "current": [run(lost=1)]}),
+        "steady": compare({"current": [run(lost=1)]}),
+    }
+    rows = verdict_matrix(scenarios, ["current", "ordered"])
+    assert [mode for mode, _ in rows] == ["current", "ordered"]
+    current, ordered = (cells for _, cells in rows)
+    assert [c.kind for c in current if c] == ["lost", "lost"]
+    assert ordered[0] is not None and ordered[0].kind == "held" and ordered[1] is None
+
+
+def test_the_comparison_document_says_how_many_labs_shared_the_machine() -> None:
+    doc = comparison_doc(
+        {"steady": {"ordered": [run(), run()]}},
+        repeats=2,
+        profile="quick",
+        labs_at_once=4,
+        cpus=2,
+    )
+    assert (doc["labs_at_once"], doc["cpus"], doc["repeats"]) == (4, 2, 2)
+    assert doc["run_dirs"] == {"steady": {"ordered": ["artifacts/x", "artifacts/x"]}}
+    assert doc["scenarios"]["steady"]["modes"]["ordered"]["complete"]
+    assert "timing" not in doc

@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 import jsonschema
 import pytest
 
-from helpers import ROOT, VENV_BIN
+from helpers import ROOT, VENV_BIN, pixels_of, screenshot
+from lab.analysis.comparison import VERDICT_KINDS, verdict_cell
 from lab.artifacts.events import read_jsonl
 from lab.artifacts.journal import SCHEMA_PATH
 from lab.artifacts.rundir import new_run_dir
@@ -46,6 +47,8 @@ class Runs(NamedTuple):
     comparison: dict[str, Any]
     #: mode -> its steady run directory
     steady: dict[str, Path]
+    #: the comparison page
+    page: Path
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     steady = {mode: d for (scenario, mode), d in named.items() if scenario == "steady"}
     assert set(dirs) == set(steady) == set(registry.MODES)
     (comparison,) = artifacts.glob("comparison-*.json")
-    return Runs(result.stdout, dirs, json.loads(comparison.read_text()), steady)
+    return Runs(
+        result.stdout,
+        dirs,
+        json.loads(comparison.read_text()),
+        steady,
+        comparison.with_suffix(".html"),
+    )
 
 
 def summary(run: Path) -> dict:
@@ -288,3 +297,20 @@ def test_bad_input_is_refused_before_anything_changes(
     assert result.returncode != 0
     assert named in " ".join(result.stdout.split()), result.stdout[-2000:]
     assert not artifacts.exists() and not (tmp_path / "lab").exists()
+
+
+def test_the_comparison_page_opens_with_the_answer(runs: Runs, tmp_path: Path) -> None:
+    """The verdict matrix comes first and its colours are in the first screenful, as
+    headless Chromium draws it: held (ordered) green, lost (current) red."""
+    html = runs.page.read_text()
+    assert html.index('id="verdicts"') < html.index("Invalid runs") < html.index("Every run")
+    assert f"{runs.comparison['labs_at_once']} labs ran at once" in html
+    kinds = {
+        verdict_cell(runs.comparison["scenarios"]["inflight"]["modes"][m]).kind
+        for m in ("ordered", "current")
+    }
+    assert kinds == {"held", "lost"}
+    shot = screenshot(runs.page, tmp_path / "comparison.png", width=1200, height=900)
+    top = shot[: int(shot.shape[0] * 0.5)]
+    for kind in ("held", "lost"):
+        assert pixels_of(top, VERDICT_KINDS[kind]) > 2000, kind

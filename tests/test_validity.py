@@ -62,7 +62,7 @@ def failure(
 
 def test_a_steady_lab_whose_failures_are_the_victims_is_valid() -> None:
     v = validity(STEADY, [failure(1.2), failure(9.0, rule="gateway_aborted_response")], TERM)
-    assert v.valid and v.reasons == []
+    assert v.valid and v.reasons == [] and v.servers_out == []
 
 
 def test_a_survivor_marked_down_makes_the_run_invalid_and_says_why() -> None:
@@ -86,6 +86,7 @@ def test_a_survivor_marked_down_makes_the_run_invalid_and_says_why() -> None:
         "40 failures were not on the terminating gateway (no server x31, worker2 x9; "
         "lb_no_server x31, lb_killed_session_at_down x9)"
     )
+    assert [(o.server, o.status, o.ts_ms - T) for o in v.servers_out] == [("worker2", "DOWN", 560)]
 
 
 def test_only_this_runs_lb_and_only_after_bring_up() -> None:

@@ -179,3 +179,97 @@ def timing_line(t: dict[str, Any]) -> str:
         f"longest {t['longest_run_s']}s, together {t['sum_of_runs_s']}s; each lab's fixed "
         f"cost outside its runs (Ansible, HAProxy, starts) {min(outside)}-{max(outside)}s"
     )
+
+
+#: A verdict's kind, each with the colour the comparison page gives it: what a person
+#: reads at a glance. `held`: no request failed; `unexposed`: none of the exposed was
+#: lost but some request failed; `lost`: exposed requests were lost; `incomplete`:
+#: fewer valid runs than asked (whatever they say); `none`: no valid run.
+VERDICT_KINDS = {
+    "held": "#2e7d32",
+    "unexposed": "#f9a825",
+    "lost": "#c62828",
+    "incomplete": "#757575",
+    "none": "#9e9e9e",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One mode in one scenario, as the verdict matrix shows it."""
+
+    kind: str
+    #: the headline: `0 / 320 lost`
+    head: str
+    #: how many valid runs, how sure, every failure
+    detail: str
+
+    @property
+    def colour(self) -> str:
+        return VERDICT_KINDS[self.kind]
+
+
+def verdict_cell(m: dict[str, Any]) -> Cell:
+    """A mode's comparison entry (compare()["modes"][mode]) to its matrix cell."""
+    n, runs = m["valid_runs"], m["runs"]
+    if n == 0:
+        return Cell("none", "no valid run", f"{runs} run(s), all invalid")
+    over = f"{n} valid of {runs} runs"
+    failed = m["failed_all"]
+    if m["lost_total"] == 0:
+        upper = m.get("loss_rate_upper_95")
+        sure = f"; below {percent(upper)} at 95%" if upper is not None else "; nothing exposed"
+        kind = "held" if failed == 0 else "unexposed"
+        tail = "" if failed == 0 else f"; {failed} failed in all"
+    else:
+        low, high = m["loss_rate_interval_95"]
+        sure = f"; {percent(m['loss_rate'])} ({percent(low)}-{percent(high)} at 95%)"
+        kind, tail = "lost", f"; {failed} failed in all"
+    if not m.get("complete", True):
+        kind = "incomplete"
+    return Cell(kind, f"{m['lost_total']} / {m['exposed_total']} lost", f"{over}{sure}{tail}")
+
+
+def verdict_matrix(
+    scenarios: dict[str, dict[str, Any]], modes: list[str]
+) -> list[tuple[str, list[Cell | None]]]:
+    """Modes (rows, in `modes`' order) x scenarios (columns, in `scenarios`' order), from
+    the comparison document's `scenarios`; None where a mode did not run a scenario."""
+    return [
+        (
+            mode,
+            [
+                verdict_cell(cmp_["modes"][mode]) if mode in cmp_["modes"] else None
+                for cmp_ in scenarios.values()
+            ],
+        )
+        for mode in modes
+    ]
+
+
+def comparison_doc(
+    summaries: dict[str, dict[str, list[dict[str, Any]]]],
+    repeats: int,
+    profile: str,
+    labs_at_once: int | None,
+    cpus: int | None,
+    timing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """scenario -> mode -> its runs' summaries (each with its `run_dir`), to the
+    comparison document `make experiment` writes. `labs_at_once` and `cpus` None: not
+    known (a comparison of runs made elsewhere)."""
+    return {
+        "repeats": repeats,
+        "profile": profile,
+        # labs side by side on this machine's CPUs: what the runs shared
+        "labs_at_once": labs_at_once,
+        "cpus": cpus,
+        "scenarios": {
+            sc: compare(by_mode, valid_runs_asked=repeats) for sc, by_mode in summaries.items()
+        },
+        "run_dirs": {
+            sc: {m: [s["run_dir"] for s in runs] for m, runs in by_mode.items()}
+            for sc, by_mode in summaries.items()
+        },
+        **({"timing": timing} if timing is not None else {}),
+    }

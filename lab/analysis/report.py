@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 
 from ..artifacts.events import read_jsonl
 from ..artifacts.rundir import utc_stamp
+from ..model.registry import MODES, SCENARIOS
+from .comparison import VERDICT_KINDS, comparison_doc, verdict_matrix
 from .summary import verdict
 
 OUTCOME_COLOURS = {
@@ -255,7 +257,27 @@ def write_run_report(run_dir: Path) -> Path:
     return path
 
 
-def write_comparison(run_dirs: list[Path], out: Path) -> tuple[str, Path]:
+def summaries_by_pair(run_dirs: list[Path]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """scenario -> mode -> the runs' summaries, each with its `run_dir`, in the registry's
+    order of scenarios and modes."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for d in run_dirs:
+        s = json.loads((d / "summary.json").read_text())
+        out.setdefault(s["scenario"], {}).setdefault(s["mode"], []).append({**s, "run_dir": str(d)})
+    return {
+        sc: {m: out[sc][m] for m in sorted(out[sc], key=_order(MODES))}
+        for sc in sorted(out, key=_order(SCENARIOS))
+    }
+
+
+def _order(known: Any) -> Any:
+    names = list(known)
+    return lambda name: (names.index(name) if name in names else len(names), name)
+
+
+def write_comparison(run_dirs: list[Path], out: Path, doc: dict[str, Any]) -> tuple[str, Path]:
+    """The comparison page: the verdict matrix (modes x scenarios, from `doc`, the
+    comparison document), the invalid runs and why, then each run's row and plot."""
     summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
     sections = []
     for d, s in zip(run_dirs, summaries, strict=True):
@@ -276,10 +298,27 @@ def write_comparison(run_dirs: list[Path], out: Path) -> tuple[str, Path]:
                 "png": png,
             }
         )
+    scenarios = doc["scenarios"]
+    modes = sorted({m for cmp_ in scenarios.values() for m in cmp_["modes"]}, key=_order(MODES))
+    invalid = [
+        {"mode": mode, "scenario": sc, "run": Path(bad["run"] or "?").name, **bad}
+        for sc, cmp_ in scenarios.items()
+        for mode, m in cmp_["modes"].items()
+        for bad in m["invalid_runs"]
+    ]
     page = (
         _templates()
         .get_template("comparison.html.j2")
-        .render(header=COMPARISON_HEADER, rows=comparison_rows(summaries), sections=sections)
+        .render(
+            doc=doc,
+            scenario_names=list(scenarios),
+            matrix=verdict_matrix(scenarios, modes),
+            kinds=VERDICT_KINDS,
+            invalid=invalid,
+            header=COMPARISON_HEADER,
+            rows=comparison_rows(summaries),
+            sections=sections,
+        )
     )
     with out.open("x", encoding="utf-8") as f:
         f.write(page)
@@ -298,7 +337,12 @@ def main() -> int:
         print(f"no summary.json in: {', '.join(missing)}", file=sys.stderr)
         return 2
     out = args.out or args.runs[0].parent / f"comparison-{utc_stamp()}.html"
-    table, path = write_comparison(args.runs, out)
+    by_pair = summaries_by_pair(args.runs)
+    repeats = max(len(runs) for by_mode in by_pair.values() for runs in by_mode.values())
+    # how these runs were made (labs at once, CPUs) is not in their folders
+    profile = next(iter(next(iter(by_pair.values())).values()))[0]["profile"]
+    doc = comparison_doc(by_pair, repeats, profile, None, None)
+    table, path = write_comparison(args.runs, out, doc)
     print(table)
     print(f"\ncomparison report: {path}")
     return 0

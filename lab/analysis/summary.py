@@ -163,6 +163,10 @@ def summarize(
         # whether the run measured the order at all (lab.analysis.validity)
         "valid": run_validity.valid,
         "invalid_reasons": run_validity.reasons,
+        "servers_out": [
+            {"server": o.server, "status": o.status, "at_s": _offset_s(o.ts_ms, t), "why": o.why}
+            for o in run_validity.servers_out
+        ],
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),

@@ -26,12 +26,6 @@ _CHECK_WHY = re.compile(r"reason: ([^,]+(?:, check duration: \d+ms)?)")
 
 
 @dataclass(frozen=True)
-class Validity:
-    valid: bool
-    reasons: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class ServerOut:
     """A server HAProxy took out of rotation that the run did not terminate."""
 
@@ -41,6 +35,15 @@ class ServerOut:
     #: the failed check that did it, as HAProxy logged it (`Layer7 timeout, check
     #: duration: 501ms`), when there was one
     why: str | None
+
+
+@dataclass(frozen=True)
+class Validity:
+    valid: bool
+    reasons: list[str] = field(default_factory=list)
+    #: each false DOWN (a server the run did not terminate leaving UP): what the
+    #: benchmarks count against how many labs ran at once
+    servers_out: list[ServerOut] = field(default_factory=list)
 
 
 def _offset(ts_ms: float, t_ms: float) -> str:
@@ -96,7 +99,8 @@ def validity(
     served_by); `term`: the termination (ms, pod, node, lb)."""
     t, node, pod = term["ms"], term["node"], term["pod"]
     reasons = []
-    for out in servers_out(events, term["lb"], node, t):
+    out_of_rotation = servers_out(events, term["lb"], node, t)
+    for out in out_of_rotation:
         on_it = [f for f in failed if (f.get("served_by") or {}).get("node") == out.server]
         no_server = [f for f in failed if f.get("rule") == "lb_no_server"]
         by = f" by a failed check ({out.why})" if out.why else ""
@@ -133,7 +137,7 @@ def validity(
             f"{len(elsewhere)} failures were not on the terminating gateway "
             f"({_counts(where)}; {_counts(Counter(str(f.get('rule')) for f in elsewhere))})"
         )
-    return Validity(not reasons, reasons)
+    return Validity(not reasons, reasons, out_of_rotation)
 
 
 def _served_by_victim(served: dict[str, Any], node: str, pod: str) -> bool:

@@ -43,12 +43,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..analysis.comparison import compare, timing_line, timing_summary
-from ..analysis.report import write_comparison
+from ..analysis.comparison import comparison_doc, timing_line, timing_summary
+from ..analysis.report import summaries_by_pair, write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
 from ..localcluster.haproxy_process import stop_lab_haproxy
-from ..model import registry
+from ..model import registry, timing
 from ..model.plan import check_inputs
 from .signals import cancel_on_exit_signals, exit_code
 
@@ -61,11 +61,25 @@ CLEANUP_TIMEOUT_S = 60
 #: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
 #: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
 LAB_STAGGER_S = 2.5
+#: How many labs may run at once per CPU this process may use. Measured on 2 cores
+#: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU a few runs in a batch saw a
+#: survivor marked DOWN by a starved check; at 2 per CPU none did.
+LABS_PER_CPU = 2
 #: Runs that may take the place of invalid ones in one lab (lab.analysis.validity),
 #: beyond the repeats asked: then the verdict says it is incomplete.
 MAX_REPLACEMENTS = 2
 #: The runner's command, written by the converge playbook into each lab's folder.
 RUNNER_ARGV = "runner.json"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a cpuset or `taskset` narrows them)."""
+    return len(os.sched_getaffinity(0))
+
+
+def default_labs_at_once(pairs: int, cpus: int) -> int:
+    """LABS_PER_CPU per usable CPU, no more labs than there are pairs, at least one."""
+    return max(1, min(pairs, LABS_PER_CPU * cpus))
 
 
 class Busy(RuntimeError):
@@ -116,6 +130,8 @@ class LabRun:
     #: the repeat now running (its result file names its run directory)
     repeat: int = 0
     elapsed_s: float = 0.0  # converge and repeats
+    #: whether it had a slot (batch.slots): a lab still waiting has nothing to keep
+    began: bool = False
 
     @property
     def name(self) -> str:
@@ -191,9 +207,22 @@ async def render_shared_manifests(profile: str) -> Path:
     return dest
 
 
-async def converge_lab(
-    run: LabRun, profile: str, artifacts: Path | None, manifests: Path
-) -> list[str]:
+@dataclass(frozen=True)
+class Batch:
+    """What every lab of one `make experiment` shares."""
+
+    profile: str
+    repeats: int
+    artifacts: Path | None
+    #: every mode's manifests, rendered once; None: each lab renders its own (it must,
+    #: with timing overrides: a shared folder cannot carry them)
+    manifests: Path | None
+    timing_overrides: dict[str, float]
+    #: labs that may run at once; the others wait for a slot
+    slots: asyncio.Semaphore
+
+
+async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
     """run-experiment.yml with `experiment_converge_only`: the lab's HAProxy provisioned
     and running, the runner's command (runner.json) written. Returns that command;
     LabFailed with the log's end when the playbook fails."""
@@ -203,12 +232,15 @@ async def converge_lab(
         "mode": run.mode,
         "lab_index": run.index,
         "scenario": run.scenario,
-        "experiment_profile": profile,
-        "experiment_manifests": manifests,
+        "experiment_profile": batch.profile,
         "experiment_converge_only": True,
     }
-    if artifacts:
-        extra["experiment_artifacts"] = artifacts
+    if batch.manifests:
+        extra["experiment_manifests"] = batch.manifests
+    if batch.timing_overrides:
+        extra["timing_overrides"] = batch.timing_overrides
+    if batch.artifacts:
+        extra["experiment_artifacts"] = batch.artifacts
     with run.log_path.open("wb") as log:
         run.proc = await start_playbook("playbooks/run-experiment.yml", extra, log)
         code = await run.proc.wait()
@@ -288,25 +320,28 @@ async def stop_runs(runs: list[LabRun]) -> None:
 
 
 async def run_lab(
-    run: LabRun,
-    repeats: int,
-    profile: str,
-    artifacts: Path | None,
-    manifests: Path,
-    start_after_s: float = 0,
+    run: LabRun, batch: Batch, start_after_s: float = 0
 ) -> list[tuple[int, dict[str, Any] | None]]:
-    """Converge the lab once, then run its mode and scenario one run after the other
-    until `repeats` runs are valid (lab.analysis.validity): an invalid run is kept and
-    shown, and another takes its place, at most MAX_REPLACEMENTS of them. (exit code,
-    result) each; a run that never ran has no result. The lab's HAProxy is stopped when
-    its runs end (stop_runs does it on an interrupt)."""
-    await asyncio.sleep(start_after_s)
+    """Once a slot is free (batch.slots), converge the lab, then run its mode and
+    scenario one run after the other until `batch.repeats` runs are valid
+    (lab.analysis.validity): an invalid run is kept and shown, and another takes its
+    place, at most MAX_REPLACEMENTS of them. (exit code, result) each; a run that never
+    ran has no result. The lab's HAProxy is stopped when its runs end (stop_runs does it
+    on an interrupt)."""
+    async with batch.slots:
+        run.began = True
+        await asyncio.sleep(start_after_s)
+        return await _run_lab(run, batch)
+
+
+async def _run_lab(run: LabRun, batch: Batch) -> list[tuple[int, dict[str, Any] | None]]:
+    repeats = batch.repeats
     run.lab_dir.mkdir(parents=True, exist_ok=True)
     for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
         old.unlink()
     started = time.monotonic()
     try:
-        argv = await converge_lab(run, profile, artifacts, manifests)
+        argv = await converge_lab(run, batch)
     except LabFailed as exc:
         stop_lab_haproxy(run.lab_dir)
         print(f"\n[{run.name}] {exc}", file=sys.stderr)
@@ -354,13 +389,13 @@ def run_durations(run_dirs: list[Path]) -> list[float]:
 
 async def main_async(
     modes: list[str],
-    profile: str,
     scenarios: list[str],
     first_index: int,
-    artifacts: Path | None,
-    repeats: int,
+    labs_at_once: int,
+    batch_args: dict[str, Any],
     stopped_by: list[signal.Signals],
 ) -> int:
+    """`batch_args`: Batch's fields but manifests and slots."""
     # SIGINT, SIGTERM and SIGHUP alike: every run below is stopped and cleaned up
     # before this returns, and the checkout's lock is held until then
     cancel_on_exit_signals(stopped_by, "lab.runners.all")
@@ -370,15 +405,27 @@ async def main_async(
         LabRun(m, sc, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
         for i, (m, sc) in enumerate(pairs)
     ]
-    print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
-    try:
-        manifests = await render_shared_manifests(profile)
-    except RuntimeError as exc:
-        print(f"lab.runners.all: {exc}", file=sys.stderr)
-        return 1
-    print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
+    profile = batch_args["profile"]
+    manifests = None
+    if not batch_args["timing_overrides"]:
+        print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
+        try:
+            manifests = await render_shared_manifests(profile)
+        except RuntimeError as exc:
+            print(f"lab.runners.all: {exc}", file=sys.stderr)
+            return 1
+        print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
+    batch = Batch(**batch_args, manifests=manifests, slots=asyncio.Semaphore(labs_at_once))
+    repeats = batch.repeats
+    print(
+        f"{len(runs)} labs, {labs_at_once} at once on {usable_cpus()} CPUs "
+        f"({LABS_PER_CPU} per CPU unless --labs-at-once says otherwise)",
+        flush=True,
+    )
+    # the first wave starts staggered; a later lab starts when a slot frees, which
+    # staggers it by itself
     tasks = [
-        asyncio.create_task(run_lab(r, repeats, profile, artifacts, manifests, i * LAB_STAGGER_S))
+        asyncio.create_task(run_lab(r, batch, i * LAB_STAGGER_S if i < labs_at_once else 0))
         for i, r in enumerate(runs)
     ]
     try:
@@ -389,7 +436,13 @@ async def main_async(
         await stop_runs(runs)
         for r in runs:
             result = read_result(r.result_file(r.repeat)) if r.repeat else None
-            where = result["run_dir"] if result else f"none recorded (see {r.log_path})"
+            where = (
+                result["run_dir"]
+                if result
+                else f"none recorded (see {r.log_path})"
+                if r.began
+                else "none: it had not started (waiting for a slot)"
+            )
             print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
     done: dict[str, dict[str, list[Path]]] = {}
@@ -421,32 +474,15 @@ async def main_async(
     if all_runs:
         stamp = utc_stamp()
         folder = all_runs[0].parent
-        table, page = write_comparison(all_runs, folder / f"comparison-{stamp}.html")
-        doc = {
-            "repeats": repeats,
-            "profile": profile,
-            # labs side by side on this machine's cores: what the runs shared
-            "labs_at_once": len(runs),
-            "cpus": os.cpu_count(),
-            "scenarios": {
-                sc: compare(
-                    {
-                        m: [
-                            {**json.loads((d / "summary.json").read_text()), "run_dir": str(d)}
-                            for d in dirs
-                        ]
-                        for m, dirs in by_mode.items()
-                    },
-                    valid_runs_asked=repeats,
-                )
-                for sc, by_mode in done.items()
-            },
-            "run_dirs": {
-                sc: {m: [str(d) for d in dirs] for m, dirs in by_mode.items()}
-                for sc, by_mode in done.items()
-            },
-            "timing": timing,
-        }
+        doc = comparison_doc(
+            summaries_by_pair(all_runs),
+            repeats,
+            batch.profile,
+            labs_at_once,
+            usable_cpus(),
+            timing,
+        )
+        table, page = write_comparison(all_runs, folder / f"comparison-{stamp}.html", doc)
         write_json(folder / f"comparison-{stamp}.json", doc)
         print("\n" + table)
         print("\nover the repeats:")
@@ -470,6 +506,23 @@ async def main_async(
     return 1 if failed else 0
 
 
+def timing_overrides(text: str, profile: str) -> dict[str, float]:
+    """--timing-overrides, checked by the timing model as the timing role would: an
+    unknown input, a bad number or a broken rule is a ValueError naming it."""
+    try:
+        overrides = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--timing-overrides {text!r} is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--timing-overrides {text!r} must be a JSON object of inputs")
+    if overrides:
+        broken = timing.report(profile, overrides)["violations"]
+        if broken:
+            rules = " ".join(f"[{v['rule']}] {v['message']}." for v in broken)
+            raise ValueError(f"--timing-overrides {text} breaks the timing model: {rules}")
+    return overrides
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default=",".join(registry.MODES))
@@ -479,6 +532,17 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
+    )
+    parser.add_argument(
+        "--labs-at-once",
+        type=int,
+        help=f"labs that run side by side (default: {LABS_PER_CPU} per usable CPU)",
+    )
+    parser.add_argument(
+        "--timing-overrides",
+        default="{}",
+        help="timing model inputs as JSON, e.g. '{\"haproxy_check_timeout_s\": 0.25}': "
+        "checked by the model before anything starts; each lab renders its own manifests",
     )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -500,6 +564,17 @@ def main() -> int:
         for mode in modes:
             for sc in scenarios:
                 check_inputs(mode, sc, args.profile)
+        pairs = len(modes) * len(scenarios)
+        labs_at_once = (
+            default_labs_at_once(pairs, usable_cpus())
+            if args.labs_at_once is None
+            else args.labs_at_once
+        )
+        if not 1 <= labs_at_once <= pairs:
+            raise ValueError(
+                f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
+            )
+        overrides = timing_overrides(args.timing_overrides, args.profile)
     except ValueError as exc:
         print(f"lab.runners.all: {exc}", file=sys.stderr)
         return 2
@@ -521,11 +596,15 @@ def main() -> int:
         return asyncio.run(
             main_async(
                 modes,
-                args.profile,
                 scenarios,
                 args.first_lab_index,
-                args.artifacts.resolve() if args.artifacts else None,
-                args.repeats,
+                labs_at_once,
+                {
+                    "profile": args.profile,
+                    "repeats": args.repeats,
+                    "artifacts": args.artifacts.resolve() if args.artifacts else None,
+                    "timing_overrides": overrides,
+                },
                 stopped_by,
             )
         )

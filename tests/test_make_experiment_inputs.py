@@ -1,0 +1,69 @@
+"""`make experiment`'s inputs (lab.runners.all): a bad value is refused before anything
+starts, naming it and what is allowed; how many labs share the machine by default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT
+from lab.runners.all import LABS_PER_CPU, default_labs_at_once, timing_overrides
+
+
+@pytest.mark.parametrize(
+    ("pairs", "cpus", "expected"),
+    [(8, 2, min(8, 2 * LABS_PER_CPU)), (8, 64, 8), (1, 2, 1), (8, 1, LABS_PER_CPU)],
+)
+def test_labs_at_once_follow_the_usable_cpus(pairs: int, cpus: int, expected: int) -> None:
+    assert default_labs_at_once(pairs, cpus) == expected
+
+
+def test_timing_overrides_are_checked_by_the_model() -> None:
+    assert timing_overrides('{"haproxy_check_timeout_s": 0.25}', "quick") == {
+        "haproxy_check_timeout_s": 0.25
+    }
+    assert timing_overrides("{}", "quick") == {}
+    with pytest.raises(ValueError, match=r"lb_buffer_exceeds_lb_detection"):
+        timing_overrides('{"haproxy_check_timeout_s": 1}', "quick")
+    with pytest.raises(ValueError, match=r"must be a JSON object"):
+        timing_overrides("[1]", "quick")
+    with pytest.raises(ValueError, match=r"is not JSON"):
+        timing_overrides("{haproxy", "quick")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--labs-at-once=0"], "--labs-at-once 0 must be 1..2 (the labs asked)"),
+        (["--labs-at-once=3"], "--labs-at-once 3 must be 1..2"),
+        (["--timing-overrides", '{"bogus": 1}'], "unknown timing input 'bogus'"),
+        (["--repeats=0"], "--repeats 0 must be 1..20"),
+        (["--modes=seed"], "seed"),
+    ],
+)
+def test_a_bad_input_is_refused_before_anything_starts(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lab.runners.all",
+            "--modes=current,ordered",
+            "--scenarios=inflight",
+            "--first-lab-index=190",
+            f"--artifacts={artifacts}",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in result.stderr
+    assert not artifacts.exists() and not (ROOT / ".lab" / "190").exists()
