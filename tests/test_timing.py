@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from helpers import ROOT
 from lab.model import timing
 
 
@@ -127,3 +129,13 @@ def test_haproxy_duration_syntax() -> None:
         "310s",
         "1250ms",
     ]
+
+
+def test_the_timing_role_accepts_every_input_the_model_knows() -> None:
+    """The role's argument spec lists the overrides Ansible lets through: an input the
+    model knows but the spec lacks (nolb_wait_s once) is refused before the model sees
+    it, so the two must name the same inputs."""
+    spec = yaml.safe_load((ROOT / "roles/timing/meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]["timing_overrides"]["options"]
+    for profile in timing.PROFILES:
+        assert set(options) == {*timing.profile_inputs(profile), *timing.OVERRIDABLE}, profile

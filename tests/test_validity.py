@@ -73,7 +73,8 @@ def test_a_survivor_marked_down_makes_the_run_invalid_and_says_why() -> None:
     ]
     failed = [
         *[failure(0.6, rule="lb_killed_session_at_down", node="worker2", pod="gw-worker2")] * 9,
-        *[failure(0.7, rule="lb_no_server", node=None, pod=None, error="http_503")] * 31,
+        # HAProxy names no server `<NOSRV>`
+        *[failure(0.7, rule="lb_no_server", node="<NOSRV>", pod=None, error="http_503")] * 31,
     ]
     v = validity(events, failed, TERM)
     assert not v.valid

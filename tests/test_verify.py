@@ -26,6 +26,7 @@ from lab.analysis import checks
 from lab.collectors import haproxy as haproxy_collector
 from lab.collectors.haproxy_config import haproxy_settings
 from lab.collectors.tls import tls_accepts
+from lab.model import timing
 from lab.model.durations import haproxy_seconds
 
 LAB = 199  # apart from make experiment's labs (1..8) and site.yml's (200)
@@ -50,6 +51,12 @@ def test_each_check_passes_and_fails_on_its_facts() -> None:
     assert checks.timing_budget("quick", {}).result == "pass"
     budget = checks.timing_budget("quick", {"lb_buffer_s": 1})
     assert budget.result == "fail" and "lb_buffer_exceeds_lb_detection" in budget.detail
+    # istio-native deploys no LB_BUFFER: a slower check the plan raised it for holds,
+    # and the profile's LB_BUFFER is not read in its place
+    slower = {"haproxy_check_timeout_s": 1, "nolb_wait_s": 2}
+    planned = timing.report("quick", {**slower, "lb_buffer_s": 3})["numbers"]
+    assert checks.timing_budget("quick", slower).result == "fail"
+    assert checks.timing_budget("quick", slower, planned).result == "pass"
     assert checks.keepalive(10, 3600).result == "pass"
     assert checks.keepalive(75, 60).result == "fail"
     assert checks.lb_servers_up({"w1": "UP", "w2": "UP"}).result == "pass"

@@ -144,10 +144,16 @@ def rollout_seats(
     )
 
 
-def timing_budget(profile: str, deployed: Mapping[str, float]) -> Check:
-    """The deployed numbers through the same checker the manifests role uses."""
+def timing_budget(
+    profile: str, deployed: Mapping[str, float], planned: Mapping[str, Any] | None = None
+) -> Check:
+    """The deployed numbers through the same checker the manifests role uses. What was
+    not read back comes from `planned` (the budget the run was planned with, timing
+    overrides included: a mode without hc deploys no LB_BUFFER), else the profile."""
+    inputs = timing.profile_inputs(profile)
+    base = {k: v for k, v in (planned or {}).items() if k in inputs}
     try:
-        violations = timing.check(timing.derive(profile, deployed))
+        violations = timing.check(timing.derive(profile, {**base, **deployed}))
     except timing.TimingInputError as exc:
         return _check("timing_budget_holds", False, str(exc), "fix the deployed value named")
     return _check(

@@ -130,14 +130,18 @@ def validity(
         if f not in unexplained and not _served_by_victim(f.get("served_by") or {}, node, pod)
     ]
     if elsewhere:
-        where = Counter(
-            str((f.get("served_by") or {}).get("node") or "no server") for f in elsewhere
-        )
+        where = Counter(_node_or_none(f.get("served_by") or {}) for f in elsewhere)
         reasons.append(
             f"{len(elsewhere)} failures were not on the terminating gateway "
             f"({_counts(where)}; {_counts(Counter(str(f.get('rule')) for f in elsewhere))})"
         )
     return Validity(not reasons, reasons, out_of_rotation)
+
+
+def _node_or_none(served: dict[str, Any]) -> str:
+    """The node that served it; HAProxy's `<NOSRV>` and no record alike: no server."""
+    node = served.get("node")
+    return "no server" if node in (None, "", "<NOSRV>") else str(node)
 
 
 def _served_by_victim(served: dict[str, Any], node: str, pod: str) -> bool:

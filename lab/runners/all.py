@@ -3,15 +3,17 @@ one comparison.
 
 Each (scenario, mode) pair has an isolated lab of its own (its own loopback /16, ports
 and files). Every mode's manifests are rendered once for all the labs
-(`.lab/manifests-<profile>`); `playbooks/run-experiment.yml` converges each lab once
-(HAProxy provisioned and running, the runner's command written to
-`.lab/<N>/runner.json`); then this runs the lab's repeats one after the other, each a
-`lab.runners.local` child whose progress lines it shows with the lab's name in front
-(all its output in `.lab/<N>/runner-<repeat>.log`) and whose exit code and result
+(`.lab/manifests-<profile>`); `playbooks/run-experiment.yml` converges every lab
+before any run starts (HAProxy provisioned and running, the runner's command written
+to `.lab/<N>/runner.json`): Ansible's CPU is spent before a run measures anything.
+Then each lab runs its repeats one after the other, each a `lab.runners.local` child
+whose progress lines it shows with the lab's name in front (all its output in
+`.lab/<N>/runner-<repeat>.log`) and whose exit code and result
 (`.lab/<N>/result-<repeat>.json`: its run directory, how it ended) it reads when the
 child ends. A run whose lab did not hold steady (lab.analysis.validity) is kept and
-shown but not counted, and another run takes its place (MAX_REPLACEMENTS per lab). The
-labs run side by side, so the whole command takes about as long as its longest lab.
+shown but not counted, and another run takes its place (MAX_REPLACEMENTS per lab). At
+most LABS_PER_CPU labs per usable CPU run at once (`--labs-at-once` to choose): more
+starve each other's health checks and their runs measure the machine, not the order.
 
 One `make experiment` at a time per checkout: a second one, started while the first
 runs, is refused at once with a message naming the first (it would take the same labs:
@@ -62,8 +64,8 @@ CLEANUP_TIMEOUT_S = 60
 #: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
 LAB_STAGGER_S = 2.5
 #: How many labs may run at once per CPU this process may use. Measured on 2 cores
-#: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU a few runs in a batch saw a
-#: survivor marked DOWN by a starved check; at 2 per CPU none did.
+#: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU 7 of 31 runs saw a survivor
+#: marked DOWN by a starved check (a 0.5 s check timeout); at 2 per CPU none of 24.
 LABS_PER_CPU = 2
 #: Runs that may take the place of invalid ones in one lab (lab.analysis.validity),
 #: beyond the repeats asked: then the verdict says it is incomplete.
@@ -319,54 +321,61 @@ async def stop_runs(runs: list[LabRun]) -> None:
         stop_lab_haproxy(r.lab_dir)
 
 
-async def run_lab(
-    run: LabRun, batch: Batch, start_after_s: float = 0
-) -> list[tuple[int, dict[str, Any] | None]]:
-    """Once a slot is free (batch.slots), converge the lab, then run its mode and
-    scenario one run after the other until `batch.repeats` runs are valid
-    (lab.analysis.validity): an invalid run is kept and shown, and another takes its
-    place, at most MAX_REPLACEMENTS of them. (exit code, result) each; a run that never
-    ran has no result. The lab's HAProxy is stopped when its runs end (stop_runs does it
-    on an interrupt)."""
+async def converge_for_runs(run: LabRun, batch: Batch) -> list[str] | None:
+    """Converge the lab (once a slot is free): its runner's command, or None when the
+    converge failed (said on stderr, the lab's HAProxy stopped)."""
     async with batch.slots:
         run.began = True
-        await asyncio.sleep(start_after_s)
-        return await _run_lab(run, batch)
+        run.lab_dir.mkdir(parents=True, exist_ok=True)
+        for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
+            old.unlink()
+        started = time.monotonic()
+        try:
+            return await converge_lab(run, batch)
+        except LabFailed as exc:
+            stop_lab_haproxy(run.lab_dir)
+            print(f"\n[{run.name}] {exc}", file=sys.stderr)
+            return None
+        finally:
+            run.elapsed_s += time.monotonic() - started
 
 
-async def _run_lab(run: LabRun, batch: Batch) -> list[tuple[int, dict[str, Any] | None]]:
+async def run_lab(
+    run: LabRun, batch: Batch, argv: list[str] | None, start_after_s: float = 0
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """Once a slot is free (batch.slots), run the converged lab's mode and scenario one
+    run after the other until `batch.repeats` runs are valid (lab.analysis.validity):
+    an invalid run is kept and shown, and another takes its place, at most
+    MAX_REPLACEMENTS of them. (exit code, result) each; a run that never ran has no
+    result. The lab's HAProxy is stopped when its runs end (stop_runs does it on an
+    interrupt)."""
     repeats = batch.repeats
-    run.lab_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
-        old.unlink()
-    started = time.monotonic()
-    try:
-        argv = await converge_lab(run, batch)
-    except LabFailed as exc:
-        stop_lab_haproxy(run.lab_dir)
-        print(f"\n[{run.name}] {exc}", file=sys.stderr)
+    if argv is None:  # its converge failed, said then
         return [(1, None)] * repeats
     out: list[tuple[int, dict[str, Any] | None]] = []
-    valid = 0
-    while valid < repeats and len(out) < repeats + MAX_REPLACEMENTS:
-        code, result = await run_repeat(run, argv, len(out) + 1)
-        out.append((code, result))
-        if code != 0 or result is None or result["status"] != "completed":
-            valid += 1  # a failed run is an error, reported as such, not replaced
-        elif is_valid(Path(result["run_dir"])):
-            valid += 1
-        else:
-            print(
-                f"[{run.name:>21}] run {len(out)} invalid, kept in {result['run_dir']}; "
-                + (
-                    "another takes its place"
-                    if len(out) < repeats + MAX_REPLACEMENTS
-                    else "no more replacements"
-                ),
-                flush=True,
-            )
-    stop_lab_haproxy(run.lab_dir)
-    run.elapsed_s = time.monotonic() - started
+    async with batch.slots:
+        await asyncio.sleep(start_after_s)
+        started = time.monotonic()
+        valid = 0
+        while valid < repeats and len(out) < repeats + MAX_REPLACEMENTS:
+            code, result = await run_repeat(run, argv, len(out) + 1)
+            out.append((code, result))
+            if code != 0 or result is None or result["status"] != "completed":
+                valid += 1  # a failed run is an error, reported as such, not replaced
+            elif is_valid(Path(result["run_dir"])):
+                valid += 1
+            else:
+                print(
+                    f"[{run.name:>21}] run {len(out)} invalid, kept in {result['run_dir']}; "
+                    + (
+                        "another takes its place"
+                        if len(out) < repeats + MAX_REPLACEMENTS
+                        else "no more replacements"
+                    ),
+                    flush=True,
+                )
+        stop_lab_haproxy(run.lab_dir)
+        run.elapsed_s += time.monotonic() - started
     return out
 
 
@@ -422,17 +431,27 @@ async def main_async(
         f"({LABS_PER_CPU} per CPU unless --labs-at-once says otherwise)",
         flush=True,
     )
-    # the first wave starts staggered; a later lab starts when a slot frees, which
-    # staggers it by itself
-    tasks = [
-        asyncio.create_task(run_lab(r, batch, i * LAB_STAGGER_S if i < labs_at_once else 0))
-        for i, r in enumerate(runs)
-    ]
+    tasks: list[asyncio.Task[Any]] = []
     try:
+        # every lab converged before any run starts: Ansible's CPU is spent before a
+        # run measures anything, not while another lab's health checks need it
+        print(f"converging {len(runs)} labs ({labs_at_once} at once) ...", flush=True)
+        tasks = [asyncio.create_task(converge_for_runs(r, batch)) for r in runs]
+        argvs = await asyncio.gather(*tasks)
+        print(f"labs converged ({time.monotonic() - started:.1f}s)", flush=True)
+        # the first wave starts staggered; a later lab starts when a slot frees, which
+        # staggers it by itself
+        tasks = [
+            asyncio.create_task(
+                run_lab(r, batch, argv, i * LAB_STAGGER_S if i < labs_at_once else 0)
+            )
+            for i, (r, argv) in enumerate(zip(runs, argvs, strict=True))
+        ]
         outcomes = await asyncio.gather(*tasks)
     except asyncio.CancelledError:
         # the labs' tasks are cancelled with us; their children are stopped here
-        await asyncio.wait(tasks)
+        if tasks:
+            await asyncio.wait(tasks)
         await stop_runs(runs)
         for r in runs:
             result = read_result(r.result_file(r.repeat)) if r.repeat else None

@@ -169,6 +169,7 @@ async def run(args: argparse.Namespace) -> Path:
             urllib.parse.urlsplit(args.haproxy_url).netloc,
             args.profile,
             tls=args.haproxy_url.startswith("https://"),
+            planned=run_plan.budget,
         )
         write_json(run_dir / "verify.json", [c.as_dict() for c in found])
         failed = [c for c in found if c.result == "fail"]

@@ -14,6 +14,7 @@ import contextlib
 import json
 import shutil
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,12 @@ async def check_running_lab(
     haproxy_address: str,
     profile: str,
     tls: bool = True,
+    planned: Mapping[str, Any] | None = None,
 ) -> list[checks.Check]:
     """Every check against a local lab whose pods run (the verify playbook's, or an
     experiment run's right after its bring-up). `tls`: the frontend offloads TLS (a
-    plain-HTTP frontend, as some tests run, has no TLS to check)."""
+    plain-HTTP frontend, as some tests run, has no TLS to check). `planned`: the run's
+    budget numbers (RunPlan.budget), for what the deployment does not show."""
     mode = registry.mode(mode_name)
     manifests = cluster.manifests
     docs = raw_docs(manifests_dir, mode.manifest)
@@ -160,7 +163,7 @@ async def check_running_lab(
         found.append(checks.lb_topology(None, {p.node for p in gw}))
         # master1 is untainted in the lab, as the untaint role leaves it
         found.append(rollout_check(docs["gateway"], len(NODES)))
-        found.append(checks.timing_budget(profile, deployed_timing(docs, cfg)))
+        found.append(checks.timing_budget(profile, deployed_timing(docs, cfg), planned))
         found.append(checks.keepalive(2 * cfg["pool_purge_delay_s"], ENVOY_DEFAULT_IDLE_S))
         found.append(checks.lb_servers_up(states))
         if tls:
