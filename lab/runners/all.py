@@ -322,22 +322,22 @@ async def stop_runs(runs: list[LabRun]) -> None:
 
 
 async def converge_for_runs(run: LabRun, batch: Batch) -> list[str] | None:
-    """Converge the lab (once a slot is free): its runner's command, or None when the
-    converge failed (said on stderr, the lab's HAProxy stopped)."""
-    async with batch.slots:
-        run.began = True
-        run.lab_dir.mkdir(parents=True, exist_ok=True)
-        for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
-            old.unlink()
-        started = time.monotonic()
-        try:
-            return await converge_lab(run, batch)
-        except LabFailed as exc:
-            stop_lab_haproxy(run.lab_dir)
-            print(f"\n[{run.name}] {exc}", file=sys.stderr)
-            return None
-        finally:
-            run.elapsed_s += time.monotonic() - started
+    """Converge the lab: its runner's command, or None when the converge failed (said
+    on stderr, the lab's HAProxy stopped). Every lab at once: no run measures yet, and
+    the converges overlap their waits on Ansible's forks."""
+    run.began = True
+    run.lab_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
+        old.unlink()
+    started = time.monotonic()
+    try:
+        return await converge_lab(run, batch)
+    except LabFailed as exc:
+        stop_lab_haproxy(run.lab_dir)
+        print(f"\n[{run.name}] {exc}", file=sys.stderr)
+        return None
+    finally:
+        run.elapsed_s += time.monotonic() - started
 
 
 async def run_lab(
@@ -435,7 +435,7 @@ async def main_async(
     try:
         # every lab converged before any run starts: Ansible's CPU is spent before a
         # run measures anything, not while another lab's health checks need it
-        print(f"converging {len(runs)} labs ({labs_at_once} at once) ...", flush=True)
+        print(f"converging {len(runs)} labs ...", flush=True)
         tasks = [asyncio.create_task(converge_for_runs(r, batch)) for r in runs]
         argvs = await asyncio.gather(*tasks)
         print(f"labs converged ({time.monotonic() - started:.1f}s)", flush=True)
@@ -455,13 +455,14 @@ async def main_async(
         await stop_runs(runs)
         for r in runs:
             result = read_result(r.result_file(r.repeat)) if r.repeat else None
-            where = (
-                result["run_dir"]
-                if result
-                else f"none recorded (see {r.log_path})"
-                if r.began
-                else "none: it had not started (waiting for a slot)"
-            )
+            if result:
+                where = result["run_dir"]
+            elif r.repeat:
+                where = f"none recorded (see {r.runner_log(r.repeat)})"
+            elif r.began:
+                where = f"none: no run had started (its converge: {r.log_path})"
+            else:
+                where = "none: it had not started"
             print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
     done: dict[str, dict[str, list[Path]]] = {}
