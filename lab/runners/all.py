@@ -65,7 +65,7 @@ CLEANUP_TIMEOUT_S = 60
 LAB_STAGGER_S = 2.5
 #: How many labs may run at once per CPU this process may use. Measured on 2 cores
 #: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU 7 of 31 runs saw a survivor
-#: marked DOWN by a starved check (a 0.5 s check timeout); at 2 per CPU none of 24.
+#: marked DOWN by a starved check (a 0.5 s check timeout); at 2 per CPU none of 96.
 LABS_PER_CPU = 2
 #: Runs that may take the place of invalid ones in one lab (lab.analysis.validity),
 #: beyond the repeats asked: then the verdict says it is incomplete.
