@@ -9,6 +9,7 @@ from lab.analysis.comparison import (
     VERDICT_KINDS,
     compare,
     comparison_doc,
+    invalid_runs,
     timing_line,
     timing_summary,
     verdict_cell,
@@ -164,3 +165,17 @@ def test_the_comparison_document_says_how_many_labs_shared_the_machine() -> None
     assert doc["run_dirs"] == {"steady": {"ordered": ["artifacts/x", "artifacts/x"]}}
     assert doc["scenarios"]["steady"]["modes"]["ordered"]["complete"]
     assert "timing" not in doc
+
+
+def test_invalid_runs_are_listed_with_their_mode_and_scenario() -> None:
+    scenarios = {
+        "inflight": compare({"ordered": [run(), run(valid=False)], "current": [run()]}),
+        "steady": compare({"current": [run(valid=False)]}),
+    }
+    assert [(mode, sc) for mode, sc, _ in invalid_runs(scenarios)] == [
+        ("ordered", "inflight"),
+        ("current", "steady"),
+    ]
+    assert invalid_runs(scenarios)[0][2]["reasons"] == [
+        "worker2 (a survivor) marked DOWN at +0.56 s"
+    ]

@@ -149,7 +149,7 @@ def verdict_line(t: Tally, causes: Counter[str], beyond: int = 0) -> str:
 def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) -> dict[str, Any]:
     """Where `make experiment`'s time went. `labs`: a lab's name -> (its playbook's
     elapsed seconds, each completed run's own duration). The wall time is set against
-    the longest lab (side by side, the floor), the longest run and the sum of runs; what
+    the longest lab (the floor when all run at once), the longest run and the sum of runs; what
     a lab spends outside its runs is its fixed cost (Ansible, HAProxy's convergence,
     each run's start and finalize), paid once per lab."""
     if not labs:
@@ -174,7 +174,7 @@ def timing_line(t: dict[str, Any]) -> str:
         return f"wall time: {t['wall_s']}s (no lab ran)"
     outside = list(t["outside_runs_s"].values())
     return (
-        f"wall time: {t['wall_s']}s for {t['labs']} labs side by side; longest lab "
+        f"wall time: {t['wall_s']}s for {t['labs']} labs; longest lab "
         f"{t['longest_lab']['s']}s ({t['longest_lab']['name']}); {t['runs']} runs, the "
         f"longest {t['longest_run_s']}s, together {t['sum_of_runs_s']}s; each lab's fixed "
         f"cost outside its runs (Ansible, HAProxy, starts) {min(outside)}-{max(outside)}s"
@@ -273,3 +273,14 @@ def comparison_doc(
         },
         **({"timing": timing} if timing is not None else {}),
     }
+
+
+def invalid_runs(scenarios: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(mode, scenario, its entry in invalid_runs) for each invalid run of the comparison
+    document's `scenarios`: what the page and the console list, shown, not counted."""
+    return [
+        (mode, sc, bad)
+        for sc, cmp_ in scenarios.items()
+        for mode, m in cmp_["modes"].items()
+        for bad in m["invalid_runs"]
+    ]

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 from ..artifacts.events import read_jsonl
 from ..artifacts.rundir import utc_stamp
 from ..model.registry import MODES, SCENARIOS
-from .comparison import VERDICT_KINDS, comparison_doc, verdict_matrix
+from .comparison import VERDICT_KINDS, comparison_doc, invalid_runs, verdict_matrix
 from .summary import verdict
 
 OUTCOME_COLOURS = {
@@ -302,9 +302,7 @@ def write_comparison(run_dirs: list[Path], out: Path, doc: dict[str, Any]) -> tu
     modes = sorted({m for cmp_ in scenarios.values() for m in cmp_["modes"]}, key=_order(MODES))
     invalid = [
         {"mode": mode, "scenario": sc, "run": Path(bad["run"] or "?").name, **bad}
-        for sc, cmp_ in scenarios.items()
-        for mode, m in cmp_["modes"].items()
-        for bad in m["invalid_runs"]
+        for mode, sc, bad in invalid_runs(scenarios)
     ]
     page = (
         _templates()

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..analysis.comparison import comparison_doc, timing_line, timing_summary
+from ..analysis.comparison import comparison_doc, invalid_runs, timing_line, timing_summary
 from ..analysis.report import summaries_by_pair, write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
@@ -132,7 +132,7 @@ class LabRun:
     #: the repeat now running (its result file names its run directory)
     repeat: int = 0
     elapsed_s: float = 0.0  # converge and repeats
-    #: whether it had a slot (batch.slots): a lab still waiting has nothing to keep
+    #: whether its converge had started: a lab not yet begun has nothing to keep
     began: bool = False
 
     @property
@@ -509,12 +509,7 @@ async def main_async(
         for sc, cmp_ in doc["scenarios"].items():
             for mode, m in cmp_["modes"].items():
                 print(f"  {mode:>12} {sc:>8}: {m['verdict']}")
-        invalid = [
-            (mode, sc, bad)
-            for sc, cmp_ in doc["scenarios"].items()
-            for mode, m in cmp_["modes"].items()
-            for bad in m["invalid_runs"]
-        ]
+        invalid = invalid_runs(doc["scenarios"])
         if invalid:
             print(f"\n{len(invalid)} invalid run(s), shown, not counted:")
             for mode, sc, bad in invalid:
