@@ -76,11 +76,11 @@ MODES ?= $(modes)
 SCENARIOS ?= $(scenarios)
 REPEATS ?= $(repeats)
 experiment: setup
-	$(BIN)/python -m lab.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB)) $(if $(LABS_AT_ONCE),--labs-at-once $(LABS_AT_ONCE))
+	$(BIN)/python -m runbook.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB)) $(if $(LABS_AT_ONCE),--labs-at-once $(LABS_AT_ONCE))
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the
-# machine (lab.onebox.preflight names anything missing).
+# machine (runbook.onebox.preflight names anything missing).
 onebox-apt:
 	$(call apt_ensure,systemd-nspawn:systemd-container mmdebstrap:mmdebstrap buildah:buildah \
 	    nsenter:util-linux ssh:openssh-client cc:gcc ip:iproute2 busybox:busybox-static)

@@ -29,7 +29,7 @@ def run_batch(labs: int, repeats: int, overrides: str, artifacts: Path) -> dict[
     argv = [
         sys.executable,
         "-m",
-        "lab.runners.all",
+        "runbook.runners.all",
         f"--labs-at-once={labs}",
         f"--repeats={repeats}",
         f"--artifacts={artifacts}",

@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from common import wrk  # noqa: E402
 
-from lab.artifacts.events import CollectedDir  # noqa: E402
-from lab.load.driver import LoadDriver, Recorder  # noqa: E402
-from lab.localcluster.cluster import LabCluster, Topology, pods_dir  # noqa: E402
-from lab.localcluster.manifests import Manifests  # noqa: E402
-from lab.model import registry  # noqa: E402
-from lab.model.plan import LoadShape, plan  # noqa: E402
-from lab.runners.local import wait_lb_up  # noqa: E402
+from runbook.artifacts.events import CollectedDir  # noqa: E402
+from runbook.load.driver import LoadDriver, Recorder  # noqa: E402
+from runbook.localcluster.cluster import LabCluster, Topology, pods_dir  # noqa: E402
+from runbook.localcluster.manifests import Manifests  # noqa: E402
+from runbook.model import registry  # noqa: E402
+from runbook.model.plan import LoadShape, plan  # noqa: E402
+from runbook.runners.local import wait_lb_up  # noqa: E402
 
 LAB = 199
 MODE = "ordered"

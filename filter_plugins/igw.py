@@ -1,4 +1,4 @@
-"""Ansible filters over the project's model (lab.model: the timing budget and the
+"""Ansible filters over the project's model (runbook.model: the timing budget and the
 registry of modes and scenarios), the one source of both.
 
 The model is imported from the installed project (`make setup` installs it into
@@ -12,7 +12,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 try:
-    from lab.model import registry, timing
+    from runbook.model import registry, timing
 except ImportError as exc:  # pragma: no cover - depends on how Ansible was started
     raise AnsibleFilterError(
         f"the project's model is not importable ({exc}): run `make setup` and use "
@@ -43,7 +43,7 @@ def igw_registry(key: str) -> Any:
 
 
 def igw_gateway_active_stat(gateway_port: int) -> str:
-    """The gateway listener's in-flight gauge (lab.model.registry.gateway_active_stat)."""
+    """The gateway listener's in-flight gauge (runbook.model.registry.gateway_active_stat)."""
     return registry.gateway_active_stat(int(gateway_port))
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from applog import parse_logfmt
-from lab.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
-from lab.localcluster.topology import Topology
+from runbook.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
+from runbook.localcluster.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -220,7 +220,7 @@ def lab_leftovers(artifacts: Path, labs: list[Topology]) -> list[str]:
             continue
         if cwd.startswith(str(artifacts)) or any(
             f".lab/{lab.index}/haproxy.cfg" in cmdline
-            or ("lab.runners.local" in cmdline and f"--lab-index={lab.index} " in cmdline)
+            or ("runbook.runners.local" in cmdline and f"--lab-index={lab.index} " in cmdline)
             for lab in labs
         ):
             found.append(f"{proc.name}: {cmdline[:120]}")

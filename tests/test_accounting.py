@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from lab.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
-from lab.analysis.summary import summarize, verdict
+from runbook.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
+from runbook.analysis.summary import summarize, verdict
 
 T = 1_000_000.0
 TERM = {"ms": T, "pod": "gw-w1", "node": "worker1", "lb": "lb1"}

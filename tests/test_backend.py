@@ -199,8 +199,8 @@ def test_websocket_echoes_each_message_directly_and_through_the_gateway(
     backend, and through the real Envoy with the lab's bootstrap (upgrade_configs)."""
     import asyncio
 
-    from lab.artifacts.events import now_ms
-    from lab.load.driver import RequestRecord, new_session, websocket
+    from runbook.artifacts.events import now_ms
+    from runbook.load.driver import RequestRecord, new_session, websocket
 
     backend = procs.backend()
     base = procs.envoy(backend).url if through_envoy else backend.url

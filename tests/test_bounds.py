@@ -1,10 +1,10 @@
-"""lab.analysis.bounds against known values."""
+"""runbook.analysis.bounds against known values."""
 
 from __future__ import annotations
 
 import pytest
 
-from lab.analysis.bounds import loss_bounds, percent, upper_bound_none_lost, wilson_interval
+from runbook.analysis.bounds import loss_bounds, percent, upper_bound_none_lost, wilson_interval
 
 
 @pytest.mark.parametrize(

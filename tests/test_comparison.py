@@ -1,11 +1,11 @@
-"""lab.analysis.comparison: verdicts over the valid runs only, every failure counted,
+"""runbook.analysis.comparison: verdicts over the valid runs only, every failure counted,
 how sure each one is; and where `make experiment`'s time went."""
 
 from __future__ import annotations
 
 import pytest
 
-from lab.analysis.comparison import (
+from runbook.analysis.comparison import (
     VERDICT_KINDS,
     compare,
     comparison_doc,

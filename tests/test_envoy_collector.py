@@ -1,4 +1,4 @@
-"""lab.collectors.envoy: the gateway's in-flight gauge from Envoy's JSON stats, and
+"""runbook.collectors.envoy: the gateway's in-flight gauge from Envoy's JSON stats, and
 from a real Envoy."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import aiohttp
 
 from helpers import Procs, http
-from lab.collectors import envoy
+from runbook.collectors import envoy
 
 
 def test_active_from_stats_sums_and_unknown_is_none() -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, Proc, Procs, free_port, http, wait_port
-from lab.analysis.accounting import account
-from lab.artifacts.events import now_ms, read_jsonl
-from lab.collectors.podlogs import event_from_line
-from lab.model import registry
+from runbook.analysis.accounting import account
+from runbook.artifacts.events import now_ms, read_jsonl
+from runbook.collectors.podlogs import event_from_line
+from runbook.model import registry
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -85,7 +85,7 @@ class Chain:
             [
                 sys.executable,
                 "-m",
-                "lab.collectors.haproxy",
+                "runbook.collectors.haproxy",
                 f"--socket={tmp}/admin.sock",
                 f"--syslog={syslog}",
                 "--lb=lb1",

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pytest
 
 from helpers import DRAIN_SCRIPT, Proc, Procs, free_port, http
-from lab.model import timing
+from runbook.model import timing
 
 
 def run_drain(

@@ -1,4 +1,4 @@
-"""lab.collectors.haproxy: HAProxy's per-request log lines, as the collector reads them."""
+"""runbook.collectors.haproxy: HAProxy's per-request log lines, as the collector reads them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ TS_MS = 1795341600250.0
 
 
 def test_the_collector_reads_haproxy_request_lines() -> None:
-    from lab.collectors import haproxy as haproxy_collector
+    from runbook.collectors import haproxy as haproxy_collector
 
     line = (
         "<134>Nov 22 14:00:00 haproxy[1]: igw_request rid=ab-000001 srv=worker1 st=502 "

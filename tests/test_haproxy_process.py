@@ -1,4 +1,4 @@
-"""lab.localcluster.haproxy_process: the one stop of a local lab's HAProxy, used by
+"""runbook.localcluster.haproxy_process: the one stop of a local lab's HAProxy, used by
 `make experiment`, a run by hand and an interrupt. A real HAProxy master with a
 pidfile, as the haproxy role starts it."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from lab.localcluster.haproxy_process import lab_haproxy_pids, stop_lab_haproxy
+from runbook.localcluster.haproxy_process import lab_haproxy_pids, stop_lab_haproxy
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 
@@ -84,7 +84,7 @@ def test_the_playbooks_command_line(tmp_path: Path) -> None:
     """What run-experiment.yml's `always:` step runs, and the word it decides `changed` by."""
     lab_dir = tmp_path / "lab"
     master = start_master(lab_dir)
-    cli = [sys.executable, "-m", "lab.localcluster.haproxy_process", "stop", str(lab_dir)]
+    cli = [sys.executable, "-m", "runbook.localcluster.haproxy_process", "stop", str(lab_dir)]
     first = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, check=True)
     assert f"stopped={master}" in first.stdout
     assert gone(master)

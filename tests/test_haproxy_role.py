@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, VENV_BIN
-from lab.model import registry
+from runbook.model import registry
 
 
 def play_on_localhost(playbook: Path) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, VENV_BIN, Proc, Procs, free_port, http
-from lab.artifacts.events import merge, read_jsonl
-from lab.collectors import haproxy as haproxy_collector
-from lab.model import registry
+from runbook.artifacts.events import merge, read_jsonl
+from runbook.collectors import haproxy as haproxy_collector
+from runbook.model import registry
 
 PLAYBOOK = str(VENV_BIN / "ansible-playbook")
 
@@ -79,7 +79,7 @@ def test_haproxy_collector_runs_alone_and_records_states_and_log_lines(
     log-health-checks lines over syslog; SIGTERM stops it at once, lines kept."""
     script = tmp_path / "copied" / "haproxy_collector.py"
     script.parent.mkdir()
-    shutil.copy(ROOT / "lab" / "collectors" / "haproxy.py", script)
+    shutil.copy(ROOT / "runbook" / "collectors" / "haproxy.py", script)
     out = tmp_path / "haproxy-worker9.jsonl"
     with haproxy_checking_hc(procs, tmp_path) as (hc, syslog):
         argv = [
@@ -120,7 +120,7 @@ def test_the_copied_collector_reads_the_states_once_for_verify(
     """--show-stat: what the verify playbook runs on each worker (system python3)."""
     script = tmp_path / "copied" / "haproxy_collector.py"
     script.parent.mkdir()
-    shutil.copy(ROOT / "lab" / "collectors" / "haproxy.py", script)
+    shutil.copy(ROOT / "runbook" / "collectors" / "haproxy.py", script)
     with haproxy_checking_hc(procs, tmp_path):
         time.sleep(1)
         once = subprocess.run(
@@ -305,7 +305,7 @@ def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
         tasks = ROOT / "playbooks" / "tasks"
         dest = tmp_path / "run" / "collected" / "haproxy-worker9.jsonl"
         collector_vars = {
-            "collector_src": str(ROOT / "lab" / "collectors" / "haproxy.py"),
+            "collector_src": str(ROOT / "runbook" / "collectors" / "haproxy.py"),
             "collector_path": str(tmp_path / "worker" / "haproxy_collector.py"),
             "collector_out": str(tmp_path / "worker" / "out.jsonl"),
             "collector_socket": str(tmp_path / "admin.sock"),

@@ -1,4 +1,4 @@
-"""An invalid run made for real: `make experiment`'s runner (lab.runners.all) on one
+"""An invalid run made for real: `make experiment`'s runner (runbook.runners.all) on one
 lab, with the survivor's hc stopped (SIGSTOP) just after the termination for longer
 than HAProxy's check needs to mark worker2 DOWN. That run measured the lab, not the
 order: it is kept, marked invalid with the reason, and another takes its place."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, as_a_terminal_job, lab_leftovers
-from lab.localcluster.topology import Topology
+from runbook.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
 LAB = Topology(166)
@@ -48,7 +48,7 @@ def test_a_starved_survivor_makes_the_run_invalid_and_another_takes_its_place(
         [
             sys.executable,
             "-m",
-            "lab.runners.all",
+            "runbook.runners.all",
             "--modes=ordered",
             "--scenarios=inflight",
             "--repeats=1",

@@ -1,4 +1,4 @@
-"""lab.artifacts.journal: every journal follows its JSON schema."""
+"""runbook.artifacts.journal: every journal follows its JSON schema."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from lab.artifacts.journal import SCHEMA_PATH, Journal
+from runbook.artifacts.journal import SCHEMA_PATH, Journal
 
 
 @pytest.mark.parametrize("status", ["completed", "failed", "interrupted"])

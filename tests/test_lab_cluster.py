@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 
 from helpers import Procs, free_port, http, render_manifests
-from lab.artifacts.events import CollectedDir, merge, read_jsonl
-from lab.collectors.podlogs import event_from_line
-from lab.localcluster.cluster import LabCluster, Topology
-from lab.localcluster.envoy_bootstrap import Upstream, gateway_bootstrap
-from lab.localcluster.kubelet import Pod, program_for
-from lab.localcluster.kubeproxy import local_endpoints
-from lab.localcluster.manifests import ContainerSpec, Manifests, PodTemplate
+from runbook.artifacts.events import CollectedDir, merge, read_jsonl
+from runbook.collectors.podlogs import event_from_line
+from runbook.localcluster.cluster import LabCluster, Topology
+from runbook.localcluster.envoy_bootstrap import Upstream, gateway_bootstrap
+from runbook.localcluster.kubelet import Pod, program_for
+from runbook.localcluster.kubeproxy import local_endpoints
+from runbook.localcluster.manifests import ContainerSpec, Manifests, PodTemplate
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def test_pilot_agent_exit_on_zero_active_connections(procs: Procs, tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "lab.localcluster.pilot_agent",
+            "runbook.localcluster.pilot_agent",
             "--config",
             str(config),
             "--admin",
@@ -325,7 +325,7 @@ def test_leftover_pods_of_a_killed_runner_are_found_by_their_folder(tmp_path: Pa
     """The last resort of `make experiment`'s Ctrl-C: a container (its own process group,
     with a child, as Envoy under pilot-agent) working in the run's pods folder is
     killed with its child; a process working elsewhere is not touched."""
-    from lab.localcluster.cluster import kill_leftover_pods, pods_dir
+    from runbook.localcluster.cluster import kill_leftover_pods, pods_dir
 
     run_dir = tmp_path / "run"
     pods_dir(run_dir).mkdir(parents=True)

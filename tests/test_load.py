@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from helpers import free_port
-from lab.load.driver import RequestRecord, classify, fetch, new_session
+from runbook.load.driver import RequestRecord, classify, fetch, new_session
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -1,6 +1,6 @@
 """An interrupted run keeps what it wrote and says so in journal.json.
 
-A real run of `python -m lab.runners.local` behind a real HAProxy (plain HTTP here, to
+A real run of `python -m runbook.runners.local` behind a real HAProxy (plain HTTP here, to
 keep the test small), interrupted with SIGINT while the gateway pod terminates.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, as_a_terminal_job, render_manifests
-from lab.artifacts.events import read_jsonl
-from lab.localcluster.topology import Topology
-from lab.model.registry import HAPROXY_BACKEND
+from runbook.artifacts.events import read_jsonl
+from runbook.localcluster.topology import Topology
+from runbook.model.registry import HAPROXY_BACKEND
 
 LAB = Topology(185)
 
@@ -68,7 +68,7 @@ def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "lab.runners.local",
+            "runbook.runners.local",
             "--mode",
             "current",
             "--lab-index",

@@ -17,11 +17,11 @@ import jsonschema
 import pytest
 
 from helpers import ROOT, VENV_BIN, pixels_of, screenshot
-from lab.analysis.comparison import VERDICT_KINDS, verdict_cell
-from lab.artifacts.events import read_jsonl
-from lab.artifacts.journal import SCHEMA_PATH
-from lab.artifacts.rundir import new_run_dir
-from lab.model import registry
+from runbook.analysis.comparison import VERDICT_KINDS, verdict_cell
+from runbook.artifacts.events import read_jsonl
+from runbook.artifacts.journal import SCHEMA_PATH
+from runbook.artifacts.rundir import new_run_dir
+from runbook.model import registry
 
 SUMMARY_KEYS = {
     "mode",
@@ -58,7 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         [
             sys.executable,
             "-m",
-            "lab.runners.all",
+            "runbook.runners.all",
             "--first-lab-index",
             "180",
             "--repeats",
@@ -249,8 +249,8 @@ def test_run_directories_are_never_reused(tmp_path: Path) -> None:
         (["-e", "mode=fast"], "mode=fast must be one of current, improved"),
         (["-e", "mode=current", "-e", "scenario=soak"], "scenario=soak one of inflight"),
         (
-            ["-e", "mode=current", "-e", "experiment_profile=slow"],
-            "profile=slow one of seed, quick",
+            ["-e", "mode=current", "-e", "timing_profile=slow"],
+            "timing_profile=slow one of seed, quick",
         ),
         # make experiment's shared render: a folder without the mode's Deployment, and
         # a render that cannot carry the run's timing overrides

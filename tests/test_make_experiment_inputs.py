@@ -1,4 +1,4 @@
-"""`make experiment`'s inputs (lab.runners.all): a bad value is refused before anything
+"""`make experiment`'s inputs (runbook.runners.all): a bad value is refused before anything
 starts, naming it and what is allowed; how many labs share the machine by default."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from lab.runners.all import LABS_PER_CPU, default_labs_at_once, timing_overrides
+from runbook.runners.all import LABS_PER_CPU, default_labs_at_once, timing_overrides
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_a_bad_input_is_refused_before_anything_starts(
         [
             sys.executable,
             "-m",
-            "lab.runners.all",
+            "runbook.runners.all",
             "--modes=current,ordered",
             "--scenarios=inflight",
             "--first-lab-index=190",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, as_a_terminal_job, lab_leftovers
-from lab.localcluster.topology import Topology
+from runbook.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
 FIRST_LAB = 160
@@ -28,7 +28,7 @@ def run_all(artifacts: Path, *extra: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "lab.runners.all",
+            "runbook.runners.all",
             f"--first-lab-index={FIRST_LAB}",
             "--repeats=1",
             f"--artifacts={artifacts}",

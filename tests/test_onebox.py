@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.onebox.build import module_source
-from lab.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
-from lab.onebox.machines import CGROUP_CONTROLLERS
-from lab.onebox.pins import read_pins
+from runbook.onebox.build import module_source
+from runbook.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
+from runbook.onebox.machines import CGROUP_CONTROLLERS
+from runbook.onebox.pins import read_pins
 
 pytestmark = pytest.mark.onebox
 
@@ -480,13 +480,13 @@ def test_kubernetes_conformance_tests_for_those_behaviours_pass(
     kube: Kube, onebox_logs: Path
 ) -> None:
     """The pinned e2e suite's conformance tests for NodePort services, EndpointSlices,
-    lifecycle hooks, preStop and graceful removal (lab.onebox.conformance.FOCUS)."""
+    lifecycle hooks, preStop and graceful removal (runbook.onebox.conformance.FOCUS)."""
     report = onebox_logs / "conformance"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "lab.onebox.conformance",
+            "runbook.onebox.conformance",
             f"--e2e-test={kube.e2e_test}",
             f"--context={CONTEXT}",
             f"--report-dir={report}",
@@ -523,7 +523,7 @@ def test_istiod_runs_the_pinned_build(kube: Kube) -> None:
         "version",
         "--short",
     ).strip()
-    # the release line and "-dev" the build gave it (lab.onebox.build.version_ldflags)
+    # the release line and "-dev" the build gave it (runbook.onebox.build.version_ldflags)
     assert version == f"client version: {kube.istio_tag.rsplit('-', 1)[0]}", version
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.onebox import build, conformance, images, machines, pins, preflight
+from runbook.onebox import build, conformance, images, machines, pins, preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_an_unknown_component_is_refused_before_anything_builds(tmp_path: Path) 
         [
             sys.executable,
             "-m",
-            "lab.onebox.build",
+            "runbook.onebox.build",
             "--modules",
             str(ROOT / "onebox/modules"),
             "--cache",
@@ -207,7 +207,7 @@ def test_preflight_refuses_an_address_outside_the_range_naming_it() -> None:
         [
             sys.executable,
             "-m",
-            "lab.onebox.preflight",
+            "runbook.onebox.preflight",
             "--range",
             "198.18.0.0/15",
             "--bridge",
@@ -235,7 +235,7 @@ def test_preflight_refuses_a_range_that_is_not_ipv4(bad: str) -> None:
         [
             sys.executable,
             "-m",
-            "lab.onebox.preflight",
+            "runbook.onebox.preflight",
             "--range",
             bad,
             "--bridge",

@@ -1,4 +1,4 @@
-"""lab.model.plan: a run's plan describes the budget that was deployed. The timing
+"""runbook.model.plan: a run's plan describes the budget that was deployed. The timing
 role derives it once per lab (run-experiment.yml) and hands it to the runner as
 `--budget`; a runner never derives another one from a profile alone."""
 
@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from helpers import ROOT, VENV_BIN
-from lab.localcluster.haproxy_process import stop_lab_haproxy
-from lab.model import registry, timing
-from lab.model.plan import add_arguments, add_budget_arguments, plan, plan_for
+from runbook.localcluster.haproxy_process import stop_lab_haproxy
+from runbook.model import registry, timing
+from runbook.model.plan import add_arguments, add_budget_arguments, plan, plan_for
 
 LAB_INDEX = 178
 

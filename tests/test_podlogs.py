@@ -1,4 +1,4 @@
-"""lab.collectors.podlogs: container log lines (hc, the drain script, pilot-agent,
+"""runbook.collectors.podlogs: container log lines (hc, the drain script, pilot-agent,
 Envoy's access log, the backend) become events, as on both labs' log streams."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lab.collectors.podlogs import event_from_line
+from runbook.collectors.podlogs import event_from_line
 
 TS = "2026-11-22T10:00:00.250Z"
 TS_MS = 1795341600250.0

@@ -1,4 +1,4 @@
-"""lab.model.registry: the one registry as Ansible sees it (filter_plugins/igw.py), the
+"""runbook.model.registry: the one registry as Ansible sees it (filter_plugins/igw.py), the
 names the standalone parts repeat, and a project that stands alone."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from helpers import ROOT, VENV_BIN
-from lab.model import registry
+from runbook.model import registry
 
 
 def test_ansible_reads_the_registry(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_the_project_stands_alone() -> None:
 def test_names_the_standalone_parts_repeat_are_the_registry_s() -> None:
     # the HAProxy collector (copied to the workers) and the apps cannot import the lab
     from backend.server import REQUEST_ID_HEADER as BACKEND_HEADER
-    from lab.collectors import haproxy as haproxy_collector
+    from runbook.collectors import haproxy as haproxy_collector
 
     assert BACKEND_HEADER == registry.REQUEST_ID_HEADER
     assert haproxy_collector.REQUEST_LOG_TAG == registry.HAPROXY_REQUEST_LOG_TAG

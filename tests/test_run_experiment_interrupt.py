@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, VENV_BIN, as_a_terminal_job, lab_leftovers
-from lab.artifacts.events import read_jsonl
-from lab.localcluster.topology import Topology
+from runbook.artifacts.events import read_jsonl
+from runbook.localcluster.topology import Topology
 
 pytestmark = pytest.mark.e2e
 LAB = Topology(176)

@@ -1,4 +1,4 @@
-"""lab.artifacts.rundir: the one place a run directory is named, for both targets."""
+"""runbook.artifacts.rundir: the one place a run directory is named, for both targets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def make_run_dir(artifacts: Path) -> Path:
         [
             sys.executable,
             "-m",
-            "lab.artifacts.rundir",
+            "runbook.artifacts.rundir",
             f"--artifacts={artifacts}",
             "--scenario=steady",
             "--mode=ordered",

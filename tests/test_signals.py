@@ -1,4 +1,4 @@
-"""lab.runners.signals: an exit signal and a vanished starter both end a run's task by
+"""runbook.runners.signals: an exit signal and a vanished starter both end a run's task by
 cancelling it, once, so that its cleanup runs to its end; real signals, real processes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from lab.runners.signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
+from runbook.runners.signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
 
 
 def sleeper() -> subprocess.Popen[bytes]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.analysis.summary import in_flight_at, summarize, verdict
+from runbook.analysis.summary import in_flight_at, summarize, verdict
 
 T = 1_000_000.0  # termination, ms
 
@@ -108,7 +108,7 @@ def test_no_cut_reads_as_none() -> None:
 
 
 def test_zero_in_flight_is_when_the_gauge_last_fell_to_zero() -> None:
-    from lab.analysis.summary import zero_in_flight
+    from runbook.analysis.summary import zero_in_flight
 
     def gauge(at: float, value: int) -> dict:
         return {
@@ -128,7 +128,7 @@ def test_zero_in_flight_is_when_the_gauge_last_fell_to_zero() -> None:
 def test_offered_and_achieved_rates_and_the_shortfall_warning() -> None:
     from dataclasses import asdict
 
-    from lab.model.plan import plan
+    from runbook.model.plan import plan
 
     load = asdict(plan("quick", "ordered", "steady").load)
     # steady: long requests last half the 10 s the ordered path protects

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from helpers import ROOT
-from lab.model import timing
+from runbook.model import timing
 
 
 def names(overrides: dict[str, object], profile: str = "seed") -> dict[str, str]:

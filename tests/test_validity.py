@@ -1,9 +1,9 @@
-"""lab.analysis.validity, rule by rule on hand-made events: a run counts only if its
+"""runbook.analysis.validity, rule by rule on hand-made events: a run counts only if its
 lab held steady and every failure is the termination's."""
 
 from __future__ import annotations
 
-from lab.analysis.validity import servers_out, validity
+from runbook.analysis.validity import servers_out, validity
 
 T = 100_000.0  # the termination, ms
 TERM = {"ms": T, "pod": "gw-worker1", "node": "worker1", "lb": "lab-haproxy"}

@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 from helpers import ROOT, VENV_BIN, free_port
-from lab.analysis import checks
-from lab.collectors import haproxy as haproxy_collector
-from lab.collectors.haproxy_config import haproxy_settings
-from lab.collectors.tls import tls_accepts
-from lab.model import timing
-from lab.model.durations import haproxy_seconds
+from runbook.analysis import checks
+from runbook.collectors import haproxy as haproxy_collector
+from runbook.collectors.haproxy_config import haproxy_settings
+from runbook.collectors.tls import tls_accepts
+from runbook.model import timing
+from runbook.model.durations import haproxy_seconds
 
 LAB = 199  # apart from make experiment's labs (1..8) and site.yml's (200)
 
@@ -156,12 +156,12 @@ def verify(lab_dir: Path, manifests: Path, artifacts: Path) -> tuple[int, dict, 
             *(
                 sys.executable,
                 "-m",
-                "lab.runners.verify",
+                "runbook.runners.verify",
                 "local",
                 "--mode=ordered",
                 f"--lab-index={LAB}",
             ),
-            *(f"--lab-dir={lab_dir / 'verify'}", f"--manifests={manifests}"),
+            *(f"--scratch-dir={lab_dir / 'verify'}", f"--manifests={manifests}"),
             f"--haproxy-socket={lab_dir / 'admin.sock'}",
             f"--haproxy-config={lab_dir / 'haproxy.cfg'}",
             *(f"--haproxy-address={net}.0.100:8443", f"--artifacts={artifacts}"),
@@ -300,7 +300,7 @@ def test_the_committed_seed_manifests_read_back_through_the_checker(mode_file: s
     """What the homelab verification reads back from the live objects is what the
     committed manifests hold: the seed's numbers pass the seed profile's rules, and a
     deployed value out of line is caught."""
-    from lab.analysis.deployed import deployed_timing, raw_docs
+    from runbook.analysis.deployed import deployed_timing, raw_docs
 
     docs = raw_docs(ROOT / "manifests", mode_file)
     cfg = haproxy_settings(
@@ -331,7 +331,8 @@ def test_an_experiment_run_refuses_a_lab_that_breaks_the_premise(lab: Path, tmp_
     artifacts = tmp_path / "artifacts"
     run = subprocess.run(
         [
-            *(sys.executable, "-m", "lab.runners.local", "--mode=ordered", f"--lab-index={LAB}"),
+            *(sys.executable, "-m", "runbook.runners.local"),
+            *("--mode=ordered", f"--lab-index={LAB}"),
             *(f"--manifests={broken}", f"--haproxy-socket={lab / 'admin.sock'}"),
             *(f"--haproxy-url=https://{net}.0.100:8443", f"--ca={lab / 'certs' / 'igw.pem'}"),
             *(f"--syslog={net}.0.100:5515", f"--artifacts={artifacts}"),

@@ -61,7 +61,7 @@ log() {
 
 # Refuse a bad setting before anything changes: exit 2 naming the variable, the value
 # and the allowed range, before the first request. The ranges are the timing model's
-# (DRAIN_SCRIPT_LIMITS in lab/model/timing.py); a test keeps the two equal.
+# (DRAIN_SCRIPT_LIMITS in runbook/model/timing.py); a test keeps the two equal.
 bad_setting() {
     log "level=error msg=bad_setting var=$1 value=\"$2\" allowed=\"$3\""
     exit 2

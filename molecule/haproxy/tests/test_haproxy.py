@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.model.registry import HAPROXY_BACKEND
+from runbook.model.registry import HAPROXY_BACKEND
 
 VARS = yaml.safe_load(
     (

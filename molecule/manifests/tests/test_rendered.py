@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lab.model import registry
+from runbook.model import registry
 
 OUT = Path("/tmp/molecule-manifests")
 CRDS = (

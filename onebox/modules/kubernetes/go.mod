@@ -3,7 +3,7 @@
 // published versions of the same release instead. sample-cli-plugin and
 // sample-controller are left out: nothing built here imports them, and the module
 // proxy serves neither at this release (sample-apiserver is imported by e2e.test).
-// e2e.test is `go test -c k8s.io/kubernetes/test/e2e` (lab/onebox/build.py): its
+// e2e.test is `go test -c k8s.io/kubernetes/test/e2e` (runbook/onebox/build.py): its
 // test-only requirements (ginkgo, gomega, testify) are listed below although `go mod
 // tidy` would drop them, since a dependency's tests are outside what tidy keeps.
 module igw-lab.invalid/onebox/kubernetes

@@ -1,0 +1,152 @@
+"""Whether a run measured the termination order or the lab itself.
+
+A run is valid when, from the lab's bring-up to the run's end:
+- no HAProxy server other than the victim's node left UP (a starved health check on
+  the survivor, say, is the lab's fault, not the order's), nor the victim's before
+  the termination;
+- no request failed before the termination;
+- every failure is the termination's: its cause has a rule, and it was served by the
+  victim's node or gateway pod (a session HAProxy killed on the survivor, or a request
+  that found no server left at all, says nothing about the order).
+
+An invalid run is shown and never counted (runbook.analysis.comparison); each reason is a
+sentence naming what happened, to whom, when, and what it cost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A server state HAProxy takes a server out of rotation with (`UP 1/2` is still UP).
+OUT_STATES = ("DOWN", "NOLB", "MAINT", "DRAIN", "STOPPED")
+_CHECK_WHY = re.compile(r"reason: ([^,]+(?:, check duration: \d+ms)?)")
+
+
+@dataclass(frozen=True)
+class ServerOut:
+    """A server HAProxy took out of rotation that the run did not terminate."""
+
+    server: str
+    status: str
+    ts_ms: float
+    #: the failed check that did it, as HAProxy logged it (`Layer7 timeout, check
+    #: duration: 501ms`), when there was one
+    why: str | None
+
+
+@dataclass(frozen=True)
+class Validity:
+    valid: bool
+    reasons: list[str] = field(default_factory=list)
+    #: each false DOWN (a server the run did not terminate leaving UP): what the
+    #: benchmarks count against how many labs ran at once
+    servers_out: list[ServerOut] = field(default_factory=list)
+
+
+def _offset(ts_ms: float, t_ms: float) -> str:
+    return f"{(ts_ms - t_ms) / 1000:+.2f} s"
+
+
+def servers_out(
+    events: list[dict[str, Any]], lb: str, victim_node: str, t_term_ms: float
+) -> list[ServerOut]:
+    """Each time a server other than the victim's node (or the victim's node before the
+    termination) left UP after it had first come UP: before that the lab is still
+    starting. Only this run's LB (`lb`) counts."""
+    ours = [
+        e
+        for e in sorted(events, key=lambda e: e["ts_ms"])
+        if e.get("source") == "haproxy" and e.get("lb") in (None, lb)
+    ]
+    came_up: set[str] = set()
+    out = []
+    for e in ours:
+        if e.get("kind") != "server_state":
+            continue
+        server, status = str(e.get("server")), str(e.get("status", ""))
+        if status.startswith("UP"):
+            came_up.add(server)
+            continue
+        if server not in came_up or not status.startswith(OUT_STATES):
+            continue
+        if server == victim_node and e["ts_ms"] >= t_term_ms:
+            continue  # the termination taking its node out: what the run measures
+        checks = [
+            c
+            for c in ours
+            if c.get("kind") == "health_check_log"
+            and f"/{server} " in str(c.get("line", ""))
+            and "failed" in str(c.get("line", ""))
+            and c["ts_ms"] <= e["ts_ms"]
+        ]
+        why = None
+        if checks and (m := _CHECK_WHY.search(str(checks[-1]["line"]))):
+            why = m.group(1)
+        out.append(ServerOut(server, status.split()[0], e["ts_ms"], why))
+        came_up.discard(server)  # counted once until it comes UP again
+    return out
+
+
+def validity(
+    events: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    term: dict[str, Any],
+) -> Validity:
+    """`failed`: the summary's failed requests (at_s from the termination, rule,
+    served_by); `term`: the termination (ms, pod, node, lb)."""
+    t, node, pod = term["ms"], term["node"], term["pod"]
+    reasons = []
+    out_of_rotation = servers_out(events, term["lb"], node, t)
+    for out in out_of_rotation:
+        on_it = [f for f in failed if (f.get("served_by") or {}).get("node") == out.server]
+        no_server = [f for f in failed if f.get("rule") == "lb_no_server"]
+        by = f" by a failed check ({out.why})" if out.why else ""
+        whose = "the victim's node before its termination" if out.server == node else "a survivor"
+        reasons.append(
+            f"{out.server} ({whose}) marked {out.status} at {_offset(out.ts_ms, t)}{by}: the "
+            f"lab was unsteady, not the order; {len(on_it)} requests failed on it and "
+            f"{len(no_server)} found no server"
+        )
+    before = [f for f in failed if f.get("at_s") is not None and f["at_s"] < 0]
+    if before:
+        errors = Counter(str(f.get("error")) for f in before)
+        reasons.append(
+            f"{len(before)} requests failed before the termination (first at "
+            f"{min(f['at_s'] for f in before):+.2f} s; {_counts(errors)})"
+        )
+    after = [f for f in failed if f not in before]
+    unexplained = [f for f in after if f.get("rule") in (None, "unexplained")]
+    if unexplained:
+        reasons.append(
+            f"{len(unexplained)} failures have no cause rule "
+            f"({_counts(Counter(str(f.get('error')) for f in unexplained))})"
+        )
+    elsewhere = [
+        f
+        for f in after
+        if f not in unexplained and not _served_by_victim(f.get("served_by") or {}, node, pod)
+    ]
+    if elsewhere:
+        where = Counter(_node_or_none(f.get("served_by") or {}) for f in elsewhere)
+        reasons.append(
+            f"{len(elsewhere)} failures were not on the terminating gateway "
+            f"({_counts(where)}; {_counts(Counter(str(f.get('rule')) for f in elsewhere))})"
+        )
+    return Validity(not reasons, reasons, out_of_rotation)
+
+
+def _node_or_none(served: dict[str, Any]) -> str:
+    """The node that served it; HAProxy's `<NOSRV>` and no record alike: no server."""
+    node = served.get("node")
+    return "no server" if node in (None, "", "<NOSRV>") else str(node)
+
+
+def _served_by_victim(served: dict[str, Any], node: str, pod: str) -> bool:
+    return served.get("node") == node or served.get("gateway_pod") == pod
+
+
+def _counts(c: Counter[str]) -> str:
+    return ", ".join(f"{k} x{n}" for k, n in c.most_common())

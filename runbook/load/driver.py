@@ -1,0 +1,295 @@
+"""The load driver: requests of every class through the LB, one JSON line per request.
+
+The scenarios (runbook.model.plan.LoadShape): `inflight` is the seed's S1, K long requests
+(`/sleep` and `/stream`) in flight when the termination begins plus short requests at a
+fixed rate; `steady` keeps every class starting throughout: short requests over fresh
+and over pooled keep-alive connections, /sleep, /stream and WebSocket sessions (`/ws`,
+a message sent and its echo awaited every interval). Each request is recorded with its
+start, first byte and end (wall clock, ms), their offsets from the termination, the
+status, bytes and chunks (stream lines, WebSocket echoes) received, and an error kind:
+refused, reset, timeout, truncated, 5xx (or 4xx, other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import json
+import secrets
+import ssl
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from ..artifacts.events import now_ms
+from ..model.plan import LoadShape
+from ..model.registry import REQUEST_ID_HEADER
+
+ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    id: int
+    request_id: str  # sent with the request; every hop logs it (registry.REQUEST_ID_HEADER)
+    cls: str
+    path: str
+    start_ms: float
+    first_byte_ms: float | None = None
+    end_ms: float | None = None
+    status: int | None = None
+    bytes: int = 0
+    chunks: int = 0
+    expected_chunks: int | None = None
+    error: str | None = None
+    detail: str | None = None
+    planned_s: float = 0.0  # how long it lasts when nothing goes wrong
+
+    def as_dict(self, termination_ms: float | None) -> dict[str, Any]:
+        d = asdict(self)
+        d["class"] = d.pop("cls")
+        for key in ("start", "first_byte", "end"):
+            value = d[f"{key}_ms"]
+            d[f"{key}_offset_ms"] = (
+                None
+                if value is None or termination_ms is None
+                else round(value - termination_ms, 1)
+            )
+        return d
+
+
+def classify(exc: BaseException | None, status: int | None, truncated: bool) -> str | None:
+    """The error kind of one request, or None for a 2xx/3xx that arrived whole."""
+    if exc is not None:
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return "timeout"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            os_error = exc.os_error
+            if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+                return "refused"
+            if os_error.errno == errno.ECONNRESET:
+                return "reset"
+            return "other"
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return "truncated"
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+            # before a status line: the connection was reset or closed under us
+            return "truncated" if status is not None else "reset"
+        if isinstance(exc, ConnectionResetError):
+            return "reset"
+        return "other"
+    if status is None:
+        return "other"
+    if status >= 500:
+        return "5xx"
+    if status >= 400:
+        return "4xx"
+    return "truncated" if truncated else None
+
+
+#: How long the pooled class keeps an idle connection: well under HAProxy's keep-alive
+#: timeout (its `timeout client`, at least the route timeout), so the client never
+#: sends on a connection HAProxy is closing; that race is the client's, not the order's.
+POOL_KEEPALIVE_S = 4.0
+
+
+def new_session(ca_file: str | None, timeout_s: float, pool_size: int = 0) -> aiohttp.ClientSession:
+    """`pool_size` 0: a new connection per request. Otherwise a keep-alive pool of that
+    many connections, reused the way browsers and SDKs reuse theirs."""
+    ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else False
+    if isinstance(ctx, ssl.SSLContext):
+        ctx.check_hostname = False  # the lab's certificate names the homelab host
+    if pool_size:
+        connector = aiohttp.TCPConnector(
+            ssl=ctx, limit=pool_size, keepalive_timeout=POOL_KEEPALIVE_S
+        )
+    else:
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=0, force_close=True)
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
+    # aiohttp re-sends an idempotent request once when the connection drops
+    # (client.py, RFC 9112 §9.3.1), so a reset would be recorded as a success or as
+    # something else. There is no public switch; aiohttp's own TestClient does this.
+    session._retry_connection = False
+    return session
+
+
+class Recorder:
+    """requests.jsonl, line by line, flushed; never overwritten."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[str] = path.open("x", encoding="utf-8", buffering=1)
+        self.termination_ms: float | None = None
+        self.records: list[RequestRecord] = []
+
+    def write(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        self._file.write(json.dumps(record.as_dict(self.termination_ms)) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def fetch(
+    session: aiohttp.ClientSession, base_url: str, record: RequestRecord, stream: bool
+) -> RequestRecord:
+    exc: BaseException | None = None
+    truncated = False
+    try:
+        headers = {REQUEST_ID_HEADER: record.request_id, "X-Request-Id": record.request_id}
+        async with session.get(base_url + record.path, headers=headers) as resp:
+            record.status = resp.status
+            async for chunk in resp.content.iter_any():
+                if record.first_byte_ms is None:
+                    record.first_byte_ms = now_ms()
+                record.bytes += len(chunk)
+                if stream:
+                    record.chunks += chunk.count(b"\n")
+            if record.first_byte_ms is None:
+                record.first_byte_ms = now_ms()
+        if stream and resp.status == 200 and record.expected_chunks is not None:
+            truncated = record.chunks < record.expected_chunks
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        exc = e
+    return finish(record, exc, truncated)
+
+
+def finish(record: RequestRecord, exc: BaseException | None, truncated: bool) -> RequestRecord:
+    """Stamp the end and the error kind (and the exception, when there was one)."""
+    if exc is not None:
+        record.detail = f"{type(exc).__name__}: {exc}"[:300]
+    record.end_ms = now_ms()
+    record.error = classify(exc, record.status, truncated)
+    return record
+
+
+async def websocket(
+    session: aiohttp.ClientSession, base_url: str, record: RequestRecord, interval_ms: int
+) -> RequestRecord:
+    """A WebSocket session: send a message every interval and await its echo, then
+    close normally. Every echo missing or out of order is a truncated session."""
+    exc: BaseException | None = None
+    truncated = False
+    url = base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    headers = {REQUEST_ID_HEADER: record.request_id, "X-Request-Id": record.request_id}
+    expected = record.expected_chunks or 1
+    try:
+        async with session.ws_connect(url + record.path, headers=headers, autoping=True) as ws:
+            record.status = 101
+            for i in range(expected):
+                if i:
+                    await asyncio.sleep(interval_ms / 1000)
+                await ws.send_str(str(i))
+                msg = await ws.receive(timeout=max(2.0, 4 * interval_ms / 1000))
+                if msg.type is not aiohttp.WSMsgType.TEXT or msg.data != str(i):
+                    truncated = True
+                    record.detail = f"message {i}: got {msg.type.name} {str(msg.data)[:80]!r}"
+                    break
+                if record.first_byte_ms is None:
+                    record.first_byte_ms = now_ms()
+                record.chunks += 1
+                record.bytes += len(msg.data)
+            else:
+                await ws.close()
+    except aiohttp.WSServerHandshakeError as e:
+        record.status = e.status
+        record.detail = f"handshake: {e.status} {e.message}"[:300]
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        exc = e
+    return finish(record, exc, truncated)
+
+
+class LoadDriver:
+    def __init__(
+        self, base_url: str, ca_file: str | None, recorder: Recorder, scenario: LoadShape
+    ) -> None:
+        self.base_url = base_url
+        self.ca_file = ca_file
+        self.recorder = recorder
+        self.scenario = scenario
+        self._ids = itertools.count(1)
+        # unique across runs and drivers: a run's ids never match another run's lines
+        self._id_prefix = secrets.token_hex(4)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    async def _run_one(self, session: aiohttp.ClientSession, cls: str) -> None:
+        s = self.scenario
+        n = next(self._ids)
+        path, expected = s.request(cls)
+        record = RequestRecord(
+            n,
+            f"{self._id_prefix}-{n:06d}",
+            cls,
+            path,
+            now_ms(),
+            expected_chunks=expected,
+            planned_s=s.planned_s(cls),
+        )
+        if cls == "ws":
+            done = await websocket(session, self.base_url, record, s.ws_interval_ms)
+        else:
+            done = await fetch(session, self.base_url, record, cls == "stream")
+        self.recorder.write(done)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _at_rate(self, session: aiohttp.ClientSession, cls: str, rate: float) -> None:
+        """Start one request of `cls` every 1/rate s (each its own task) until stopped."""
+        interval = 1 / rate
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self._spawn(self._run_one(session, cls))
+            next_at += interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0, next_at - time.monotonic()))
+
+    async def _burst(self, session: aiohttp.ClientSession, after_s: float) -> None:
+        """inflight: the long requests, all at once, `after_s` after the load starts."""
+        s = self.scenario
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), after_s)
+        if self._stop.is_set():
+            return
+        # interleaved with the round-robin LB: each gateway gets some of each class
+        for _ in range(s.sleep_count):
+            self._spawn(self._run_one(session, "sleep"))
+        for _ in range(s.stream_count):
+            self._spawn(self._run_one(session, "stream"))
+
+    async def run(self) -> None:
+        """The scenario's load until `stop()`, then every request to its end."""
+        s = self.scenario
+        long_timeout = s.long_s + 60
+        async with (
+            new_session(self.ca_file, 10) as fresh,
+            new_session(self.ca_file, 10, pool_size=s.pool_size) as pooled,
+            new_session(self.ca_file, long_timeout) as longs,
+        ):
+            loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
+            if s.scenario == "steady":
+                loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
+                loops += [
+                    self._at_rate(longs, c, s.long_rate_per_s) for c in ("sleep", "stream", "ws")
+                ]
+            else:
+                loops.append(self._burst(longs, s.warmup_s))
+            await asyncio.gather(*loops)
+            await self.drain()
+
+    def stop(self) -> None:
+        """Start nothing new; what is in flight runs to its end."""
+        self._stop.set()
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,633 @@
+"""`make experiment`: every mode in every scenario on the local lab, side by side, then
+one comparison.
+
+Each (scenario, mode) pair has an isolated lab of its own (its own loopback /16, ports
+and files). Every mode's manifests are rendered once for all the labs
+(`.lab/manifests-<profile>`); `playbooks/run-experiment.yml` converges every lab
+before any run starts (HAProxy provisioned and running, the runner's command written
+to `.lab/<N>/runner.json`): Ansible's CPU is spent before a run measures anything.
+Then each lab runs its repeats one after the other, each a `runbook.runners.local` child
+whose progress lines it shows with the lab's name in front (all its output in
+`.lab/<N>/runner-<repeat>.log`) and whose exit code and result
+(`.lab/<N>/result-<repeat>.json`: its run directory, how it ended) it reads when the
+child ends. A run whose lab did not hold steady (runbook.analysis.validity) is kept and
+shown but not counted, and another run takes its place (MAX_REPLACEMENTS per lab). At
+most LABS_PER_CPU labs per usable CPU run at once (`--labs-at-once` to choose): more
+starve each other's health checks and their runs measure the machine, not the order.
+
+One `make experiment` at a time per checkout: a second one, started while the first
+runs, is refused at once with a message naming the first (it would take the same labs:
+addresses, ports, pidfiles). The lock is `.lab/experiment.lock`, released by the
+kernel when its holder exits, however it exits.
+
+Ctrl-C (SIGINT to the whole process group, as a terminal sends it), SIGTERM (a CI
+timeout, `timeout(1)`, systemd) and SIGHUP (a closing terminal) stop every run alike
+(runbook.runners.signals): each keeps what it recorded and its journal says `interrupted`;
+then every lab process is gone, HAProxy included, one line per run says where its
+artifacts are, and only then does the command exit (128 + the signal's number).
+
+    python -m runbook.runners.all [--modes current,ordered] [--scenarios steady] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ..analysis.comparison import comparison_doc, invalid_runs, timing_line, timing_summary
+from ..analysis.report import summaries_by_pair, write_comparison
+from ..artifacts.rundir import read_result, utc_stamp, write_json
+from ..localcluster.cluster import kill_leftover_pods
+from ..localcluster.haproxy_process import stop_lab_haproxy
+from ..model import registry, timing
+from ..model.plan import check_inputs
+from .signals import cancel_on_exit_signals, exit_code
+
+#: The checkout this module runs from (`make setup` installs the project editable):
+#: its playbooks, and its `.lab/` for the labs' scratch files and the lock.
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: How long an interrupted run may take to write its artifacts before it is killed.
+CLEANUP_TIMEOUT_S = 60
+#: Labs start this far apart: on two cores, eight labs booting their pods at the same
+#: instant starve each other's health checks (HAProxy's 0.5 s check timeout in the
+#: quick profile) and HAProxy marks healthy gateways DOWN before the termination.
+LAB_STAGGER_S = 2.5
+#: How many labs may run at once per CPU this process may use. Measured on 2 cores
+#: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU 7 of 31 runs saw a survivor
+#: marked DOWN by a starved check (a 0.5 s check timeout); at 2 per CPU none of 96.
+LABS_PER_CPU = 2
+#: Runs that may take the place of invalid ones in one lab (runbook.analysis.validity),
+#: beyond the repeats asked: then the verdict says it is incomplete.
+MAX_REPLACEMENTS = 2
+#: The runner's command, written by the converge playbook into each lab's folder.
+RUNNER_ARGV = "runner.json"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a cpuset or `taskset` narrows them)."""
+    return len(os.sched_getaffinity(0))
+
+
+def default_labs_at_once(pairs: int, cpus: int) -> int:
+    """LABS_PER_CPU per usable CPU, no more labs than there are pairs, at least one."""
+    return max(1, min(pairs, LABS_PER_CPU * cpus))
+
+
+class Busy(RuntimeError):
+    """Another `make experiment` holds this checkout's labs."""
+
+
+def take_lock(path: Path, labs: list[str], first_index: int) -> IO[str]:
+    """The checkout's experiment lock, or Busy naming its holder. Keep the returned file
+    open for as long as the labs are in use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "(no details)"
+        f.close()
+        raise Busy(holder) from None
+    f.seek(0)
+    f.truncate()
+    f.write(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "labs": dict(zip(range(first_index, first_index + len(labs)), labs, strict=True)),
+            }
+        )
+        + "\n"
+    )
+    f.flush()
+    return f
+
+
+class LabFailed(RuntimeError):
+    """A lab could not be converged: its runs never started."""
+
+
+@dataclass
+class LabRun:
+    mode: str
+    scenario: str
+    index: int
+    lab_dir: Path
+    #: what runs for the lab now, in a session of its own: its converge playbook, then
+    #: each repeat's runner; None between them
+    proc: asyncio.subprocess.Process | None = None
+    #: the repeat now running (its result file names its run directory)
+    repeat: int = 0
+    elapsed_s: float = 0.0  # converge and repeats
+    #: whether its converge had started: a lab not yet begun has nothing to keep
+    began: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}/{self.scenario}"
+
+    def result_file(self, repeat: int) -> Path:
+        return self.lab_dir / f"result-{repeat}.json"
+
+    def runner_log(self, repeat: int) -> Path:
+        return self.lab_dir / f"runner-{repeat}.log"
+
+    @property
+    def log_path(self) -> Path:
+        """The converge playbook's output."""
+        return self.lab_dir / "ansible.log"
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+async def start_playbook(
+    playbook: str, extra_vars: dict[str, object], log: IO[bytes]
+) -> asyncio.subprocess.Process:
+    """`ansible-playbook <playbook> -e <extra vars as JSON>` from the checkout (JSON: a
+    path with a space or an `=` stays one value), output to `log`, in a process group of
+    its own: Ctrl-C reaches it through us, so that we can wait for its cleanup and then
+    make sure nothing of the lab is left."""
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        playbook,
+        "-e",
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()}),
+        cwd=CHECKOUT,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def shared_manifests_dir(profile: str) -> Path:
+    """Where `make experiment` renders every mode's manifests once for all its labs."""
+    return CHECKOUT / ".lab" / f"manifests-{profile}"
+
+
+async def render_shared_manifests(profile: str) -> Path:
+    """Every mode's manifests for `profile`, rendered once by the manifests role (one
+    playbook run, instead of one render per lab: under 8 labs on 2 cores each render
+    was seconds of CPU the others waited for). RuntimeError with the log's end on a
+    failure; on cancellation the playbook is stopped before this returns."""
+    dest = shared_manifests_dir(profile)
+    log_path = CHECKOUT / ".lab" / f"render-{profile}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = await start_playbook(
+            "playbooks/render-manifests.yml",
+            {"timing_profile": profile, "manifests_dir": dest},
+            log,
+        )
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            await proc.wait()
+            raise
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"rendering the manifests failed (exit {code}, {log_path}):\n{tail}")
+    return dest
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What every lab of one `make experiment` shares."""
+
+    profile: str
+    repeats: int
+    artifacts: Path | None
+    #: every mode's manifests, rendered once; None: each lab renders its own (it must,
+    #: with timing overrides: a shared folder cannot carry them)
+    manifests: Path | None
+    timing_overrides: dict[str, float]
+    #: labs that may run at once; the others wait for a slot
+    slots: asyncio.Semaphore
+
+
+async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
+    """run-experiment.yml with `experiment_converge_only`: the lab's HAProxy provisioned
+    and running, the runner's command (runner.json) written. Returns that command;
+    LabFailed with the log's end when the playbook fails."""
+    argv_file = run.lab_dir / RUNNER_ARGV
+    argv_file.unlink(missing_ok=True)
+    extra: dict[str, object] = {
+        "mode": run.mode,
+        "lab_index": run.index,
+        "scenario": run.scenario,
+        "timing_profile": batch.profile,
+        "experiment_converge_only": True,
+    }
+    if batch.manifests:
+        extra["experiment_manifests"] = batch.manifests
+    if batch.timing_overrides:
+        extra["timing_overrides"] = batch.timing_overrides
+    if batch.artifacts:
+        extra["experiment_artifacts"] = batch.artifacts
+    with run.log_path.open("wb") as log:
+        run.proc = await start_playbook("playbooks/run-experiment.yml", extra, log)
+        code = await run.proc.wait()
+    run.proc = None
+    if code != 0 or not argv_file.exists():
+        raise LabFailed(f"converging the lab failed (exit {code}):\n{log_tail(run.log_path)}")
+    argv = json.loads(argv_file.read_text())
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise LabFailed(f"{argv_file} is not a command (a list of strings)")
+    return argv
+
+
+def shown_on_console(line: str) -> bool:
+    """The runner's progress lines (`[  12.3s] ...`) and its verdict (`== ...`); the
+    rest of its output is in the lab's runner-<repeat>.log."""
+    return line.startswith(("[", "== "))
+
+
+async def run_repeat(
+    run: LabRun, argv: list[str], repeat: int
+) -> tuple[int, dict[str, Any] | None]:
+    """One run of the lab's runner as a child, its output streamed to the console (the
+    lab's name in front) and to runner-<repeat>.log: (exit code, result)."""
+    result_file = run.result_file(repeat)
+    run.repeat = repeat
+    run.proc = await asyncio.create_subprocess_exec(
+        *argv,
+        f"--result-file={result_file}",
+        cwd=CHECKOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # signalled by stop_runs only, once, however the command was stopped
+        start_new_session=True,
+    )
+    assert run.proc.stdout is not None
+    with run.runner_log(repeat).open("wb") as log:
+        async for raw in run.proc.stdout:
+            log.write(raw)
+            line = raw.decode(errors="replace").rstrip("\n")
+            if shown_on_console(line):
+                print(f"[{run.name:>21}] {line}", flush=True)
+    code = await run.proc.wait()
+    run.proc = None
+    return code, read_result(result_file)
+
+
+async def stop_runs(runs: list[LabRun]) -> None:
+    """The one cleanup of an interrupted `make experiment`: SIGINT once to what runs for
+    each lab (its converge playbook or its runner, each in a session of its own), wait
+    for their own cleanup (a runner finalizes its artifacts and stops its pods), kill
+    what is still there after CLEANUP_TIMEOUT_S, the pods of a killed runner included,
+    then stop every lab's HAProxy."""
+    running = [(r, r.proc) for r in runs if r.proc is not None and r.proc.returncode is None]
+    for _, proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+    if running:
+        await asyncio.wait(
+            [asyncio.ensure_future(proc.wait()) for _, proc in running],
+            timeout=CLEANUP_TIMEOUT_S,
+        )
+    for r, proc in running:
+        if proc.returncode is not None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        result = read_result(r.result_file(r.repeat)) if r.repeat else None
+        killed = kill_leftover_pods(Path(result["run_dir"])) if result else []
+        print(
+            f"runbook.runners.all: [{r.name}] did not finish its cleanup in {CLEANUP_TIMEOUT_S} s; "
+            f"killed it and {len(killed)} pod processes",
+            file=sys.stderr,
+        )
+    for r in runs:
+        stop_lab_haproxy(r.lab_dir)
+
+
+async def converge_for_runs(run: LabRun, batch: Batch) -> list[str] | None:
+    """Converge the lab: its runner's command, or None when the converge failed (said
+    on stderr, the lab's HAProxy stopped). Every lab at once: no run measures yet, and
+    the converges overlap their waits on Ansible's forks."""
+    run.began = True
+    run.lab_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*run.lab_dir.glob("result-*.json"), *run.lab_dir.glob("runner-*.log")]:
+        old.unlink()
+    started = time.monotonic()
+    try:
+        return await converge_lab(run, batch)
+    except LabFailed as exc:
+        stop_lab_haproxy(run.lab_dir)
+        print(f"\n[{run.name}] {exc}", file=sys.stderr)
+        return None
+    finally:
+        run.elapsed_s += time.monotonic() - started
+
+
+async def run_lab(
+    run: LabRun, batch: Batch, argv: list[str] | None, start_after_s: float = 0
+) -> list[tuple[int, dict[str, Any] | None]]:
+    """Once a slot is free (batch.slots), run the converged lab's mode and scenario one
+    run after the other until `batch.repeats` runs are valid (runbook.analysis.validity):
+    an invalid run is kept and shown, and another takes its place, at most
+    MAX_REPLACEMENTS of them. (exit code, result) each; a run that never ran has no
+    result. The lab's HAProxy is stopped when its runs end (stop_runs does it on an
+    interrupt)."""
+    repeats = batch.repeats
+    if argv is None:  # its converge failed, said then
+        return [(1, None)] * repeats
+    out: list[tuple[int, dict[str, Any] | None]] = []
+    async with batch.slots:
+        await asyncio.sleep(start_after_s)
+        started = time.monotonic()
+        valid = 0
+        while valid < repeats and len(out) < repeats + MAX_REPLACEMENTS:
+            code, result = await run_repeat(run, argv, len(out) + 1)
+            out.append((code, result))
+            if code != 0 or result is None or result["status"] != "completed":
+                valid += 1  # a failed run is an error, reported as such, not replaced
+            elif is_valid(Path(result["run_dir"])):
+                valid += 1
+            else:
+                print(
+                    f"[{run.name:>21}] run {len(out)} invalid, kept in {result['run_dir']}; "
+                    + (
+                        "another takes its place"
+                        if len(out) < repeats + MAX_REPLACEMENTS
+                        else "no more replacements"
+                    ),
+                    flush=True,
+                )
+        stop_lab_haproxy(run.lab_dir)
+        run.elapsed_s += time.monotonic() - started
+    return out
+
+
+def is_valid(run_dir: Path) -> bool:
+    """What the run's summary says of its lab (no summary: it measured nothing)."""
+    try:
+        return bool(json.loads((run_dir / "summary.json").read_text()).get("valid", True))
+    except (OSError, ValueError):
+        return False
+
+
+def run_durations(run_dirs: list[Path]) -> list[float]:
+    """Each completed run's own duration, from its journal (bring-up to finalize)."""
+    out = []
+    for d in run_dirs:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            out.append(float(json.loads((d / "journal.json").read_text())["duration_s"]))
+    return out
+
+
+async def main_async(
+    modes: list[str],
+    scenarios: list[str],
+    first_index: int,
+    labs_at_once: int,
+    batch_args: dict[str, Any],
+    stopped_by: list[signal.Signals],
+) -> int:
+    """`batch_args`: Batch's fields but manifests and slots."""
+    # SIGINT, SIGTERM and SIGHUP alike: every run below is stopped and cleaned up
+    # before this returns, and the checkout's lock is held until then
+    cancel_on_exit_signals(stopped_by, "runbook.runners.all")
+    started = time.monotonic()
+    pairs = [(m, sc) for sc in scenarios for m in modes]
+    runs = [
+        LabRun(m, sc, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
+        for i, (m, sc) in enumerate(pairs)
+    ]
+    profile = batch_args["profile"]
+    manifests = None
+    if not batch_args["timing_overrides"]:
+        print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
+        try:
+            manifests = await render_shared_manifests(profile)
+        except RuntimeError as exc:
+            print(f"runbook.runners.all: {exc}", file=sys.stderr)
+            return 1
+        print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
+    batch = Batch(**batch_args, manifests=manifests, slots=asyncio.Semaphore(labs_at_once))
+    repeats = batch.repeats
+    print(
+        f"{len(runs)} labs, {labs_at_once} at once on {usable_cpus()} CPUs "
+        f"({LABS_PER_CPU} per CPU unless --labs-at-once says otherwise)",
+        flush=True,
+    )
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        # every lab converged before any run starts: Ansible's CPU is spent before a
+        # run measures anything, not while another lab's health checks need it
+        print(f"converging {len(runs)} labs ...", flush=True)
+        tasks = [asyncio.create_task(converge_for_runs(r, batch)) for r in runs]
+        argvs = await asyncio.gather(*tasks)
+        print(f"labs converged ({time.monotonic() - started:.1f}s)", flush=True)
+        # the first wave starts staggered; a later lab starts when a slot frees, which
+        # staggers it by itself
+        tasks = [
+            asyncio.create_task(
+                run_lab(r, batch, argv, i * LAB_STAGGER_S if i < labs_at_once else 0)
+            )
+            for i, (r, argv) in enumerate(zip(runs, argvs, strict=True))
+        ]
+        outcomes = await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        # the labs' tasks are cancelled with us; their children are stopped here
+        if tasks:
+            await asyncio.wait(tasks)
+        await stop_runs(runs)
+        for r in runs:
+            result = read_result(r.result_file(r.repeat)) if r.repeat else None
+            if result:
+                where = result["run_dir"]
+            elif r.repeat:
+                where = f"none recorded (see {r.runner_log(r.repeat)})"
+            elif r.began:
+                where = f"none: no run had started (its converge: {r.log_path})"
+            else:
+                where = "none: it had not started"
+            print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
+        raise
+    done: dict[str, dict[str, list[Path]]] = {}
+    failed = False
+    for r, results in zip(runs, outcomes, strict=True):
+        for code, result in results:
+            if code == 0 and result is not None and result["status"] == "completed":
+                done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
+                    Path(result["run_dir"]).resolve()
+                )
+        for i, (code, result) in enumerate(results, 1):
+            if code == 0 and result is not None and result["status"] == "completed":
+                continue
+            failed = True
+            if r.runner_log(i).exists():  # else the converge failed, said above
+                print(
+                    f"\n[{r.name}] run {i} of {repeats} failed (exit {code}); "
+                    f"the last lines of {r.runner_log(i)}:\n{log_tail(r.runner_log(i))}",
+                    file=sys.stderr,
+                )
+    all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
+    timing = timing_summary(
+        time.monotonic() - started,
+        {
+            r.name: (r.elapsed_s, run_durations(done.get(r.scenario, {}).get(r.mode, [])))
+            for r in runs
+        },
+    )
+    if all_runs:
+        stamp = utc_stamp()
+        folder = all_runs[0].parent
+        doc = comparison_doc(
+            summaries_by_pair(all_runs),
+            repeats,
+            batch.profile,
+            labs_at_once,
+            usable_cpus(),
+            timing,
+        )
+        table, page = write_comparison(all_runs, folder / f"comparison-{stamp}.html", doc)
+        write_json(folder / f"comparison-{stamp}.json", doc)
+        print("\n" + table)
+        print("\nover the repeats:")
+        for sc, cmp_ in doc["scenarios"].items():
+            for mode, m in cmp_["modes"].items():
+                print(f"  {mode:>12} {sc:>8}: {m['verdict']}")
+        invalid = invalid_runs(doc["scenarios"])
+        if invalid:
+            print(f"\n{len(invalid)} invalid run(s), shown, not counted:")
+            for mode, sc, bad in invalid:
+                print(f"  {mode:>12} {sc:>8}: {bad['run']}: {'; '.join(bad['reasons'])}")
+        print(f"\ncomparison report: {page}")
+        print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
+    print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")
+    print(timing_line(timing))
+    return 1 if failed else 0
+
+
+def timing_overrides(text: str, profile: str) -> dict[str, float]:
+    """--timing-overrides, checked by the timing model as the timing role would: an
+    unknown input, a bad number or a broken rule is a ValueError naming it."""
+    try:
+        overrides = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--timing-overrides {text!r} is not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--timing-overrides {text!r} must be a JSON object of inputs")
+    if overrides:
+        broken = timing.report(profile, overrides)["violations"]
+        if broken:
+            rules = " ".join(f"[{v['rule']}] {v['message']}." for v in broken)
+            raise ValueError(f"--timing-overrides {text} breaks the timing model: {rules}")
+    return overrides
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default=",".join(registry.MODES))
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
+    parser.add_argument("--first-lab-index", type=int, default=1)
+    parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
+    )
+    parser.add_argument(
+        "--labs-at-once",
+        type=int,
+        help=f"labs that run side by side (default: {LABS_PER_CPU} per usable CPU)",
+    )
+    parser.add_argument(
+        "--timing-overrides",
+        default="{}",
+        help="timing model inputs as JSON, e.g. '{\"haproxy_check_timeout_s\": 0.25}': "
+        "checked by the model before anything starts; each lab renders its own manifests",
+    )
+    args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    scenarios = [sc for sc in args.scenarios.split(",") if sc]
+    if not (CHECKOUT / "playbooks" / "run-experiment.yml").exists():
+        print(
+            f"runbook.runners.all: {CHECKOUT} is not a checkout of the project (no playbooks/): "
+            "run it from a checkout set up by `make setup`",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        if not modes:
+            raise ValueError("--modes names no mode")
+        if not scenarios:
+            raise ValueError("--scenarios names no scenario")
+        if not 1 <= args.repeats <= 20:
+            raise ValueError(f"--repeats {args.repeats} must be 1..20")
+        for mode in modes:
+            for sc in scenarios:
+                check_inputs(mode, sc, args.profile)
+        pairs = len(modes) * len(scenarios)
+        labs_at_once = (
+            default_labs_at_once(pairs, usable_cpus())
+            if args.labs_at_once is None
+            else args.labs_at_once
+        )
+        if not 1 <= labs_at_once <= pairs:
+            raise ValueError(
+                f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
+            )
+        overrides = timing_overrides(args.timing_overrides, args.profile)
+    except ValueError as exc:
+        print(f"runbook.runners.all: {exc}", file=sys.stderr)
+        return 2
+    try:
+        lock = take_lock(
+            CHECKOUT / ".lab" / "experiment.lock",
+            [f"{m}/{sc}" for sc in scenarios for m in modes],
+            args.first_lab_index,
+        )
+    except Busy as exc:
+        print(
+            f"runbook.runners.all: another experiment is running in this checkout: {exc}; "
+            "wait for it to end, or stop it with Ctrl-C in its terminal",
+            file=sys.stderr,
+        )
+        return 1
+    stopped_by: list[signal.Signals] = []
+    try:
+        return asyncio.run(
+            main_async(
+                modes,
+                scenarios,
+                args.first_lab_index,
+                labs_at_once,
+                {
+                    "profile": args.profile,
+                    "repeats": args.repeats,
+                    "artifacts": args.artifacts.resolve() if args.artifacts else None,
+                    "timing_overrides": overrides,
+                },
+                stopped_by,
+            )
+        )
+    except asyncio.CancelledError:  # an exit signal: every run stopped, artifacts kept
+        return exit_code(stopped_by)
+    finally:
+        lock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The homelab run's controller side: the Kubernetes API collectors, the load through
+HAProxy, and the pod deletion, in one process; the playbook runs the HAProxy collector
+on each worker, fetches its file into `collected/` and then calls the shared finalize
+step (`runbook.analysis.finalize`). Tested only on a cluster.
+
+    python -m runbook.runners.homelab --context homelab --namespace service-a \
+        --url https://192.0.2.11 --lb worker1 --workers worker1,worker2 \
+        --mode improved --profile seed --run-dir artifacts/RUN
+
+The victim is a Running gateway pod of the mode that is not being deleted, on a worker
+other than the LB's own (kube-proxy sends a node's own NodePort traffic to any ready
+endpoint, so the LB's own node would never look DOWN to it). The deletion's actual time
+is recorded in `termination.json`; every offset is computed from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from ..artifacts.events import CollectedDir, now_ms
+from ..artifacts.rundir import RAW_REQUESTS, write_json
+from ..artifacts.termination import Termination, write_termination
+from ..collectors import envoy, kube
+from ..load.driver import LoadDriver, Recorder
+from ..model import registry
+from ..model.plan import add_arguments, add_budget_arguments, plan_for
+
+GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
+WATCHED_CONTAINERS = ("hc", "istio-proxy")
+
+
+def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
+    """A running, not-deleting gateway pod on a worker that is not the LB's node."""
+    candidates = [
+        p
+        for p in pods
+        if p.status.phase == "Running"
+        and p.metadata.deletion_timestamp is None
+        and p.spec.node_name in workers
+        and p.spec.node_name != lb
+    ]
+    if not candidates:
+        where = ", ".join(f"{p.metadata.name}@{p.spec.node_name}" for p in pods) or "none"
+        raise RuntimeError(
+            f"no gateway pod to terminate on a worker other than the LB's ({lb}); pods: {where}"
+        )
+    return sorted(candidates, key=lambda p: p.metadata.name)[0]
+
+
+async def run(args: argparse.Namespace) -> None:
+    config.load_kube_config(context=args.context)
+    core, discovery = client.CoreV1Api(), client.DiscoveryV1Api()
+    run_plan = plan_for(args)
+    scenario = run_plan.load
+    run_dir = Path(args.run_dir)
+    write_json(run_dir / "plan.json", run_plan.as_dict())
+    collected = CollectedDir(run_dir)
+    stop = threading.Event()
+    selector = f"{registry.GATEWAY_POD_SELECTOR},mode={args.mode}"
+    pods = core.list_namespaced_pod(args.namespace, label_selector=selector).items
+    victim = pick_victim(pods, args.workers.split(","), args.lb)
+    print(f"victim {victim.metadata.name} on {victim.spec.node_name}", flush=True)
+    threads = [
+        threading.Thread(
+            target=kube.watch_pods,
+            args=(core, args.namespace, selector, collected.log("kubelet"), stop),
+        ),
+        threading.Thread(
+            target=kube.watch_endpointslices,
+            args=(
+                discovery,
+                args.namespace,
+                GATEWAY_SERVICE,
+                collected.log("endpointslices"),
+                stop,
+            ),
+        ),
+    ]
+    pod_events = collected.log("pods")
+    for p in pods:
+        for container in WATCHED_CONTAINERS:
+            threads.append(
+                threading.Thread(
+                    target=kube.follow_logs,
+                    args=(core, args.namespace, p.metadata.name, container, pod_events, stop),
+                    daemon=True,  # a log stream ends with its container, or with us
+                )
+            )
+    for t in threads:
+        t.start()
+    regex = envoy.active_stat_regex(args.gateway_port)
+
+    def fetcher(name: str) -> envoy.StatsFetcher:
+        admin = kube.PortForwardAdmin(core, args.namespace, name)
+
+        async def fetch() -> Any:
+            params = {"format": "json", "filter": regex}
+            return await asyncio.to_thread(admin.get_json, "/stats", params)
+
+        return fetch
+
+    gauge = asyncio.create_task(
+        envoy.poll_active(
+            collected.log("envoy"), {p.metadata.name: fetcher(p.metadata.name) for p in pods}, 0.5
+        )
+    )
+    recorder = Recorder(run_dir / RAW_REQUESTS)
+    driver = LoadDriver(args.url, args.ca, recorder, scenario)
+    try:
+        load = asyncio.create_task(driver.run())
+        await asyncio.sleep(scenario.warmup_s + scenario.lead_s)
+        term = Termination(now_ms(), victim.metadata.name, victim.spec.node_name, args.lb)
+        recorder.termination_ms = term.ms
+        collected.log("experiment").emit(
+            "experiment", "termination_issued", ts_ms=term.ms, pod=term.pod, node=term.node
+        )
+        write_termination(run_dir, term)
+        await asyncio.to_thread(
+            core.delete_namespaced_pod, victim.metadata.name, args.namespace
+        )  # graceful: the pod's own terminationGracePeriodSeconds
+        grace = float(run_plan.budget["gateway_grace_s"])
+        deadline = time.monotonic() + grace + 30
+        while time.monotonic() < deadline:
+            names = {
+                p.metadata.name
+                for p in core.list_namespaced_pod(args.namespace, label_selector=selector).items
+            }
+            if victim.metadata.name not in names:
+                break
+            await asyncio.sleep(1)
+        await asyncio.sleep(scenario.tail_s)
+        driver.stop()
+        await load
+    finally:
+        stop.set()
+        gauge.cancel()
+        await asyncio.gather(gauge, return_exceptions=True)
+        recorder.close()
+        for t in threads:
+            if not t.daemon:
+                t.join(kube.WATCH_WINDOW_S + 5)
+        collected.close()
+    print(json.dumps({"requests": len(recorder.records), "termination_ms": term.ms}), flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--context", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--url", required=True, help="HAProxy's frontend, e.g. https://worker1")
+    p.add_argument("--ca")
+    p.add_argument("--lb", required=True, help="inventory name of the HAProxy the load uses")
+    p.add_argument("--workers", required=True, help="comma-separated worker node names")
+    add_arguments(p, profile="seed")
+    add_budget_arguments(p)
+    p.add_argument("--gateway-port", type=int, default=registry.PORTS.gateway)
+    p.add_argument("--run-dir", required=True)
+    args = p.parse_args()
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

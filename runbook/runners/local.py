@@ -1,0 +1,303 @@
+"""One experiment run on the local lab: bring the mode's pods up behind HAProxy, start
+the collectors, drive load, terminate one gateway pod mid-load, then the shared
+finalize step (merge, summary, journal, report).
+
+    python -m runbook.runners.local --mode improved --profile quick --scenario inflight \
+        --lab-index 1 --manifests .lab/1/manifests --haproxy-socket .lab/1/admin.sock \
+        --haproxy-url https://127.31.0.100:8443 --ca .lab/1/certs/igw.pem \
+        --syslog 127.31.0.100:5514 --artifacts artifacts
+
+HAProxy is provisioned and started by the haproxy role before this runs
+(playbooks/run-experiment.yml); this module runs everything behind it. `make
+experiment` (runbook.runners.all) runs it once per repeat as its child; a run by hand
+(run-experiment.yml) passes `--stop-haproxy`, so that the lab's HAProxy stops with the
+run even when Ansible itself is killed before its `always:` step, and
+`--stop-with-ansible`, so that the run ends when Ansible does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..analysis.finalize import finalize, print_summary
+from ..artifacts.events import CollectedDir, now_ms
+from ..artifacts.journal import Journal
+from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_result
+from ..artifacts.termination import Termination
+from ..collectors import envoy, podlogs
+from ..collectors import haproxy as haproxy_collector
+from ..load.driver import LoadDriver, Recorder
+from ..localcluster.cluster import LabCluster
+from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
+from ..localcluster.haproxy_process import stop_lab_haproxy
+from ..localcluster.manifests import Manifests
+from ..localcluster.topology import Topology, pods_dir
+from ..model import registry
+from ..model.plan import add_arguments, add_budget_arguments, plan_for
+from .premise_checks import check_running_lab
+from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
+
+#: The local lab's one HAProxy, as the collectors and the summary name it.
+LOCAL_LB = "lab-haproxy"
+
+
+class Progress:
+    """Progress lines on stdout, each with the seconds since the run started (`make
+    experiment` streams them with the lab's name in front)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {msg}", flush=True)
+
+
+async def wait_lb_up(
+    socket_path: str, servers: list[str], timeout: float, stable_s: float = 2.0
+) -> None:
+    """Every server UP (not `UP 1/2`, a check already failing) for `stable_s` in a row:
+    a lab that flaps before the load would blame the termination for its own start."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    state: dict[str, str] = {}
+    up_since: float | None = None
+    while loop.time() < end:
+        with contextlib.suppress(OSError):
+            text = await asyncio.to_thread(haproxy_collector.show_stat, socket_path)
+            state = haproxy_collector.parse_show_stat(text, registry.HAPROXY_BACKEND)
+            if all(state.get(s, "") == "UP" for s in servers):
+                up_since = loop.time() if up_since is None else up_since
+                if loop.time() - up_since >= stable_s:
+                    return
+            else:
+                up_since = None
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"HAProxy servers not all steadily UP after {timeout}s: {state}")
+
+
+async def start_haproxy_collector(
+    socket_path: str, syslog: str, out: Path
+) -> asyncio.subprocess.Process:
+    """The same collector the homelab runs on its workers, as a subprocess here."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runbook.collectors.haproxy",
+        f"--socket={socket_path}",
+        f"--syslog={syslog}",
+        f"--lb={LOCAL_LB}",
+        "--seconds=3600",
+        f"--out={out}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 10)
+    if line.strip() != b"collecting":
+        await proc.wait()
+        raise RuntimeError(f"the HAProxy collector did not start (exit {proc.returncode})")
+    return proc
+
+
+async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float = 5) -> None:
+    if proc is None or proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def run(args: argparse.Namespace) -> Path:
+    progress = Progress()
+    run_plan = plan_for(args)
+    scenario = run_plan.load
+    topology = Topology(args.lab_index)
+    manifests = Manifests.load(Path(args.manifests), registry.mode(args.mode).manifest)
+    run_dir = new_run_dir(Path(args.artifacts), args.scenario, args.mode)
+    result_file = Path(args.result_file) if args.result_file else None
+    if result_file:
+        write_result(result_file, run_dir, "running")
+    write_json(run_dir / "plan.json", run_plan.as_dict())
+    progress(f"run {run_dir}")
+    collected = CollectedDir(run_dir)
+    experiment_events = collected.log("experiment")
+    pod_events = collected.log("pods")
+
+    def on_log_line(pod: str, container: str, line: str) -> None:
+        found = podlogs.event_from_line(pod, container, line)
+        if found is not None:
+            pod_events.write(found)
+
+    recorder = Recorder(run_dir / RAW_REQUESTS)
+    journal = Journal(args.mode, args.scenario, args.profile, "local")
+    cluster = LabCluster(topology, manifests, pods_dir(run_dir), collected, on_log_line)
+    victim = cluster.gateway_pods[0]
+    background: list[asyncio.Task[Any]] = []
+    status, term = "interrupted", None
+    haproxy_proc = None
+    stats_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
+    try:
+        step = now_ms()
+        haproxy_proc = await start_haproxy_collector(
+            args.haproxy_socket, args.syslog, collected.path / f"haproxy-{LOCAL_LB}.jsonl"
+        )
+        await cluster.start()
+        await cluster.wait_ready(60)
+        await wait_lb_up(args.haproxy_socket, ["worker1", "worker2"], 30)
+        # the verify playbook's checks on this lab, before any load: a run on a lab
+        # that breaks the premise (no listener, a node answering without a pod, ...)
+        # would measure the lab, not the termination order
+        found = await check_running_lab(
+            cluster,
+            args.mode,
+            Path(args.manifests),
+            Path(args.haproxy_socket).parent / "haproxy.cfg",
+            args.haproxy_socket,
+            urllib.parse.urlsplit(args.haproxy_url).netloc,
+            args.profile,
+            tls=args.haproxy_url.startswith("https://"),
+            planned=run_plan.budget,
+        )
+        write_json(run_dir / "verify.json", [c.as_dict() for c in found])
+        failed = [c for c in found if c.result == "fail"]
+        progress(f"lab verified: {len(found) - len(failed)} of {len(found)} checks passed")
+        if failed:
+            raise RuntimeError(
+                "the lab breaks the experiment's premise: "
+                + "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed)
+            )
+        regex = envoy.active_stat_regex(manifests.gateway_port)
+        fetchers = {
+            p.name: envoy.http_fetcher(
+                stats_session, f"http://{p.ip}:{registry.PORTS.envoy_admin}", regex
+            )
+            for p in cluster.gateway_pods
+        }
+        background.append(asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers)))
+        journal.step("bring-up-lab", step, output={"pods": [p.name for p in cluster.gateway_pods]})
+        progress("pods ready, HAProxy sees both workers UP")
+
+        t_term = now_ms() + (scenario.warmup_s + scenario.lead_s) * 1000
+        recorder.termination_ms = t_term
+        driver = LoadDriver(args.haproxy_url, args.ca, recorder, scenario)
+        step = now_ms()
+        load = asyncio.create_task(driver.run())
+        offered = ", ".join(f"{c} {r:g}/s" for c, r in scenario.offered_per_s().items())
+        progress(f"{args.scenario} load: {offered}")
+        if args.scenario == "inflight":
+            await asyncio.sleep(scenario.warmup_s)
+            progress(
+                f"{scenario.sleep_count} x /sleep {scenario.long_s}s and "
+                f"{scenario.stream_count} x /stream in flight"
+            )
+        journal.step("start-load", step)
+        await asyncio.sleep(max(0, (t_term - now_ms()) / 1000))
+        step = now_ms()
+        term = Termination(step, victim.name, victim.node, LOCAL_LB)
+        recorder.termination_ms = term.ms
+        experiment_events.emit(
+            "experiment", "termination_issued", ts_ms=term.ms, pod=victim.name, node=victim.node
+        )
+        progress(f"terminating {victim.name}")
+        await victim.terminate()
+        journal.step("terminate-gateway-pod", step, output={"pod": victim.name})
+        progress(f"{victim.name} gone")
+        step = now_ms()
+        await asyncio.sleep(scenario.tail_s)
+        driver.stop()
+        await load
+        journal.step("finish-load", step)
+        progress("load finished")
+        status = "completed"
+    except Exception as exc:
+        status = "failed"
+        experiment_events.emit("experiment", "failed", error=f"{type(exc).__name__}: {exc}")
+        progress(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        # the last requests' access-log lines are still in Envoy's buffer for up to one
+        # flush interval: stopping the pods at once would lose them (missing hops)
+        await asyncio.sleep(3 * ACCESS_LOG_FLUSH_MS / 1000)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await stats_session.close()
+        await stop_process(haproxy_proc)
+        await cluster.stop()
+        recorder.close()
+        collected.close()
+        summary = finalize(run_dir, run_plan, status, journal, term)
+        if result_file:
+            write_result(result_file, run_dir, status)
+        if args.stop_haproxy:
+            stop_lab_haproxy(Path(args.haproxy_socket).parent)
+        if status == "interrupted":
+            print(f"interrupted: artifacts kept in {run_dir}", flush=True)
+    print_summary(run_dir, summary)
+    return run_dir
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="one gateway-termination experiment on the local lab")
+    add_arguments(p, profile="quick")
+    add_budget_arguments(p)
+    p.add_argument("--lab-index", type=int, default=1)
+    p.add_argument("--manifests", required=True)
+    p.add_argument("--haproxy-socket", required=True)
+    p.add_argument("--haproxy-url", required=True)
+    p.add_argument("--ca")
+    p.add_argument("--syslog", required=True, help="HOST:PORT HAProxy logs to")
+    p.add_argument("--artifacts", default="artifacts")
+    p.add_argument("--result-file", help="write {run_dir, status} here for the caller")
+    p.add_argument(
+        "--stop-haproxy",
+        action="store_true",
+        help="stop the lab's HAProxy (haproxy.pid beside the socket) when the run ends, "
+        "however it ends: a run by hand is the lab's only one",
+    )
+    p.add_argument(
+        "--stop-with-ansible",
+        action="store_true",
+        help="stop, as on SIGHUP, when the ansible-playbook that started this run exits "
+        "first (Ansible passes SIGINT and SIGTERM on to its commands, not SIGHUP)",
+    )
+    args = p.parse_args()
+    stopped_by: list[signal.Signals] = []
+    try:
+        asyncio.run(_main_cancellable(args, stopped_by))
+    except asyncio.CancelledError:  # an exit signal: cleaned up, artifacts kept
+        return exit_code(stopped_by)
+    return 0
+
+
+async def _main_cancellable(args: argparse.Namespace, stopped_by: list[signal.Signals]) -> None:
+    """run(), cancelled by the first exit signal (runbook.runners.signals) so that its
+    cleanup runs. More than one can arrive: Ansible passes the terminal's Ctrl-C on to
+    the task's command, and `make experiment` also signals the runner directly."""
+    cancel_on_exit_signals(stopped_by, "runbook.runners.local")
+    if args.stop_with_ansible:
+        playbook = [pid for pid, cmd in ancestors() if "ansible-playbook" in cmd]
+        if not playbook:
+            print(
+                "runbook.runners.local: --stop-with-ansible: no ansible-playbook started this run",
+                file=sys.stderr,
+            )
+        cancel_when_gone(playbook, stopped_by, "runbook.runners.local")
+    await run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
