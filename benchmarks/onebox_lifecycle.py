@@ -20,7 +20,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(
-    yaml.safe_load((ROOT / "inventory/onebox/group_vars/all.yml").read_text())["onebox_state_dir"]
+    yaml.safe_load((ROOT / "inventory/onebox/group_vars/all/onebox.yml").read_text())[
+        "onebox_state_dir"
+    ]
 )
 
 

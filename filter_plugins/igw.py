@@ -42,9 +42,10 @@ def igw_registry(key: str) -> Any:
     return data[key]
 
 
-def igw_gateway_active_stat(gateway_port: int) -> str:
-    """The gateway listener's in-flight gauge (runbook.model.registry.gateway_active_stat)."""
-    return registry.gateway_active_stat(int(gateway_port))
+def igw_gateway_active_stat_regex(gateway_port: int) -> str:
+    """A regex for the gateway listener's in-flight gauge
+    (runbook.model.registry.gateway_active_stat_regex)."""
+    return registry.gateway_active_stat_regex(int(gateway_port))
 
 
 class FilterModule:
@@ -53,5 +54,5 @@ class FilterModule:
             "igw_timing_report": igw_timing_report,
             "igw_haproxy_duration": igw_haproxy_duration,
             "igw_registry": igw_registry,
-            "igw_gateway_active_stat": igw_gateway_active_stat,
+            "igw_gateway_active_stat_regex": igw_gateway_active_stat_regex,
         }

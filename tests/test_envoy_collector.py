@@ -4,6 +4,7 @@ from a real Envoy."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -11,6 +12,8 @@ import aiohttp
 
 from helpers import Procs, http
 from runbook.collectors import envoy
+from runbook.localcluster import envoy_bootstrap
+from runbook.model import registry
 
 
 def test_active_from_stats_sums_and_unknown_is_none() -> None:
@@ -18,6 +21,26 @@ def test_active_from_stats_sums_and_unknown_is_none() -> None:
     assert envoy.active_from_stats(stats) == 3
     assert envoy.active_from_stats({"stats": []}) is None
     assert envoy.active_from_stats({}) is None
+
+
+def test_the_gauge_s_regex_takes_istio_1_30_s_name_and_the_older_one() -> None:
+    """Istio 1.30's istiod (onebox) names the connection manager `outbound_0.0.0.0_8080;`:
+    a regex for the name without the `;` read nothing there, and every drain ran to its
+    deadline. The admin's own gauge and the overflow counter stay out."""
+    regex = envoy.active_stat_regex(8080)
+    assert re.fullmatch(regex, "http.outbound_0.0.0.0_8080;.downstream_rq_active")
+    assert re.fullmatch(regex, "http.outbound_0.0.0.0_8080.downstream_rq_active")
+    for other in (
+        "http.admin.downstream_rq_active",
+        "http.outbound_0.0.0.0_8081;.downstream_rq_active",
+        "cluster.xds-grpc;.upstream_rq_active",
+        "http.outbound_0.0.0.0_8080;.downstream_rq_active_overflow",
+    ):
+        assert not re.fullmatch(regex, other), other
+    # the local lab's static Envoy names it as istiod does
+    assert registry.gateway_active_stat(8080) == (
+        f"http.{envoy_bootstrap.stat_prefix(8080)}.downstream_rq_active"
+    )
 
 
 def test_the_gauge_of_a_real_envoy_sees_one_then_zero(procs: Procs) -> None:

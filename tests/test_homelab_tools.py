@@ -299,8 +299,9 @@ def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
 ) -> None:
     """The homelab playbook's own task files (copy, `command` with async/poll 0, wait,
     fetch) against localhost and a real HAProxy: the start returns at once while the
-    collector runs (the `script` action it replaced cannot run async), and the fetched
-    file holds HAProxy's state changes."""
+    collector runs (the `script` action it replaced cannot run async), the fetch stops
+    it (SIGTERM, well before its 4 s bound) and the fetched file holds HAProxy's state
+    changes."""
     with haproxy_checking_hc(procs, tmp_path) as (hc, syslog):
         tasks = ROOT / "playbooks" / "tasks"
         dest = tmp_path / "run" / "collected" / "haproxy-worker9.jsonl"
@@ -341,6 +342,8 @@ def test_the_playbook_collector_tasks_run_in_the_background_and_fetch(
                                     "method": "POST",
                                 }
                             },
+                            # the run's tail: the fetch stops the collector at once
+                            {"ansible.builtin.pause": {"seconds": 3}},
                         ],
                     },
                     {

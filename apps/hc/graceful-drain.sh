@@ -24,8 +24,9 @@
 #   listener's own /stats request (http.admin.downstream_rq_active is 1 while /stats is
 #   answered) and cluster.*.upstream_rq_active_overflow, so its sum never reached 0
 #   and every drain ran to DRAIN_TIMEOUT. We count only the gateway's data-plane HTTP
-#   connection manager: under Istio its stat prefix is outbound_0.0.0.0_<port>. (Istio
-#   emits http.* stats only when proxyStatsMatcher includes them: see the manifests.)
+#   connection manager: under Istio 1.30 its stat prefix is outbound_0.0.0.0_<port>;
+#   (older Istio: without the `;`, which the filter allows). (Istio emits http.* stats
+#   only when proxyStatsMatcher includes them: see the manifests.)
 # - The seed treated an unreadable stats endpoint as 0 (awk's END printed sum+0) and
 #   could flip the LB with requests in flight. Unknown is not zero: we keep polling.
 #
@@ -47,7 +48,7 @@ CURL_MAX_TIME="${CURL_MAX_TIME:-5}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 DRAIN_ORDER="${DRAIN_ORDER:-drain-first}"
 NOLB_WAIT="${NOLB_WAIT:-5}"
-ACTIVE_STATS_FILTER="${ACTIVE_STATS_FILTER:-^http\.outbound_0\.0\.0\.0_${GATEWAY_PORT}\.downstream_rq_active\$}"
+ACTIVE_STATS_FILTER="${ACTIVE_STATS_FILTER:-^http\.outbound_0\.0\.0\.0_${GATEWAY_PORT};?\.downstream_rq_active\$}"
 # preStop output never reaches `kubectl logs`; PID 1's stdout does.
 LOG_MIRROR="${LOG_MIRROR:-/proc/1/fd/1}"
 

@@ -91,8 +91,15 @@ def summarize(
     cut = [r for r in in_flight if r["error"]]
     pod, node = meta["terminated_pod"], meta["terminated_node"]
     pod_events = [e for e in events if e.get("pod") == pod]
-    prestop_start = _first(pod_events, t, kind="prestop_started")
-    prestop_end = _first(pod_events, t, kind="prestop_finished")
+    # kubelet's own view of the hook where it is seen (the local lab's kubelet logs it);
+    # a real kubelet reports a preStop hook only when it fails, so on a cluster the
+    # drain script's first and last steps bound it
+    prestop_start = _first(pod_events, t, kind="prestop_started") or _first(
+        pod_events, t, source="prestop", step="0", msg="start"
+    )
+    prestop_end = _first(pod_events, t, kind="prestop_finished") or _first(
+        pod_events, t, source="prestop", step="7", msg="done"
+    )
     if ph is None:
         ph = phases(events, t, pod, node, meta.get("lb", ""))
     zero = zero_in_flight(events, pod, t)

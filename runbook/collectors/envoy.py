@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ StatsFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 def active_stat_regex(gateway_port: int) -> str:
     """The gateway's data-plane connection manager only (docs/design.md: the admin's own
     /stats request and the overflow counters must not be counted)."""
-    return f"^{re.escape(registry.gateway_active_stat(gateway_port))}$"
+    return f"^{registry.gateway_active_stat_regex(gateway_port)}$"
 
 
 def active_from_stats(doc: Mapping[str, Any]) -> int | None:

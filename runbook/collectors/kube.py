@@ -4,21 +4,25 @@ conditions, and Envoy's gauge through a port-forward.
 
 They write the same events, to the same `collected/*.jsonl` files, as the local lab's
 pod runner and collectors do; the analysis cannot tell the targets apart. Each runs in
-a thread until `stop` is set. Tested only on a cluster (docs/testing.md).
+a thread until `stop` is set. Tested on onebox (tests/test_onebox.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import watch
-from kubernetes.client import CoreV1Api, DiscoveryV1Api
+from kubernetes.client import ApiClient, CoreV1Api, DiscoveryV1Api
+from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
+from websocket import WebSocketException
 
 from ..artifacts.events import EventLog
 from ..model import registry
@@ -37,26 +41,52 @@ def endpoint_event(pod: str, node: str | None, conditions: Any) -> dict[str, Any
     }
 
 
+def _windows(
+    list_fn: Callable[..., Any], namespace: str, selector: str, stop: threading.Event
+) -> Iterator[dict[str, Any]]:
+    """A watch's events in windows of WATCH_WINDOW_S (so `stop` is seen), each window
+    resuming from the last resource version seen: a change between two windows (a
+    deletion, say) is delivered, not lost. When the API server no longer has that
+    version (410 Gone) the watch starts again from now, listing what exists."""
+    w = watch.Watch()
+    version: str | None = None
+    while not stop.is_set():
+        since = {"resource_version": version} if version else {}
+        try:
+            for ev in w.stream(
+                list_fn,
+                namespace,
+                label_selector=selector,
+                timeout_seconds=WATCH_WINDOW_S,
+                **since,
+            ):
+                if ev["type"] == "ERROR":  # an expired version, reported as an event
+                    version = None
+                    break
+                yield ev
+                if stop.is_set():
+                    return
+            else:
+                version = w.resource_version or version
+        except ApiException as exc:
+            if exc.status != 410:
+                raise
+            version = None
+
+
 def watch_endpointslices(
     api: DiscoveryV1Api, namespace: str, service: str, sink: EventLog, stop: threading.Event
 ) -> None:
     last: dict[str, tuple[bool, bool, bool]] = {}
-    while not stop.is_set():
-        for ev in watch.Watch().stream(
-            api.list_namespaced_endpoint_slice,
-            namespace,
-            label_selector=f"kubernetes.io/service-name={service}",
-            timeout_seconds=WATCH_WINDOW_S,
-        ):
-            for ep in ev["object"].endpoints or []:
-                pod = ep.target_ref.name if ep.target_ref else ",".join(ep.addresses)
-                fields = endpoint_event(pod, ep.node_name, ep.conditions)
-                key = (fields["ready"], fields["serving"], fields["terminating"])
-                if last.get(pod) != key:
-                    last[pod] = key
-                    sink.emit("endpointslice", "conditions", **fields)
-            if stop.is_set():
-                return
+    selector = f"kubernetes.io/service-name={service}"
+    for ev in _windows(api.list_namespaced_endpoint_slice, namespace, selector, stop):
+        for ep in ev["object"].endpoints or []:
+            pod = ep.target_ref.name if ep.target_ref else ",".join(ep.addresses)
+            fields = endpoint_event(pod, ep.node_name, ep.conditions)
+            key = (fields["ready"], fields["serving"], fields["terminating"])
+            if last.get(pod) != key:
+                last[pod] = key
+                sink.emit("endpointslice", "conditions", **fields)
 
 
 def watch_pods(
@@ -65,46 +95,38 @@ def watch_pods(
     """kubelet's view, as the pod runner reports it locally: a pod marked terminating,
     containers ready or exited, the pod gone."""
     seen: dict[str, dict[str, Any]] = {}
-    while not stop.is_set():
-        for ev in watch.Watch().stream(
-            api.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
-            timeout_seconds=WATCH_WINDOW_S,
-        ):
-            pod = ev["object"]
-            name = pod.metadata.name
-            state = seen.setdefault(name, {"terminating": False, "exited": set(), "ready": {}})
-            if ev["type"] == "DELETED":
-                sink.emit("kubelet", "pod_terminated", pod=name, node=pod.spec.node_name)
-                seen.pop(name, None)
-                continue
-            if pod.metadata.deletion_timestamp and not state["terminating"]:
-                state["terminating"] = True
+    for ev in _windows(api.list_namespaced_pod, namespace, selector, stop):
+        pod = ev["object"]
+        name = pod.metadata.name
+        state = seen.setdefault(name, {"terminating": False, "exited": set(), "ready": {}})
+        if ev["type"] == "DELETED":
+            sink.emit("kubelet", "pod_terminated", pod=name, node=pod.spec.node_name)
+            seen.pop(name, None)
+            continue
+        if pod.metadata.deletion_timestamp and not state["terminating"]:
+            state["terminating"] = True
+            sink.emit(
+                "kubelet",
+                "pod_terminating",
+                pod=name,
+                node=pod.spec.node_name,
+                grace_s=pod.metadata.deletion_grace_period_seconds,
+            )
+        for cs in pod.status.container_statuses or []:
+            if state["ready"].get(cs.name) != cs.ready:
+                state["ready"][cs.name] = cs.ready
+                sink.emit("kubelet", "readiness", pod=name, container=cs.name, ready=cs.ready)
+            done = cs.state.terminated if cs.state else None
+            if done and cs.name not in state["exited"]:
+                state["exited"].add(cs.name)
                 sink.emit(
                     "kubelet",
-                    "pod_terminating",
+                    "container_exited",
                     pod=name,
-                    node=pod.spec.node_name,
-                    grace_s=pod.metadata.deletion_grace_period_seconds,
+                    container=cs.name,
+                    code=done.exit_code,
+                    reason=done.reason,
                 )
-            for cs in pod.status.container_statuses or []:
-                if state["ready"].get(cs.name) != cs.ready:
-                    state["ready"][cs.name] = cs.ready
-                    sink.emit("kubelet", "readiness", pod=name, container=cs.name, ready=cs.ready)
-                done = cs.state.terminated if cs.state else None
-                if done and cs.name not in state["exited"]:
-                    state["exited"].add(cs.name)
-                    sink.emit(
-                        "kubelet",
-                        "container_exited",
-                        pod=name,
-                        container=cs.name,
-                        code=done.exit_code,
-                        reason=done.reason,
-                    )
-            if stop.is_set():
-                return
 
 
 def follow_logs(
@@ -115,12 +137,19 @@ def follow_logs(
     sink: EventLog,
     stop: threading.Event,
     raw: Callable[[str], None] | None = None,
+    since_seconds: int | None = 1,
 ) -> None:
-    """A container's log stream, from now until it ends (the container exits) or `stop`.
-    Started before the deletion: a terminated pod's logs go with it."""
-    resp = api.read_namespaced_pod_log(
-        pod, namespace, container=container, follow=True, since_seconds=1, _preload_content=False
-    )
+    """A container's log stream, from `since_seconds` ago (None: from its start) until
+    it ends (the container exits) or `stop`. A terminated pod's logs go with it, so a
+    stream is opened as soon as the container runs."""
+    since = {"since_seconds": since_seconds} if since_seconds else {}
+    try:
+        resp = api.read_namespaced_pod_log(
+            pod, namespace, container=container, follow=True, _preload_content=False, **since
+        )
+    except ApiException as exc:  # the pod went before its stream opened
+        sink.emit("collector", "log_stream_failed", pod=pod, container=container, status=exc.status)
+        return
     pending = b""
     try:
         for chunk in resp.stream(decode_content=True):
@@ -134,8 +163,50 @@ def follow_logs(
                     sink.write(found)
             if stop.is_set():
                 return
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # the stream cut, not ended
+        sink.emit("collector", "log_stream_cut", pod=pod, container=container, error=repr(exc))
     finally:
         resp.release_conn()
+
+
+def _started(pod: Any, container: str) -> bool:
+    for cs in pod.status.container_statuses or []:
+        if cs.name == container and cs.state and (cs.state.running or cs.state.terminated):
+            return True
+    return False
+
+
+def follow_every_container(
+    api: CoreV1Api,
+    namespace: str,
+    selectors: list[str],
+    sink: EventLog,
+    stop: threading.Event,
+    every_s: float = 1.0,
+) -> None:
+    """A log stream for every container of every pod the selectors match, the ones a
+    pod has (istio-native's gateway has no hc), opened once each: pods that exist now
+    from a second ago, pods that appear during the run (a replacement, a rollout) from
+    their containers' start."""
+    followed: set[tuple[str, str]] = set()
+    first = True
+    while not stop.is_set():
+        for selector in selectors:
+            with contextlib.suppress(ApiException, urllib3.exceptions.HTTPError, OSError):
+                for pod in api.list_namespaced_pod(namespace, label_selector=selector).items:
+                    for c in pod.spec.containers:
+                        key = (pod.metadata.name, c.name)
+                        if key in followed or not _started(pod, c.name):
+                            continue
+                        followed.add(key)
+                        threading.Thread(
+                            target=follow_logs,
+                            args=(api, namespace, pod.metadata.name, c.name, sink, stop),
+                            kwargs={"since_seconds": 1 if first else None},
+                            daemon=True,  # a log stream ends with its container, or with us
+                        ).start()
+        first = False
+        stop.wait(every_s)
 
 
 class _Tunnelled(http.client.HTTPConnection):
@@ -150,20 +221,34 @@ class _Tunnelled(http.client.HTTPConnection):
 
 
 class PortForwardAdmin:
-    """GETs on a pod's Envoy admin port through the API server's port-forward."""
+    """GETs on a pod's Envoy admin port through the API server's port-forward.
+
+    `kubernetes.stream.portforward` swaps `call_api` on its API object's client for the
+    length of its handshake: a call made meanwhile on the same client by another thread
+    (a watch, a log stream, the deletion) would go out as a port-forward and fail
+    ("Missing required parameter `ports`"). Each instance therefore has a client of its
+    own, built from the given one's configuration, used by nothing else.
+    """
 
     def __init__(
         self, api: CoreV1Api, namespace: str, pod: str, port: int = registry.PORTS.envoy_admin
     ) -> None:
-        self.api, self.namespace, self.pod, self.port = api, namespace, pod, port
+        self.api = CoreV1Api(ApiClient(api.api_client.configuration))
+        self.namespace, self.pod, self.port = namespace, pod, port
 
     def get_json(self, path: str, params: Mapping[str, str]) -> Mapping[str, Any]:
-        pf = portforward(
-            self.api.connect_get_namespaced_pod_portforward,
-            self.pod,
-            self.namespace,
-            ports=str(self.port),
-        )
+        """The JSON answer; OSError when the pod cannot be reached or does not answer 200
+        (a refused port-forward is an ApiException with status 0, a closed one a
+        websocket error: both become OSError, as for the local lab's HTTP admin)."""
+        try:
+            pf = portforward(
+                self.api.connect_get_namespaced_pod_portforward,
+                self.pod,
+                self.namespace,
+                ports=str(self.port),
+            )
+        except (ApiException, WebSocketException) as exc:
+            raise OSError(f"{self.pod} admin {path}: port-forward refused: {exc}") from exc
         try:
             sock = pf.socket(self.port)
             sock.settimeout(2)
@@ -174,5 +259,7 @@ class PortForwardAdmin:
             if resp.status != 200:
                 raise OSError(f"{self.pod} admin {path}: HTTP {resp.status}")
             return json.loads(body)
+        except (http.client.HTTPException, WebSocketException) as exc:
+            raise OSError(f"{self.pod} admin {path}: {exc!r}") from exc
         finally:
             pf.close()

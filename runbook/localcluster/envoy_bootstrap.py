@@ -3,7 +3,8 @@
 Istio builds the gateway's listener from the Gateway and VirtualService; here we write
 the same shape statically. Names follow what istiod generates so that stats filters
 written for the cluster work unchanged: listener `0.0.0.0_<port>`, HTTP connection
-manager stat prefix `outbound_0.0.0.0_<port>` (gateway listeners are OUTBOUND).
+manager stat prefix `outbound_0.0.0.0_<port>;` (gateway listeners are OUTBOUND; the `;` is
+Istio 1.30's, as istiod on onebox writes it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Upstream:
 
 
 def stat_prefix(port: int) -> str:
-    return f"outbound_0.0.0.0_{port}"
+    return f"outbound_0.0.0.0_{port};"
 
 
 def gateway_bootstrap(

@@ -2,7 +2,7 @@
 of the project shares (the HAProxy backend, the gateway's listener stat).
 
 The roles and playbooks read it through the project's filter plugin
-(`filter_plugins/igw.py`: `igw_registry`, `igw_gateway_active_stat`), the Python code by
+(`filter_plugins/igw.py`: `igw_registry`, `igw_gateway_active_stat_regex`), the Python code by
 import. Adding a mode is one
 entry here plus its template delta in `roles/manifests/templates/`.
 """
@@ -57,11 +57,19 @@ HAPROXY_BACKEND = "igw_nodeports"
 
 
 def gateway_active_stat(gateway_port: int) -> str:
-    """Envoy's gauge of requests in flight on the gateway's listener: what the Envoy
-    collector polls and the manifests' proxyStatsMatcher lets Istio emit (each escapes it
-    as its regex needs). graceful-drain.sh's default filter spells the same stat: a shell
-    script outside the project's Python (its ACTIVE_STATS_FILTER)."""
-    return f"http.outbound_0.0.0.0_{gateway_port}.downstream_rq_active"
+    """Envoy's gauge of requests in flight on the gateway's listener, as Istio 1.30 names
+    it: the HTTP connection manager's stat prefix is `outbound_0.0.0.0_<port>;` (the `;`
+    ends the name for Istio's tag extraction; onebox's istiod showed it, older Istio
+    spelled it without). The local lab's static Envoy uses the same name."""
+    return f"http.outbound_0.0.0.0_{gateway_port};.downstream_rq_active"
+
+
+def gateway_active_stat_regex(gateway_port: int) -> str:
+    """A regex (no anchors: Envoy's stats matcher matches whole names) for that gauge,
+    with or without Istio's `;`: what the Envoy collector polls and the manifests'
+    proxyStatsMatcher lets Istio emit. graceful-drain.sh's default filter spells the
+    same regex: a shell script outside the project's Python (its ACTIVE_STATS_FILTER)."""
+    return rf"http\.outbound_0\.0\.0\.0_{gateway_port};?\.downstream_rq_active"
 
 
 #: The header that carries each request's id through every hop. The load driver sends

@@ -1,7 +1,7 @@
 """The homelab run's controller side: the Kubernetes API collectors, the load through
 HAProxy, and the pod deletion, in one process; the playbook runs the HAProxy collector
 on each worker, fetches its file into `collected/` and then calls the shared finalize
-step (`runbook.analysis.finalize`). Tested only on a cluster.
+step (`runbook.analysis.finalize`). Tested on onebox (tests/test_onebox.py).
 
     python -m runbook.runners.homelab --context homelab --namespace service-a \
         --url https://192.0.2.11 --lb worker1 --workers worker1,worker2 \
@@ -35,7 +35,8 @@ from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
 
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
-WATCHED_CONTAINERS = ("hc", "istio-proxy")
+BACKEND_SELECTOR = f"app={registry.OBJECTS.backend}"
+LOG_SETTLE_S = 3.0
 
 
 def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
@@ -85,16 +86,14 @@ async def run(args: argparse.Namespace) -> None:
             ),
         ),
     ]
-    pod_events = collected.log("pods")
-    for p in pods:
-        for container in WATCHED_CONTAINERS:
-            threads.append(
-                threading.Thread(
-                    target=kube.follow_logs,
-                    args=(core, args.namespace, p.metadata.name, container, pod_events, stop),
-                    daemon=True,  # a log stream ends with its container, or with us
-                )
-            )
+    # every container's log of the gateway's and the backend's pods, replacements
+    # included: the drain's steps, hc's transitions, Envoy's and the backend's lines
+    threads.append(
+        threading.Thread(
+            target=kube.follow_every_container,
+            args=(core, args.namespace, [selector, BACKEND_SELECTOR], collected.log("pods"), stop),
+        )
+    )
     for t in threads:
         t.start()
     regex = envoy.active_stat_regex(args.gateway_port)
@@ -130,16 +129,20 @@ async def run(args: argparse.Namespace) -> None:
         grace = float(run_plan.budget["gateway_grace_s"])
         deadline = time.monotonic() + grace + 30
         while time.monotonic() < deadline:
-            names = {
-                p.metadata.name
-                for p in core.list_namespaced_pod(args.namespace, label_selector=selector).items
-            }
+            # off the event loop: the load driver's requests share it
+            listed = await asyncio.to_thread(
+                core.list_namespaced_pod, args.namespace, label_selector=selector
+            )
+            names = {p.metadata.name for p in listed.items}
             if victim.metadata.name not in names:
                 break
             await asyncio.sleep(1)
         await asyncio.sleep(scenario.tail_s)
         driver.stop()
         await load
+        # the last requests' lines are still on their way: Envoy writes its access log
+        # once a second (its file flush interval) and the log streams lag behind it
+        await asyncio.sleep(LOG_SETTLE_S)
     finally:
         stop.set()
         gauge.cancel()

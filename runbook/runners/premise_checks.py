@@ -178,7 +178,7 @@ async def check_running_lab(
 
 def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
     """The homelab's facts on the controller. Written against the kubernetes client and
-    the names the manifests role renders; tested only on a cluster."""
+    the names the manifests role renders; tested on onebox."""
     import urllib.error
     import urllib.request
 

@@ -11,7 +11,7 @@ runtime API, TLS handshakes with its frontend), stop the pods.
         --haproxy-socket .lab/200/admin.sock --haproxy-config .lab/200/haproxy.cfg \
         --haproxy-address 127.230.0.100:8443
 
-Homelab (tested only on a cluster): the same checks from the Kubernetes API (objects,
+Homelab (tested on onebox): the same checks from the Kubernetes API (objects,
 pod status, Envoy's `/listeners` through a port-forward), the seed's curl test against
 every node's check NodePort from the controller, TLS against the LB host, and the
 workers' HAProxy states and config that the playbook read on each worker.
