@@ -47,7 +47,8 @@ def _windows(
     """A watch's events in windows of WATCH_WINDOW_S (so `stop` is seen), each window
     resuming from the last resource version seen: a change between two windows (a
     deletion, say) is delivered, not lost. When the API server no longer has that
-    version (410 Gone) the watch starts again from now, listing what exists."""
+    version (410 Gone; the client raises it, a window having a timeout) the watch starts
+    again from now, listing what exists."""
     w = watch.Watch()
     version: str | None = None
     while not stop.is_set():
@@ -60,9 +61,6 @@ def _windows(
                 timeout_seconds=WATCH_WINDOW_S,
                 **since,
             ):
-                if ev["type"] == "ERROR":  # an expired version, reported as an event
-                    version = None
-                    break
                 yield ev
                 if stop.is_set():
                     return

@@ -12,17 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model.registry import ENVOY_ACCESS_LOG_FORMAT, OBJECTS, PORTS
+from ..model.registry import ENVOY_ACCESS_LOG_FORMAT, OBJECTS, PORTS, gateway_stat_prefix
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
     host: str
     port: int
-
-
-def stat_prefix(port: int) -> str:
-    return f"outbound_0.0.0.0_{port};"
 
 
 def gateway_bootstrap(
@@ -44,7 +40,7 @@ def gateway_bootstrap(
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_prefix(listen_port),
+        "stat_prefix": gateway_stat_prefix(listen_port),
         # WebSocket through the gateway, as Istio configures its gateways by default
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         # the access log the homelab's meshConfig asks of Istio: the same JSON keys

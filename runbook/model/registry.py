@@ -56,12 +56,12 @@ GATEWAY_POD_SELECTOR = f"app={OBJECTS.gateway_deployment}"
 HAPROXY_BACKEND = "igw_nodeports"
 
 
-def gateway_active_stat(gateway_port: int) -> str:
-    """Envoy's gauge of requests in flight on the gateway's listener, as Istio 1.30 names
-    it: the HTTP connection manager's stat prefix is `outbound_0.0.0.0_<port>;` (the `;`
-    ends the name for Istio's tag extraction; onebox's istiod showed it, older Istio
-    spelled it without). The local lab's static Envoy uses the same name."""
-    return f"http.outbound_0.0.0.0_{gateway_port};.downstream_rq_active"
+def gateway_stat_prefix(gateway_port: int) -> str:
+    """The gateway listener's HTTP connection manager stat prefix as Istio 1.30 names it,
+    `outbound_0.0.0.0_<port>;` (the `;` ends the name for Istio's tag extraction;
+    onebox's istiod showed it, older Istio spelled it without). The local lab's static
+    Envoy uses it, so the gauge below has Istio's name there too."""
+    return f"outbound_0.0.0.0_{gateway_port};"
 
 
 def gateway_active_stat_regex(gateway_port: int) -> str:
