@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from runbook.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
-from runbook.analysis.summary import summarize, verdict
+from runbook.analysis.summary import off_server, summarize, verdict
 
 T = 1_000_000.0
 TERM = {"ms": T, "pod": "gw-w1", "node": "worker1", "lb": "lb1"}
@@ -150,6 +150,38 @@ def test_phases_come_from_this_lb_and_this_node() -> None:
     assert (p.lb_check_failing, p.lb_down, p.pod_gone) == (T + 70, T + 80, T + 500)
 
 
+def test_the_lb_s_own_node_server_is_served_wherever_envoy_says() -> None:
+    """The homelab's HAProxy runs on worker1: kube-proxy sends worker1's own traffic to
+    its NodePort to any ready gateway, so HAProxy's `worker1` says nothing of the node.
+    Seen on onebox: the victim on worker2 served requests HAProxy sent to worker1."""
+    term = {"ms": T, "pod": "gw-w2", "node": "worker2", "lb": "worker1"}
+    slices = [
+        {"ts_ms": T - 9000, "source": "endpointslice", "kind": "conditions", "pod": p, "node": n}
+        for p, n in (("gw-w1", "worker1"), ("gw-w2", "worker2"))
+    ]
+    records = [
+        rec("a", -500, 1000, "reset"),  # via worker1, served by the victim, cut
+        rec("b", -500, 1000),  # via worker1, no Envoy line: where is unknown
+        rec("c", -500, 1000),  # via worker2's NodePort: its own gateway alone
+        rec("d", -500, 1000),  # via worker1, served on worker1
+    ]
+    events = [
+        *slices,
+        ha("a", srv="worker1", st="200", term="SD"), envoy("a", pod="gw-w2", flags="DC"),
+        ha("b", srv="worker1"), backend("b"),
+        ha("c", srv="worker2"),
+        ha("d", srv="worker1"), envoy("d", pod="gw-w1"), backend("d"),
+    ]  # fmt: skip
+    joined, _ = account(records, [e | {"lb": "worker1"} for e in events], term)
+    by_id = {r["request_id"]: r for r in joined}
+    assert [by_id[i]["exposed"] for i in "abcd"] == [True, None, True, False]
+    assert by_id["a"]["served_by"]["node"] == "worker2"
+    assert by_id["a"]["phase"] != "on_other_node"  # the victim's own drain cut it
+    assert by_id["b"]["served_by"]["node"] is None
+    assert by_id["c"]["served_by"]["node"] == "worker2"
+    assert {off_server(r) for r in joined} == {"worker1 -> worker2", None}
+
+
 def test_expected_hops_follow_what_the_others_say() -> None:
     r = rec("r", -1, 1, "5xx")
     assert expected_hops(r, {}) == ["haproxy", "envoy", "backend"]
@@ -182,6 +214,7 @@ def test_join_exposure_and_missing_hops() -> None:
     assert by_id["e"]["missing_hops"] == ["backend"]
     assert by_id["b"]["rule"] == "lb_killed_session_at_down"
     assert by_id["b"]["served_by"] == {
+        "lb_server": "worker1",
         "node": "worker1",
         "gateway_pod": "gw-w1",
         "backend_pod": "b-1",

@@ -172,4 +172,9 @@ def test_a_backend_deadline_cut_is_named_from_the_backend_line(
     timer.join()
     assert joined["error"] == "5xx" and joined["rule"] == "backend_cut_at_shutdown", joined
     assert joined["backend"]["msg"] == "cancelled_at_shutdown_timeout"
-    assert joined["served_by"] == {"node": "worker1", "gateway_pod": "gw-w1", "backend_pod": "b-1"}
+    assert joined["served_by"] == {
+        "lb_server": "worker1",
+        "node": "worker1",
+        "gateway_pod": "gw-w1",
+        "backend_pod": "b-1",
+    }

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from helpers import free_port
-from runbook.load.driver import RequestRecord, classify, fetch, new_session
+from runbook.load.driver import (
+    LoadDriver,
+    Recorder,
+    RequestRecord,
+    classify,
+    fetch,
+    new_session,
+)
+from runbook.model.plan import LoadShape
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -162,3 +172,52 @@ def test_no_silent_retry_of_idempotent_requests() -> None:
 )
 def test_classify_table(exc, status, truncated, kind) -> None:
     assert classify(exc, status, truncated) == kind
+
+
+def test_steady_starts_each_long_class_in_back_to_back_pairs(tmp_path) -> None:
+    """HAProxy's round robin gives the two of a pair to different gateways only if no
+    other request comes between them: the driver starts a class's pair together and the
+    classes' pairs apart (a CI run once had every WebSocket in flight on the survivor)."""
+    arrivals: list[tuple[float, str]] = []
+
+    async def note(request: web.Request) -> web.StreamResponse:
+        arrivals.append((asyncio.get_running_loop().time(), request.path))
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str(msg.data)
+            return ws
+        return web.Response(text="ok\n")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", note)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        shape = LoadShape(
+            long_s=1,
+            scenario="steady",
+            short_rate_per_s=0.01,
+            pooled_rate_per_s=0.01,
+            long_rate_per_s=1.0,
+            long_together=2,
+            ws_interval_ms=250,
+        )
+        driver = LoadDriver(f"http://127.0.0.1:{port}", None, Recorder(tmp_path / "r.jsonl"), shape)
+        task = asyncio.create_task(driver.run())
+        await asyncio.sleep(4.5)
+        driver.stop()
+        await asyncio.wait_for(task, 20)
+        await runner.cleanup()
+
+    asyncio.run(main())
+    longs = [(t, p) for t, p in arrivals if p != "/"]
+    assert len(longs) >= 12, longs  # two of each of three classes, at least twice
+    for (t1, first), (t2, second) in zip(longs[0::2], longs[1::2], strict=False):
+        assert first == second, longs  # a pair, nothing of another class between
+        assert t2 - t1 < 0.1, longs
+    starts = [t for t, _ in longs[0::2]]
+    assert min(b - a for a, b in itertools.pairwise(starts)) > 0.3, longs

@@ -920,6 +920,20 @@ def test_every_mode_s_experiment_runs_on_onebox_through_the_homelab_runner(
     # every request seen at every hop: HAProxy, Envoy and the backend (their logs
     # streamed from the pods, the replacement's included)
     assert summary["missing_hops"] == {}, summary["missing_hops"]
+    # HAProxy runs on worker1, and kube-proxy sends worker1's own traffic to its NodePort
+    # to any ready gateway: a request is the victim's by Envoy's line, whatever server
+    # HAProxy named (summary served_off_lb_server counts them)
+    requests = [json.loads(line) for line in (run_dir / "requests.jsonl").open()]
+    victim = summary["terminated_pod"]
+    t_ms = json.loads((run_dir / "termination.json").read_text())["ms"]
+    on_victim = [
+        r
+        for r in requests
+        if r["served_by"]["gateway_pod"] == victim
+        and r["start_ms"] < t_ms
+        and (r["end_ms"] or t_ms + 1) > t_ms
+    ]
+    assert on_victim and all(r["exposed"] for r in on_victim), on_victim
     timings = summary["timings_s"]
     assert timings["termination_to_pod_gone"] is not None
     assert timings["termination_to_lb_down"] is not None

@@ -56,7 +56,13 @@ def failure(
         "at_s": at_s,
         "rule": rule,
         "error": error,
-        "served_by": {"node": node, "gateway_pod": pod, "backend_pod": None},
+        # the local lab's HAProxy is on no node: its server is its node
+        "served_by": {
+            "lb_server": node,
+            "node": None if node == "<NOSRV>" else node,
+            "gateway_pod": pod,
+            "backend_pod": None,
+        },
     }
 
 

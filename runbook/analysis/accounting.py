@@ -143,13 +143,34 @@ def expected_hops(record: Record, hops: Hops) -> list[str]:
     return want
 
 
-def served_by(hops: Hops) -> dict[str, str | None]:
-    ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
+def gateway_nodes(events: list[dict[str, Any]]) -> dict[str, str]:
+    """pod -> node, from the EndpointSlice collector's lines."""
     return {
-        "node": ha.get("srv"),
-        "gateway_pod": env.get("pod"),
-        "backend_pod": be.get("pod"),
+        str(e["pod"]): str(e["node"])
+        for e in events
+        if e.get("source") == "endpointslice" and e.get("pod") and e.get("node")
     }
+
+
+def served_by(hops: Hops, pod_nodes: dict[str, str], lb: str) -> dict[str, str | None]:
+    """HAProxy's server (`lb_server`) and the node whose gateway served the request.
+
+    A server is its node's NodePort, and its node's gateway alone answers it
+    (externalTrafficPolicy: Local), except on the LB's own node: kube-proxy sends a
+    node's own traffic to its NodePort to any ready endpoint in the cluster, whatever
+    the policy says (the homelab's HAProxy runs on a worker). So the node is the Envoy
+    line's pod's when there is one, the server's otherwise unless it is the LB's own
+    node, and None (unknown) then and with no server.
+    """
+    ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
+    srv, pod = ha.get("srv"), env.get("pod")
+    if pod in pod_nodes:
+        node: str | None = pod_nodes[pod]
+    elif srv in (None, "<NOSRV>", lb):
+        node = None
+    else:
+        node = srv
+    return {"lb_server": srv, "node": node, "gateway_pod": pod, "backend_pod": be.get("pod")}
 
 
 def _flags(env: dict[str, Any]) -> list[str]:
@@ -265,12 +286,13 @@ def account(
     """Each record joined with its hops; failures with cause and phase."""
     ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
     hops_by_id = index_hops(events, term["lb"])
+    pod_nodes = gateway_nodes(events)
     out = []
     for r in records:
         hops = hops_by_id.get(r.get("request_id") or "", {})
         joined = dict(r)
         want = expected_hops(r, hops)
-        joined["served_by"] = served_by(hops)
+        joined["served_by"] = served_by(hops, pod_nodes, term["lb"])
         joined["missing_hops"] = [h for h in want if h not in hops]
         ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
         joined["haproxy"] = {k: ha.get(k) for k in ("st", "term", "srv", "Ta")} if ha else None
@@ -280,7 +302,7 @@ def account(
             else None
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
-        joined["exposed"] = exposed(r, hops, term, ph.pod_gone)
+        joined["exposed"] = exposed(r, joined["served_by"], term, ph.pod_gone)
         if r.get("error"):
             joined["rule"], joined["cause"] = explain(r, hops)
             node = joined["served_by"]["node"]
@@ -303,14 +325,16 @@ def in_flight_during(record: Record, start_ms: float, end_ms: float | None) -> b
 
 
 def exposed(
-    record: Record, hops: Hops, term: dict[str, Any], pod_gone: float | None = None
+    record: Record, served: dict[str, Any], term: dict[str, Any], pod_gone: float | None = None
 ) -> bool | None:
-    """On the terminating gateway while it terminated; None when where it was served is
-    unknown (no HAProxy nor Envoy line)."""
+    """On the terminating gateway while it terminated (`served`: served_by's); None when
+    where it was served is unknown."""
     if not in_flight_during(record, term["ms"], pod_gone):
         return False
-    if "envoy" in hops:
-        return hops["envoy"].get("pod") == term["pod"]
-    if "haproxy" in hops:
-        return hops["haproxy"].get("srv") == term["node"]
+    if served.get("gateway_pod"):
+        return served["gateway_pod"] == term["pod"]
+    if served.get("node"):
+        return served["node"] == term["node"]
+    if served.get("lb_server") == "<NOSRV>":
+        return False  # HAProxy had no server for it: no gateway saw it
     return None

@@ -175,6 +175,9 @@ def summarize(
             for o in run_validity.servers_out
         ],
         "missing_hops": dict(Counter(h for r in records for h in r.get("missing_hops", []))),
+        # HAProxy's server named one node and a gateway on another served the request:
+        # the LB's own node's NodePort (kube-proxy sends a node's own traffic anywhere)
+        "served_off_lb_server": dict(Counter(off_server(r) for r in records if off_server(r))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
             "termination_to_zero_in_flight": _offset_s(zero, t),
@@ -195,6 +198,16 @@ def summarize(
         # the termination sequence's boundaries, which each failure's phase refers to
         "phases_s": {k: _offset_s(v, t) for k, v in asdict(ph).items() if k != "termination"},
     }
+
+
+def off_server(record: dict[str, Any]) -> str | None:
+    """`worker1 -> worker2` when HAProxy sent it to worker1's NodePort and worker2's
+    gateway served it; None otherwise."""
+    served = record.get("served_by") or {}
+    srv, node = served.get("lb_server"), served.get("node")
+    if srv in (None, "<NOSRV>") or node is None or node == srv:
+        return None
+    return f"{srv} -> {node}"
 
 
 def verdict(summary: dict[str, Any]) -> str:

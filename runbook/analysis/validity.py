@@ -101,7 +101,7 @@ def validity(
     reasons = []
     out_of_rotation = servers_out(events, term["lb"], node, t)
     for out in out_of_rotation:
-        on_it = [f for f in failed if (f.get("served_by") or {}).get("node") == out.server]
+        on_it = [f for f in failed if (f.get("served_by") or {}).get("lb_server") == out.server]
         no_server = [f for f in failed if f.get("rule") == "lb_no_server"]
         by = f" by a failed check ({out.why})" if out.why else ""
         whose = "the victim's node before its termination" if out.server == node else "a survivor"
@@ -140,7 +140,7 @@ def validity(
 
 def _node_or_none(served: dict[str, Any]) -> str:
     """The node that served it; HAProxy's `<NOSRV>` and no record alike: no server."""
-    node = served.get("node")
+    node = served.get("node") or served.get("lb_server")
     return "no server" if node in (None, "", "<NOSRV>") else str(node)
 
 

@@ -243,12 +243,24 @@ class LoadDriver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _at_rate(self, session: aiohttp.ClientSession, cls: str, rate: float) -> None:
-        """Start one request of `cls` every 1/rate s (each its own task) until stopped."""
-        interval = 1 / rate
-        next_at = time.monotonic()
+    async def _at_rate(
+        self,
+        session: aiohttp.ClientSession,
+        cls: str,
+        rate: float,
+        together: int = 1,
+        phase: float = 0.0,
+    ) -> None:
+        """Start `together` requests of `cls` back to back every together/rate s (each its
+        own task) until stopped: `rate` a second on average, the first after `phase` of
+        an interval."""
+        interval = together / rate
+        next_at = time.monotonic() + phase * interval
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), phase * interval)
         while not self._stop.is_set():
-            self._spawn(self._run_one(session, cls))
+            for _ in range(together):
+                self._spawn(self._run_one(session, cls))
             next_at += interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), max(0, next_at - time.monotonic()))
@@ -278,8 +290,14 @@ class LoadDriver:
             loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
             if s.scenario == "steady":
                 loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
+                # each class's group apart from the others', so nothing but a short
+                # request comes between two of a group
+                long_classes = ("sleep", "stream", "ws")
                 loops += [
-                    self._at_rate(longs, c, s.long_rate_per_s) for c in ("sleep", "stream", "ws")
+                    self._at_rate(
+                        longs, c, s.long_rate_per_s, s.long_together, i / len(long_classes)
+                    )
+                    for i, c in enumerate(long_classes)
                 ]
             else:
                 loops.append(self._burst(longs, s.warmup_s))

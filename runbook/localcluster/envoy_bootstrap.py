@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model.registry import ENVOY_ACCESS_LOG_FORMAT, OBJECTS, PORTS, gateway_stat_prefix
+from ..model.registry import (
+    ENVOY_ACCESS_LOG_FLUSH_MS,
+    ENVOY_ACCESS_LOG_FORMAT,
+    OBJECTS,
+    PORTS,
+    gateway_stat_prefix,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +123,6 @@ def gateway_bootstrap(
     }
 
 
-#: How often Envoy flushes its access log to stdout (its default is 10 s).
-ACCESS_LOG_FLUSH_MS = 100
-
-
 def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
     """Flags as pilot-agent passes them, minus hot restart (several Envoys share a host)."""
     return [
@@ -133,10 +135,9 @@ def envoy_args(config_path: str, drain_time_s: int) -> list[str]:
         "--disable-hot-restart",
         "--log-level",
         "warning",
-        # the access log reaches stdout within 0.1 s (default 10 s): lines still buffered
-        # when Envoy is killed at the end of the drain would be lost
+        # pilot-agent's flag, with the homelab's interval (registry)
         "--file-flush-interval-msec",
-        str(ACCESS_LOG_FLUSH_MS),
+        str(ENVOY_ACCESS_LOG_FLUSH_MS),
     ]
 
 

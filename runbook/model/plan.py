@@ -29,8 +29,9 @@ class LoadShape:
     of `long_s` start together `lead_s` before the termination, short requests over
     fresh connections at `short_rate_per_s` throughout.
     steady: every class keeps starting until the load stops: short requests over fresh
-    connections and over a keep-alive pool of `pool_size` (`pooled_rate_per_s`), and a
-    /sleep, a /stream and a WebSocket session of `long_s` each `1 / long_rate_per_s`.
+    connections and over a keep-alive pool of `pool_size` (`pooled_rate_per_s`), and
+    /sleep, /stream and WebSocket sessions of `long_s` at `long_rate_per_s` each, started
+    `long_together` back to back.
     """
 
     long_s: int
@@ -44,6 +45,11 @@ class LoadShape:
     pooled_rate_per_s: float = 0.0
     pool_size: int = 4
     long_rate_per_s: float = 0.0
+    # steady: HAProxy's round robin sends requests started back to back to different
+    # gateways, so a pair of each long class at a time keeps every class on the
+    # terminating gateway; one at a time, the other classes' requests between them can
+    # put every one in flight on the survivor (the class then "not tested")
+    long_together: int = 1
     ws_interval_ms: int = 500
     warmup_s: float = 3.0
     lead_s: float = 2.0
@@ -190,6 +196,7 @@ def plan_from_budget(budget: Mapping[str, Any], mode: str, scenario: str = "infl
             short_rate_per_s=8.0,
             pooled_rate_per_s=8.0,
             long_rate_per_s=1.0,
+            long_together=2,
             ws_interval_ms=250,
             stream_interval_ms=250,
         )

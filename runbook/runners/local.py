@@ -38,7 +38,6 @@ from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster
-from ..localcluster.envoy_bootstrap import ACCESS_LOG_FLUSH_MS
 from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.manifests import Manifests
 from ..localcluster.topology import Topology, pods_dir
@@ -49,6 +48,9 @@ from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_c
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
 LOCAL_LB = "lab-haproxy"
+#: How long the pods run after the load ends: Envoy's last access-log lines (one flush
+#: interval, registry.ENVOY_ACCESS_LOG_FLUSH_MS) and the pipes behind them
+LOG_SETTLE_S = 0.3
 
 
 class Progress:
@@ -228,9 +230,9 @@ async def run(args: argparse.Namespace) -> Path:
         progress(f"failed: {type(exc).__name__}: {exc}")
         raise
     finally:
-        # the last requests' access-log lines are still in Envoy's buffer for up to one
-        # flush interval: stopping the pods at once would lose them (missing hops)
-        await asyncio.sleep(3 * ACCESS_LOG_FLUSH_MS / 1000)
+        # the last requests' access-log lines are in Envoy's buffer for up to one flush
+        # interval, then in the pipes: stopping the pods at once would lose them
+        await asyncio.sleep(LOG_SETTLE_S)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
