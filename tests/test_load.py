@@ -19,6 +19,7 @@ from runbook.load.driver import (
     RequestRecord,
     classify,
     fetch,
+    long_starts,
     new_session,
 )
 from runbook.model.plan import LoadShape
@@ -176,8 +177,9 @@ def test_classify_table(exc, status, truncated, kind) -> None:
 
 def test_steady_starts_each_long_class_in_back_to_back_pairs(tmp_path) -> None:
     """HAProxy's round robin gives the two of a pair to different gateways only if no
-    other request comes between them: the driver starts a class's pair together and the
-    classes' pairs apart (a CI run once had every WebSocket in flight on the survivor)."""
+    other request comes between them: the driver starts a class's pair together, midway
+    between two short requests and apart from the other classes' pairs (a CI run once had
+    every WebSocket in flight on the survivor, another every /sleep)."""
     arrivals: list[tuple[float, str]] = []
 
     async def note(request: web.Request) -> web.StreamResponse:
@@ -200,24 +202,38 @@ def test_steady_starts_each_long_class_in_back_to_back_pairs(tmp_path) -> None:
         shape = LoadShape(
             long_s=1,
             scenario="steady",
-            short_rate_per_s=0.01,
-            pooled_rate_per_s=0.01,
+            short_rate_per_s=8.0,
+            pooled_rate_per_s=8.0,
             long_rate_per_s=1.0,
             long_together=2,
             ws_interval_ms=250,
         )
         driver = LoadDriver(f"http://127.0.0.1:{port}", None, Recorder(tmp_path / "r.jsonl"), shape)
         task = asyncio.create_task(driver.run())
-        await asyncio.sleep(4.5)
+        await asyncio.sleep(4.6)
         driver.stop()
         await asyncio.wait_for(task, 20)
         await runner.cleanup()
 
     asyncio.run(main())
-    longs = [(t, p) for t, p in arrivals if p != "/"]
-    assert len(longs) >= 12, longs  # two of each of three classes, at least twice
-    for (t1, first), (t2, second) in zip(longs[0::2], longs[1::2], strict=False):
-        assert first == second, longs  # a pair, nothing of another class between
-        assert t2 - t1 < 0.1, longs
-    starts = [t for t, _ in longs[0::2]]
-    assert min(b - a for a, b in itertools.pairwise(starts)) > 0.3, longs
+    at = [i for i, (_, p) in enumerate(arrivals) if p != "/"]
+    assert len(at) >= 12, arrivals  # two of each of three classes, at least twice
+    for i, j in zip(at[0::2], at[1::2], strict=False):
+        assert j == i + 1, arrivals[i : j + 1]  # a pair: nothing at all between them
+        assert arrivals[i][1] == arrivals[j][1], arrivals[i : j + 1]
+    starts = [arrivals[i][0] for i in at[0::2]]
+    assert min(b - a for a, b in itertools.pairwise(starts)) > 0.3, starts
+
+
+def test_long_groups_start_midway_between_short_requests_and_apart() -> None:
+    shape = LoadShape(
+        long_s=5, scenario="steady", short_rate_per_s=8.0, pooled_rate_per_s=8.0,
+        long_rate_per_s=1.0, long_together=2,
+    )  # fmt: skip
+    starts = long_starts(shape)
+    assert list(starts) == ["sleep", "stream", "ws"]
+    gap = 1 / 8
+    for t in starts.values():  # short requests start at multiples of `gap`
+        assert abs(t / gap - round(t / gap)) == pytest.approx(0.5)
+    times = sorted(starts.values())
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5  # a 2 s interval

@@ -205,6 +205,19 @@ async def websocket(
     return finish(record, exc, truncated)
 
 
+def long_starts(s: LoadShape) -> dict[str, float]:
+    """steady: when each long class's first group starts (s after the load). HAProxy's
+    round robin splits a group only if nothing comes between its requests, so each
+    class's groups fall midway between two short requests' starts and apart from the
+    other classes' (a third of the interval on)."""
+    gap = 1 / max(s.short_rate_per_s, s.pooled_rate_per_s)
+    interval = s.long_together / s.long_rate_per_s
+    classes = ("sleep", "stream", "ws")
+    return {
+        c: gap / 2 + round(i * interval / len(classes) / gap) * gap for i, c in enumerate(classes)
+    }
+
+
 class LoadDriver:
     def __init__(
         self, base_url: str, ca_file: str | None, recorder: Recorder, scenario: LoadShape
@@ -249,15 +262,14 @@ class LoadDriver:
         cls: str,
         rate: float,
         together: int = 1,
-        phase: float = 0.0,
+        after_s: float = 0.0,
     ) -> None:
         """Start `together` requests of `cls` back to back every together/rate s (each its
-        own task) until stopped: `rate` a second on average, the first after `phase` of
-        an interval."""
+        own task) until stopped: `rate` a second on average, the first after `after_s`."""
         interval = together / rate
-        next_at = time.monotonic() + phase * interval
+        next_at = time.monotonic() + after_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), phase * interval)
+            await asyncio.wait_for(self._stop.wait(), after_s)
         while not self._stop.is_set():
             for _ in range(together):
                 self._spawn(self._run_one(session, cls))
@@ -290,14 +302,9 @@ class LoadDriver:
             loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
             if s.scenario == "steady":
                 loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
-                # each class's group apart from the others', so nothing but a short
-                # request comes between two of a group
-                long_classes = ("sleep", "stream", "ws")
                 loops += [
-                    self._at_rate(
-                        longs, c, s.long_rate_per_s, s.long_together, i / len(long_classes)
-                    )
-                    for i, c in enumerate(long_classes)
+                    self._at_rate(longs, c, s.long_rate_per_s, s.long_together, after)
+                    for c, after in long_starts(s).items()
                 ]
             else:
                 loops.append(self._burst(longs, s.warmup_s))
