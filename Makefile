@@ -71,12 +71,28 @@ test: setup lint pytest molecule
 
 # MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; ARTIFACTS= puts
 # the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's,
-# LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU)
-MODES ?= $(modes)
-SCENARIOS ?= $(scenarios)
-REPEATS ?= $(repeats)
+# LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU).
+# A value reaches the runner through the environment, as typed (never expanded by make
+# nor pasted into the shell's command line), and only when it was given: one given
+# empty is refused there like any other bad value. The lower-case spellings are the same.
+given = $(filter command line environment override,$(origin $(1)) $(if $(2),$(origin $(2))))
+typed = $(if $(filter command line environment override,$(origin $(1))),$(value $(1)),$(if $(2),$(value $(2))))
+export IGW_MODES = $(call typed,MODES,modes)
+export IGW_SCENARIOS = $(call typed,SCENARIOS,scenarios)
+export IGW_REPEATS = $(call typed,REPEATS,repeats)
+export IGW_ARTIFACTS = $(call typed,ARTIFACTS)
+export IGW_FIRST_LAB = $(call typed,FIRST_LAB)
+export IGW_LABS_AT_ONCE = $(call typed,LABS_AT_ONCE)
+# make would export the variables themselves to every recipe, expanded
+unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE
 experiment: setup
-	$(BIN)/python -m runbook.runners.all $(if $(MODES),--modes $(MODES)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(REPEATS),--repeats $(REPEATS)) $(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(FIRST_LAB),--first-lab-index $(FIRST_LAB)) $(if $(LABS_AT_ONCE),--labs-at-once $(LABS_AT_ONCE))
+	$(BIN)/python -m runbook.runners.all \
+	  $(if $(call given,MODES,modes),--modes="$$IGW_MODES") \
+	  $(if $(call given,SCENARIOS,scenarios),--scenarios="$$IGW_SCENARIOS") \
+	  $(if $(call given,REPEATS,repeats),--repeats="$$IGW_REPEATS") \
+	  $(if $(call given,ARTIFACTS),--artifacts="$$IGW_ARTIFACTS") \
+	  $(if $(call given,FIRST_LAB),--first-lab-index="$$IGW_FIRST_LAB") \
+	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE")
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

@@ -67,3 +67,38 @@ def test_a_bad_input_is_refused_before_anything_starts(
     assert result.returncode == 2, result.stdout + result.stderr
     assert says in result.stderr
     assert not artifacts.exists() and not (ROOT / ".lab" / "190").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        # a value is one argument: nothing in it reaches a shell or make's functions
+        (["MODES=current;touch {marker}"], "mode 'current;touch {marker}' is not one of"),
+        (["MODES=$(shell touch {marker})"], "mode '$(shell touch {marker})' is not one of"),
+        (["MODES=current`touch {marker}`"], "is not one of"),
+        # given empty is refused, not taken for "all"
+        (["MODES="], "--modes names no mode"),
+        (["modes="], "--modes names no mode"),
+        # the rest behind a bogus mode too: if one were let through, nothing would start
+        (["MODES=bogus", "SCENARIOS="], "--scenarios names no scenario"),
+        (["MODES=bogus", "REPEATS="], "argument --repeats: invalid int value: ''"),
+        (["MODES=bogus", "ARTIFACTS="], "--artifacts is empty"),
+        (["MODES=bogus", "FIRST_LAB="], "argument --first-lab-index: invalid int value: ''"),
+        (["MODES=bogus", "LABS_AT_ONCE="], "argument --labs-at-once: invalid int value: ''"),
+    ],
+)
+def test_make_experiment_passes_each_value_as_typed(
+    tmp_path: Path, given: list[str], says: str
+) -> None:
+    """The Makefile hands each variable to the runner as one argument, only when given."""
+    marker = tmp_path / "ran"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "experiment", *(g.format(marker=marker) for g in given)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+    assert says.format(marker=marker) in result.stderr, result.stderr
+    assert not marker.exists()

@@ -10,15 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_run_dir(artifacts: Path) -> Path:
+def make_run_dir(artifacts: Path, *args: str) -> Path:
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "runbook.artifacts.rundir",
             f"--artifacts={artifacts}",
-            "--scenario=steady",
-            "--mode=ordered",
+            *(args or ("--scenario=steady", "--mode=ordered")),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -37,3 +36,20 @@ def test_the_cli_names_a_new_run_directory_and_never_reuses_one(tmp_path: Path) 
     assert re.fullmatch(r"\d{8}T\d{6}Z-steady-ordered", first.name), first.name
     if first.name[:16] == second.name[:16]:
         assert second.name == f"{first.name}-2"
+
+
+def test_verify_s_lb_folder_is_new_each_time(tmp_path: Path) -> None:
+    """verify.yml keeps the HAProxy states and config it read in a folder of its own: a
+    second verify never writes over the first's."""
+    artifacts = tmp_path / "artifacts"
+    first = make_run_dir(artifacts, "--name=verify-lb")
+    second = make_run_dir(artifacts, "--name=verify-lb")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert re.fullmatch(r"\d{8}T\d{6}Z-verify-lb(-2)?", second.name), second.name
+    refused = subprocess.run(
+        [sys.executable, "-m", "runbook.artifacts.rundir", f"--artifacts={artifacts}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "--name" in refused.stderr

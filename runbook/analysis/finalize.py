@@ -67,6 +67,7 @@ def finalize(
             summary["valid"] = False
             summary["invalid_reasons"].insert(0, f"the run was {status}, not completed")
         write_json(run_dir / "summary.json", summary)
+    journal.replay(events)  # the homelab runner's steps, recorded in its own process
     journal.write(run_dir / "journal.json", status, summary, None if term is None else term.ms)
     if summary is not None:
         write_run_report(run_dir)

@@ -32,9 +32,14 @@ class Journal:
         self.steps: list[dict[str, Any]] = []
 
     def step(
-        self, name: str, start_ms: float, status: str = "succeeded", output: Any = None
+        self,
+        name: str,
+        start_ms: float,
+        status: str = "succeeded",
+        output: Any = None,
+        end_ms: float | None = None,
     ) -> None:
-        end = now_ms()
+        end = now_ms() if end_ms is None else end_ms
         self.steps.append(
             {
                 "name": name,
@@ -45,6 +50,17 @@ class Journal:
                 "output": output,
             }
         )
+
+    def replay(self, events: list[dict[str, Any]]) -> None:
+        """The steps a runner in another process recorded as `experiment step` events
+        (the homelab's): the journal starts at the first of them."""
+        steps = [e for e in events if e.get("source") == "experiment" and e.get("kind") == "step"]
+        for e in sorted(steps, key=lambda e: e["start_ms"]):
+            self.step(
+                e["name"], e["start_ms"], e.get("status", "succeeded"), e.get("output"), e["ts_ms"]
+            )
+        if steps:
+            self.start_ms = min(self.start_ms, *(e["start_ms"] for e in steps))
 
     def document(
         self, status: str, summary: dict[str, Any] | None, termination_ms: float | None

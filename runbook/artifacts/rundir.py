@@ -3,7 +3,8 @@ small files a run leaves in it for whoever started it.
 
     python -m runbook.artifacts.rundir --artifacts artifacts --scenario inflight --mode ordered
 
-makes a new one and prints its path (the homelab playbook names its runs this way).
+makes a new one and prints its path (the homelab playbook names its runs this way);
+`--name verify-lb` makes `artifacts/<UTC stamp>-verify-lb/` the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ def utc_stamp() -> str:
 
 
 def new_run_dir(artifacts: Path, scenario: str, mode: str) -> Path:
+    return new_stamped_dir(artifacts, f"{scenario}-{mode}")
+
+
+def new_stamped_dir(artifacts: Path, name: str) -> Path:
+    """`artifacts/<UTC stamp>-<name>[-N]/`, made now, never one that exists."""
     artifacts.mkdir(parents=True, exist_ok=True)
     stamp = utc_stamp()
     for n in range(1, 100):
         suffix = "" if n == 1 else f"-{n}"
-        path = artifacts / f"{stamp}-{scenario}-{mode}{suffix}"
+        path = artifacts / f"{stamp}-{name}{suffix}"
         try:
             path.mkdir()  # never reuse: artifacts are never overwritten
             return path
@@ -65,10 +71,17 @@ def read_result(path: Path) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="make a new run directory, print its path")
     parser.add_argument("--artifacts", type=Path, required=True)
-    parser.add_argument("--scenario", required=True)
-    parser.add_argument("--mode", required=True)
+    parser.add_argument("--scenario")
+    parser.add_argument("--mode")
+    # another stamped folder: verify.yml keeps the LB's files it read in one
+    parser.add_argument("--name", help="a folder <stamp>-<name> instead of a run's")
     args = parser.parse_args(argv)
-    print(new_run_dir(args.artifacts, args.scenario, args.mode))
+    if args.name:
+        print(new_stamped_dir(args.artifacts, args.name))
+    elif args.scenario and args.mode:
+        print(new_run_dir(args.artifacts, args.scenario, args.mode))
+    else:
+        parser.error("give --scenario and --mode (a run directory) or --name")
     return 0
 
 

@@ -544,7 +544,7 @@ def main() -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
     parser.add_argument("--first-lab-index", type=int, default=1)
-    parser.add_argument("--artifacts", type=Path, help="default: the inventory's (artifacts/)")
+    parser.add_argument("--artifacts", help="default: the inventory's (artifacts/)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
     )
@@ -574,6 +574,8 @@ def main() -> int:
             raise ValueError("--modes names no mode")
         if not scenarios:
             raise ValueError("--scenarios names no scenario")
+        if args.artifacts == "":
+            raise ValueError("--artifacts is empty: name a folder (default: artifacts/)")
         if not 1 <= args.repeats <= 20:
             raise ValueError(f"--repeats {args.repeats} must be 1..20")
         for mode in modes:
@@ -617,7 +619,7 @@ def main() -> int:
                 {
                     "profile": args.profile,
                     "repeats": args.repeats,
-                    "artifacts": args.artifacts.resolve() if args.artifacts else None,
+                    "artifacts": Path(args.artifacts).resolve() if args.artifacts else None,
                     "timing_overrides": overrides,
                 },
                 stopped_by,

@@ -58,6 +58,7 @@ def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
 
 
 async def run(args: argparse.Namespace) -> None:
+    started_ms = now_ms()
     config.load_kube_config(context=args.context)
     core, discovery = client.CoreV1Api(), client.DiscoveryV1Api()
     run_plan = plan_for(args)
@@ -114,18 +115,29 @@ async def run(args: argparse.Namespace) -> None:
     )
     recorder = Recorder(run_dir / RAW_REQUESTS)
     driver = LoadDriver(args.url, args.ca, recorder, scenario)
+    experiment = collected.log("experiment")
+
+    def step(name: str, start_ms: float, output: Any = None) -> float:
+        """A journal step (finalize, another process, replays it); the next one's start."""
+        end = now_ms()
+        experiment.emit("experiment", "step", end, name=name, start_ms=start_ms, output=output)
+        return end
+
+    started = step("start-collectors", started_ms, {"victim": victim.metadata.name})
     try:
         load = asyncio.create_task(driver.run())
         await asyncio.sleep(scenario.warmup_s + scenario.lead_s)
+        started = step("start-load", started)
         term = Termination(now_ms(), victim.metadata.name, victim.spec.node_name, args.lb)
         recorder.termination_ms = term.ms
-        collected.log("experiment").emit(
+        experiment.emit(
             "experiment", "termination_issued", ts_ms=term.ms, pod=term.pod, node=term.node
         )
         write_termination(run_dir, term)
         await asyncio.to_thread(
             core.delete_namespaced_pod, victim.metadata.name, args.namespace
         )  # graceful: the pod's own terminationGracePeriodSeconds
+        started = step("terminate-gateway-pod", started, {"pod": victim.metadata.name})
         grace = float(run_plan.budget["gateway_grace_s"])
         deadline = time.monotonic() + grace + 30
         while time.monotonic() < deadline:
@@ -137,12 +149,14 @@ async def run(args: argparse.Namespace) -> None:
             if victim.metadata.name not in names:
                 break
             await asyncio.sleep(1)
+        started = step("wait-for-pod-gone", started)
         await asyncio.sleep(scenario.tail_s)
         driver.stop()
         await load
-        # the last requests' lines are still on their way: Envoy writes its access log
-        # once a second (its file flush interval) and the log streams lag behind it
+        # the last requests' lines are still on their way: Envoy's access-log buffer
+        # (registry.ENVOY_ACCESS_LOG_FLUSH_MS) and the log streams behind it
         await asyncio.sleep(LOG_SETTLE_S)
+        step("finish-load", started, {"requests": len(recorder.records)})
     finally:
         stop.set()
         gauge.cancel()
