@@ -7,6 +7,7 @@ import itertools
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ from runbook.load.driver import (
     long_starts,
     new_session,
 )
-from runbook.model.plan import LoadShape
+from runbook.model.plan import plan
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -199,15 +200,8 @@ def test_steady_starts_each_long_class_in_back_to_back_pairs(tmp_path) -> None:
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        shape = LoadShape(
-            long_s=1,
-            scenario="steady",
-            short_rate_per_s=8.0,
-            pooled_rate_per_s=8.0,
-            long_rate_per_s=1.0,
-            long_together=2,
-            ws_interval_ms=250,
-        )
+        # the steady scenario's own shape, its long requests 1 s
+        shape = replace(plan("quick", "ordered", "steady").load, long_s=1)
         driver = LoadDriver(f"http://127.0.0.1:{port}", None, Recorder(tmp_path / "r.jsonl"), shape)
         task = asyncio.create_task(driver.run())
         await asyncio.sleep(4.6)
@@ -226,13 +220,10 @@ def test_steady_starts_each_long_class_in_back_to_back_pairs(tmp_path) -> None:
 
 
 def test_long_groups_start_midway_between_short_requests_and_apart() -> None:
-    shape = LoadShape(
-        long_s=5, scenario="steady", short_rate_per_s=8.0, pooled_rate_per_s=8.0,
-        long_rate_per_s=1.0, long_together=2,
-    )  # fmt: skip
+    shape = plan("quick", "ordered", "steady").load
     starts = long_starts(shape)
     assert list(starts) == ["sleep", "stream", "ws"]
-    gap = 1 / 8
+    gap = 1 / max(shape.short_rate_per_s, shape.pooled_rate_per_s)
     for t in starts.values():  # short requests start at multiples of `gap`
         assert abs(t / gap - round(t / gap)) == pytest.approx(0.5)
     times = sorted(starts.values())
