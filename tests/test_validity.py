@@ -135,3 +135,34 @@ def test_a_failure_without_a_cause_rule_is_not_counted_as_the_orders() -> None:
 def test_a_failure_known_only_by_its_gateway_pod_is_the_victims() -> None:
     # no HAProxy line (missing hop), but the victim's Envoy served it
     assert validity(STEADY, [failure(3.0, node=None, pod="gw-worker1")], TERM).valid
+
+
+def test_the_lb_s_own_node_out_by_the_victim_s_hc_is_the_termination_s() -> None:
+    """Seen on onebox (ordered): HAProxy on worker1 checks worker1's NodePort, kube-proxy
+    sends that check to any ready hc, and in the instant before it drops the terminating
+    endpoint the victim's hc answered 404: worker1 NOLB at +0.19 s, and with worker2
+    NOLB too, 6 requests found no server. The termination did that, not a starved lab; a
+    timeout on the same server is still the lab's."""
+    term = {"ms": T, "pod": "gw-worker2", "node": "worker2", "lb": "worker1"}
+
+    def on_worker1(e: dict) -> dict:
+        return e | {"lb": "worker1"}
+
+    base = [on_worker1(e) for e in STEADY[:4]]
+    answered = {
+        "ts_ms": T + 180,
+        "source": "haproxy",
+        "lb": "worker1",
+        "kind": "health_check_log",
+        "line": "Health check for server igw_nodeports/worker1 conditionally succeeded, "
+        "reason: Layer7 check conditionally passed, code: 404, check duration: 0ms",
+    }
+    events = [*base, answered, on_worker1(state(190, "worker1", "NOLB"))]
+    failed = [failure(0.3, rule="lb_no_server", node="<NOSRV>", pod=None, error="http_503")] * 6
+    v = validity(events, failed, term)
+    assert v.valid, v.reasons
+    assert len(v.notes) == 1 and "the LB's own node" in v.notes[0], v.notes
+    assert "6 requests found no server" in v.notes[0]
+    starved = [*base, on_worker1(check_failed(180, "worker1", "Layer7 timeout")), on_worker1(
+        state(190, "worker1", "DOWN"))]  # fmt: skip
+    assert not validity(starved, failed, term).valid

@@ -170,6 +170,7 @@ def summarize(
         # whether the run measured the order at all (runbook.analysis.validity)
         "valid": run_validity.valid,
         "invalid_reasons": run_validity.reasons,
+        "validity_notes": run_validity.notes,
         "servers_out": [
             {"server": o.server, "status": o.status, "at_s": _offset_s(o.ts_ms, t), "why": o.why}
             for o in run_validity.servers_out

@@ -22,7 +22,9 @@ from typing import Any
 
 #: A server state HAProxy takes a server out of rotation with (`UP 1/2` is still UP).
 OUT_STATES = ("DOWN", "NOLB", "MAINT", "DRAIN", "STOPPED")
-_CHECK_WHY = re.compile(r"reason: ([^,]+(?:, check duration: \d+ms)?)")
+_CHECK_WHY = re.compile(
+    r'reason: ([^,]+(?:, code: \d+)?(?:, info: "[^"]*")?(?:, check duration: \d+ms)?)'
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,16 @@ class Validity:
     #: each false DOWN (a server the run did not terminate leaving UP): what the
     #: benchmarks count against how many labs ran at once
     servers_out: list[ServerOut] = field(default_factory=list)
+    #: what took a server out that was the termination's all the same (own_node_out)
+    notes: list[str] = field(default_factory=list)
+
+
+def own_node_out(out: ServerOut, lb: str, t_ms: float) -> bool:
+    """The LB's own node's server, out after the termination by a check some hc answered
+    (a 404 or a 5xx, not a timeout): HAProxy runs on that node, and kube-proxy sends a
+    node's own traffic to its NodePort to any ready endpoint, the terminating gateway's
+    hc included until it drops the endpoint. The termination did it, in that topology."""
+    return out.server == lb and out.ts_ms >= t_ms and "code:" in (out.why or "")
 
 
 def _offset(ts_ms: float, t_ms: float) -> str:
@@ -79,7 +91,7 @@ def servers_out(
             for c in ours
             if c.get("kind") == "health_check_log"
             and f"/{server} " in str(c.get("line", ""))
-            and "failed" in str(c.get("line", ""))
+            and any(w in str(c.get("line", "")) for w in ("failed", "conditionally"))
             and c["ts_ms"] <= e["ts_ms"]
         ]
         why = None
@@ -98,9 +110,20 @@ def validity(
     """`failed`: the summary's failed requests (at_s from the termination, rule,
     served_by); `term`: the termination (ms, pod, node, lb)."""
     t, node, pod = term["ms"], term["node"], term["pod"]
-    reasons = []
+    reasons, notes = [], []
     out_of_rotation = servers_out(events, term["lb"], node, t)
-    for out in out_of_rotation:
+    own = [o for o in out_of_rotation if own_node_out(o, term["lb"], t)]
+    for out in own:
+        no_server = [
+            f for f in failed if f.get("rule") == "lb_no_server" and f.get("at_s") is not None
+        ]
+        notes.append(
+            f"{out.server} (the LB's own node) marked {out.status} at {_offset(out.ts_ms, t)} "
+            f"by its check ({out.why}): that check reaches any ready gateway's hc through "
+            "kube-proxy, the terminating one's included until kube-proxy drops it; the "
+            f"termination did it, in this topology; {len(no_server)} requests found no server"
+        )
+    for out in (o for o in out_of_rotation if o not in own):
         on_it = [f for f in failed if (f.get("served_by") or {}).get("lb_server") == out.server]
         no_server = [f for f in failed if f.get("rule") == "lb_no_server"]
         by = f" by a failed check ({out.why})" if out.why else ""
@@ -127,7 +150,9 @@ def validity(
     elsewhere = [
         f
         for f in after
-        if f not in unexplained and not _served_by_victim(f.get("served_by") or {}, node, pod)
+        if f not in unexplained
+        and not _served_by_victim(f.get("served_by") or {}, node, pod)
+        and not (own and f.get("rule") == "lb_no_server")
     ]
     if elsewhere:
         where = Counter(_node_or_none(f.get("served_by") or {}) for f in elsewhere)
@@ -135,7 +160,7 @@ def validity(
             f"{len(elsewhere)} failures were not on the terminating gateway "
             f"({_counts(where)}; {_counts(Counter(str(f.get('rule')) for f in elsewhere))})"
         )
-    return Validity(not reasons, reasons, out_of_rotation)
+    return Validity(not reasons, reasons, out_of_rotation, notes)
 
 
 def _node_or_none(served: dict[str, Any]) -> str:
