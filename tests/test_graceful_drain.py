@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 
 import pytest
@@ -22,7 +27,9 @@ def run_drain(
     started = time.monotonic()
     result = subprocess.run(
         ["/bin/sh", str(DRAIN_SCRIPT)],
-        env={"PATH": os.environ["PATH"], "LOG_MIRROR": "", **env},
+        # a 1 s curl limit unless a test sets one: loopback peers answer in
+        # milliseconds, and the script refuses a DRAIN_TIMEOUT its first curls could use up
+        env={"PATH": os.environ["PATH"], "LOG_MIRROR": "", "CURL_MAX_TIME": "1", **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -200,7 +207,9 @@ def test_the_script_accepts_exactly_the_models_range(
     base = {
         "HC_URL": f"http://127.0.0.1:{free_port()}",
         "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
-        "DRAIN_TIMEOUT": "1",
+        # long enough for any CURL_MAX_TIME (the script refuses a DRAIN_TIMEOUT its
+        # two first curls could use up); the script is stopped after its first line
+        "DRAIN_TIMEOUT": "3600",
         "POLL_INTERVAL": "1",
         "LB_BUFFER": "0",
         "CURL_MAX_TIME": "1",
@@ -234,12 +243,147 @@ def test_log_lines_are_mirrored_when_the_target_is_writable(procs: Procs, tmp_pa
         {
             "HC_URL": hc.url,
             "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
-            "DRAIN_TIMEOUT": "1",
+            "DRAIN_TIMEOUT": "3",
             "POLL_INTERVAL": "0.2",
             "LB_BUFFER": "0",
+            "CURL_MAX_TIME": "1",
             "LOG_MIRROR": str(mirror),
         }
     )
     mirrored = mirror.read_text().splitlines()
     assert mirrored == result.stdout.splitlines() and len(mirrored) >= 5
     assert all(line.startswith("ts=") and "app=graceful-drain" in line for line in mirrored)
+
+
+@contextlib.contextmanager
+def admin_answering(body: str) -> Iterator[str]:
+    """An HTTP server on loopback answering every GET 200 with `body`: whatever may sit
+    at ENVOY_ADMIN's address. Yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def peer_that_never_answers() -> Iterator[str]:
+    """A listening socket that accepts (the kernel's backlog) and never answers: a hung
+    hc or Envoy admin. Yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "something: 0\n",
+        # the right stat's name inside another, and the listener's stat beside it
+        "xhttp.outbound_0.0.0.0_8080;.downstream_rq_active: 0\n"
+        "http.outbound_0.0.0.0_8080;.downstream_rq_active_total: 0\n",
+    ],
+)
+def test_only_the_named_stat_counts_anything_else_is_unknown(procs: Procs, body: str) -> None:
+    """An admin address answering 200 with lines that are not the filter's stat: the
+    count is unknown, never zero, so the LB check is not failed early."""
+    hc = procs.hc()
+    with admin_answering(body) as admin:
+        result, _ = run_drain(
+            {
+                "HC_URL": hc.url,
+                "ENVOY_ADMIN": admin,
+                "GATEWAY_PORT": "8080",
+                "DRAIN_TIMEOUT": "3",
+                "POLL_INTERVAL": "0.5",
+                "LB_BUFFER": "0",
+                "CURL_MAX_TIME": "1",
+            }
+        )
+    assert "msg=active_unknown" in result.stdout and "active=0" not in result.stdout
+    assert "msg=drain_timeout_exceeded" in result.stdout
+    t = transitions(hc)
+    assert t["CLOSING"] - t["DRAINING"] >= 2.5, t  # the LB flip waited for the deadline
+
+
+def test_the_named_stat_is_read_even_from_a_body_with_other_lines(procs: Procs) -> None:
+    """The exact stat among others: its value is the count."""
+    hc = procs.hc()
+    body = (
+        "http.admin.downstream_rq_active: 1\nhttp.outbound_0.0.0.0_8080;.downstream_rq_active: 0\n"
+    )
+    with admin_answering(body) as admin:
+        result, took = run_drain(
+            {
+                "HC_URL": hc.url,
+                "ENVOY_ADMIN": admin,
+                "GATEWAY_PORT": "8080",
+                "DRAIN_TIMEOUT": "10",
+                "POLL_INTERVAL": "0.5",
+                "LB_BUFFER": "0",
+                "CURL_MAX_TIME": "1",
+            }
+        )
+    assert "msg=poll active=0" in result.stdout and "msg=drained" in result.stdout
+    assert took < 3, took
+
+
+@pytest.mark.parametrize(
+    ("settings", "allowed"),
+    [
+        # hc and admin hanging, these took 13.1 s against the documented 8.5 s
+        ({"DRAIN_TIMEOUT": "6", "CURL_MAX_TIME": "3"}, "more than 2 x CURL_MAX_TIME (6 s)"),
+        (
+            {"DRAIN_TIMEOUT": "7", "CURL_MAX_TIME": "3", "DRAIN_ORDER": "lb-first"},
+            "more than NOLB_WAIT + 2 x CURL_MAX_TIME (6 + 1.5 s)",
+        ),
+    ],
+)
+def test_a_drain_timeout_the_first_curls_can_use_up_is_refused(
+    procs: Procs, settings: dict[str, str], allowed: str
+) -> None:
+    hc = procs.hc()
+    result, _ = run_drain({"HC_URL": hc.url, "NOLB_WAIT": "1.5", **settings})
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stdout.splitlines()
+    value = settings["DRAIN_TIMEOUT"]
+    assert f'var=DRAIN_TIMEOUT value="{value}" allowed="{allowed}, or the poll' in line, line
+    assert json.loads(http("GET", hc.url + "/drain/status")[2])["state"] == "OPEN"
+
+
+@pytest.mark.parametrize("order", ["drain-first", "lb-first"])
+def test_hung_hc_and_admin_end_within_the_documented_worst_case(order: str) -> None:
+    """Every curl runs to CURL_MAX_TIME: the script still ends within DRAIN_TIMEOUT +
+    POLL_INTERVAL + LB_BUFFER + 2 x CURL_MAX_TIME, as its header and the model say."""
+    settings = {
+        "DRAIN_TIMEOUT": "4",
+        "POLL_INTERVAL": "0.5",
+        "LB_BUFFER": "1",
+        "CURL_MAX_TIME": "1",
+        "NOLB_WAIT": "0.5",
+        "DRAIN_ORDER": order,
+    }
+    worst = 4 + 0.5 + 1 + 2 * 1
+    with peer_that_never_answers() as hc, peer_that_never_answers() as admin:
+        result, took = run_drain({"HC_URL": hc, "ENVOY_ADMIN": admin, **settings})
+    assert result.returncode == 0, result.stdout
+    assert "msg=drain_timeout_exceeded" in result.stdout
+    assert result.stdout.count("msg=curl_failed rc=28") >= 3, result.stdout  # timeouts
+    # 0.5 s for the shell, date and curl's own start on a loaded machine
+    assert took <= worst + 0.5, (took, worst)

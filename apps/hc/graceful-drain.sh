@@ -88,7 +88,7 @@ require_seconds() {
         bad_setting "$1" "$2" "seconds $3..$4, e.g. 2 or 0.5"
     fi
 }
-require_whole DRAIN_TIMEOUT "$DRAIN_TIMEOUT" 1 3600
+require_whole DRAIN_TIMEOUT "$DRAIN_TIMEOUT" 3 3600
 require_seconds POLL_INTERVAL "$POLL_INTERVAL" 0.1 60
 require_whole LB_BUFFER "$LB_BUFFER" 0 600
 # 0 would mean "no limit" to curl: a hung hc or admin would hold the preStop to SIGKILL
@@ -99,6 +99,21 @@ case "$DRAIN_ORDER" in
     *) bad_setting DRAIN_ORDER "$DRAIN_ORDER" "drain-first or lb-first" ;;
 esac
 require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
+# The worst case below holds only if steps 1-2 (two curls, and NOLB_WAIT in lb-first)
+# end inside DRAIN_TIMEOUT, which counts from the start: past it the poll never runs
+# and close-lb and close still take a curl each. The timing model's
+# drain_timeout_leaves_a_poll_after_nolb_wait refuses the same.
+before_poll="$((2 * CURL_MAX_TIME))"
+before_poll_what="2 x CURL_MAX_TIME"
+if [ "$DRAIN_ORDER" = lb-first ]; then
+    before_poll="$before_poll + $NOLB_WAIT"
+    before_poll_what="NOLB_WAIT + $before_poll_what"
+fi
+if ! awk -v d="$DRAIN_TIMEOUT" -v c="$CURL_MAX_TIME" -v w="$NOLB_WAIT" -v o="$DRAIN_ORDER" \
+    'BEGIN { exit !(d + 0 > 2 * c + (o == "lb-first" ? w : 0)) }'; then
+    bad_setting DRAIN_TIMEOUT "$DRAIN_TIMEOUT" \
+        "more than $before_poll_what ($before_poll s), or the poll never runs"
+fi
 
 # one clock, in milliseconds: a deadline in whole seconds would end the poll up to
 # 1 s early; the logged `elapsed` stays in whole seconds
@@ -121,12 +136,14 @@ do_curl() {
 }
 
 # read_active MAX_TIME: print the summed data-plane gauge; fail when it is unknown
-# (admin unreachable, or no stat matched the filter).
+# (admin unreachable, or no line names a stat the filter matches). Envoy applies the
+# filter, but whatever answers on ENVOY_ADMIN may not: a line counts only when its
+# name matches the filter itself (ENVIRON, not -v: awk would eat the regex's escapes).
 read_active() {
     stats=$(curl -sf -m "$1" -G --data-urlencode "filter=${ACTIVE_STATS_FILTER}" \
         "${ENVOY_ADMIN}/stats" 2>/dev/null) || return 1
-    printf '%s\n' "$stats" | awk -F': ' '
-        NF == 2 && $2 ~ /^[0-9]+$/ { n++; sum += $2 }
+    printf '%s\n' "$stats" | STAT_NAME_RE="$ACTIVE_STATS_FILTER" awk -F': ' '
+        NF == 2 && $1 ~ ENVIRON["STAT_NAME_RE"] && $2 ~ /^[0-9]+$/ { n++; sum += $2 }
         END { if (n == 0) exit 1; print sum }'
 }
 

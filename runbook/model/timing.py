@@ -132,7 +132,9 @@ MAY_BE_ZERO = {
 #: model input -> (the script's variable, lowest, highest). An input outside is refused
 #: here too, so a rendered preStop never carries a value its script would refuse.
 DRAIN_SCRIPT_LIMITS: dict[str, tuple[str, float, float]] = {
-    "drain_timeout_s": ("DRAIN_TIMEOUT", 1, 3600),
+    # at least 3: with CURL_MAX_TIME at least 1, the script's two first curls could use
+    # up any less (it refuses DRAIN_TIMEOUT <= 2 x CURL_MAX_TIME, + NOLB_WAIT in lb-first)
+    "drain_timeout_s": ("DRAIN_TIMEOUT", 3, 3600),
     "poll_interval_s": ("POLL_INTERVAL", 0.1, 60),
     "lb_buffer_s": ("LB_BUFFER", 0, 600),
     "curl_max_time_s": ("CURL_MAX_TIME", 1, 60),
