@@ -40,6 +40,12 @@ def test_timing_overrides_are_checked_by_the_model() -> None:
         (["--labs-at-once=0"], "--labs-at-once 0 must be 1..2 (the labs asked)"),
         (["--labs-at-once=3"], "--labs-at-once 3 must be 1..2"),
         (["--timing-overrides", '{"bogus": 1}'], "unknown timing input 'bogus'"),
+        (
+            ["--timing-overrides", '{"vs_timeout_s": 3000000}'],
+            "haproxy_timeout_server_s 3000002 (from longest_request_s=30, "
+            "backend_grace_margin_s=2, vs_timeout_s=3000000, haproxy_timeout_server_margin_s=2) "
+            "is outside what HAProxy's `timeout server`",
+        ),
         (["--repeats=0"], "--repeats 0 must be 1..20"),
         (["--modes=seed"], "seed"),
     ],

@@ -306,6 +306,12 @@ def test_a_broken_budget_stops_before_anything_is_written(tmp_path: Path) -> Non
         ({"manifests_modes": ["current", "fastest"]}, "fastest"),
         ({"timing_overrides": {"lb_buffer_s": "ten"}}, "lb_buffer_s"),
         ({"timing_overrides": {"lb_bufer_s": 10}}, "lb_bufer_s"),
+        # once: rendered, then HAProxy's "timer overflow" at its start
+        (
+            {"timing_overrides": {"longest_request_s": 100000000}},
+            "(from longest_request_s=100000000) is outside what the backend's "
+            "SHUTDOWN_TIMEOUT accepts, 0..86400 s: lower longest_request_s",
+        ),
     ],
 )
 def test_bad_input_is_refused_naming_the_value(

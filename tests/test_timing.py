@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+from pathlib import Path
+
 import pytest
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, run_app
 from runbook.model import timing
 
 
@@ -139,3 +143,73 @@ def test_the_timing_role_accepts_every_input_the_model_knows() -> None:
     options = spec["argument_specs"]["main"]["options"]["timing_overrides"]["options"]
     for profile in timing.PROFILES:
         assert set(options) == {*timing.profile_inputs(profile), *timing.OVERRIDABLE}, profile
+
+
+def _just_outside(key: str, low: float, high: float) -> list[float]:
+    """The values just beyond each edge a reader accepts (below only if the model
+    would take it otherwise: > 0, and whole where it must be)."""
+    whole = key in timing.WHOLE or high >= 2**31 - 1
+    out = [math.floor(high) + 1 if whole else high + 0.001]
+    step = 1 if whole else 0.001
+    if low - step / 2 > 0 and key not in timing.WHOLE:
+        out.append(low / 2)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (key, value)
+        for key, (_, low, high, _) in timing.CONSUMER_LIMITS.items()
+        for value in _just_outside(key, low, high)
+    ],
+)
+def test_a_number_its_reader_refuses_is_refused_by_the_model(key: str, value: float) -> None:
+    with pytest.raises(timing.TimingInputError, match=f"timing input {key}=.* is outside what"):
+        timing.derive("quick", {key: value})
+
+
+def test_a_derived_number_beyond_its_reader_names_the_inputs() -> None:
+    """The issue's case: rendered, a key and certificate made, then HAProxy's "timer
+    overflow"; now refused by the model, naming the input."""
+    with pytest.raises(timing.TimingInputError) as refused:
+        timing.derive("seed", {"longest_request_s": 100_000_000})
+    assert str(refused.value) == (
+        "backend_shutdown_timeout_s 100000000 (from longest_request_s=100000000) is outside "
+        "what the backend's SHUTDOWN_TIMEOUT accepts, 0..86400 s: lower longest_request_s"
+    )
+    # the largest the backend takes passes, with HAProxy's timers well within theirs
+    assert timing.derive("seed", {"longest_request_s": 86_400}).haproxy_timeout_server_s == 86_410
+
+
+def _haproxy_check(tmp_path: Path, timeout_server: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n"
+        f"    timeout server {timeout_server}\n"
+        "frontend f\n    bind 127.0.0.1:1\n    default_backend b\n"
+        "backend b\n    server s 127.0.0.1:2\n"
+    )
+    return subprocess.run(
+        ["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=20
+    )
+
+
+def test_the_haproxy_limit_is_haproxys_own(tmp_path: Path) -> None:
+    """The real HAProxy takes the model's largest timer as rendered, and not 1 ms more."""
+    _, _, high, _ = timing.CONSUMER_LIMITS["haproxy_timeout_server_s"]
+    assert _haproxy_check(tmp_path, timing.haproxy_duration(high)).returncode == 0
+    over = _haproxy_check(tmp_path, timing.haproxy_duration(high + 0.001))
+    assert over.returncode != 0 and "timer overflow" in over.stderr
+
+
+@pytest.mark.parametrize(("value", "taken"), [(86_400, True), (86_401, False)])
+def test_the_backend_limit_is_the_backends_own(value: int, taken: bool) -> None:
+    """The backend refuses a SHUTDOWN_TIMEOUT beyond the model's limit at start-up."""
+    _, _, high, _ = timing.CONSUMER_LIMITS["backend_shutdown_timeout_s"]
+    assert high == 86_400
+    # an address that cannot resolve: a backend that took SHUTDOWN_TIMEOUT stops there
+    result = run_app("backend", {"SHUTDOWN_TIMEOUT": str(value), "BIND_HOST": "256.0.0.1"})
+    assert result.returncode != 0
+    refused = f"backend: SHUTDOWN_TIMEOUT='{value}' must be an integer 0..86400" in result.stderr
+    assert refused is not taken, result.stderr[-2000:]

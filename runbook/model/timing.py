@@ -142,6 +142,58 @@ DRAIN_SCRIPT_LIMITS: dict[str, tuple[str, float, float]] = {
 }
 
 
+#: HAProxy's largest timer: 2^31 - 1 ms (beyond it: "timer overflow"). Its times are
+#: rendered in milliseconds, so under 1 ms would be 0.
+HAPROXY_TIMER_S = (0.001, (2**31 - 1) / 1000, "s")
+#: Kubernetes' int32 fields: probe periods (seconds) and failure thresholds.
+KUBERNETES_PERIOD_S = (1, 2**31 - 1, "s")
+KUBERNETES_COUNT = (1, 2**31 - 1, "")
+
+#: What the programs that read a number accept (the model refuses the rest before
+#: anything is rendered or started): a Budget field or input -> (who reads it, as what;
+#: lowest; highest; unit). Derived fields come first, in DERIVED_FROM.
+CONSUMER_LIMITS: dict[str, tuple[str, float, float, str]] = {
+    # apps/backend/__main__.py reads SHUTDOWN_TIMEOUT as whole seconds 0..86400 and
+    # refuses to start beyond: its pods would crash-loop
+    "backend_shutdown_timeout_s": ("the backend's SHUTDOWN_TIMEOUT", 0, 86_400, "s"),
+    "haproxy_timeout_server_s": (
+        "HAProxy's `timeout server`, `client` and `tunnel`",
+        *HAPROXY_TIMER_S,
+    ),
+    "haproxy_inter_s": ("HAProxy's check `inter`", *HAPROXY_TIMER_S),
+    "haproxy_check_timeout_s": ("HAProxy's `timeout check`", *HAPROXY_TIMER_S),
+    "envoy_readiness_period_s": ("istio-proxy's readiness periodSeconds", *KUBERNETES_PERIOD_S),
+    "envoy_readiness_failure_threshold": (
+        "istio-proxy's readiness failureThreshold",
+        *KUBERNETES_COUNT,
+    ),
+    "hc_readiness_period_s": ("hc's readiness periodSeconds", *KUBERNETES_PERIOD_S),
+    "hc_readiness_failure_threshold": ("hc's readiness failureThreshold", *KUBERNETES_COUNT),
+    "hc_liveness_period_s": ("hc's liveness periodSeconds", *KUBERNETES_PERIOD_S),
+    "hc_liveness_failure_threshold": ("hc's liveness failureThreshold", *KUBERNETES_COUNT),
+    "backend_readiness_period_s": (
+        "the backend's readiness periodSeconds",
+        *KUBERNETES_PERIOD_S,
+    ),
+    "backend_readiness_failure_threshold": (
+        "the backend's readiness failureThreshold",
+        *KUBERNETES_COUNT,
+    ),
+}
+
+#: The inputs a derived field comes from when it is not pinned (named in the refusal).
+DERIVED_FROM: dict[str, tuple[str, ...]] = {
+    "backend_shutdown_timeout_s": ("longest_request_s",),
+    "haproxy_timeout_server_s": (
+        "longest_request_s",
+        "backend_grace_margin_s",
+        "backend_grace_s",
+        "vs_timeout_s",
+        "haproxy_timeout_server_margin_s",
+    ),
+}
+
+
 class TimingInputError(ValueError):
     """An input that is unknown, missing, or not a number of the right kind."""
 
@@ -224,7 +276,7 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
     # disable-on-404 acts on the first 404 (a conditional pass, no `fall` count; checked
     # against HAProxy 2.6): at worst the next check, an interval away, plus its timeout
     lb_soft_detect_worst = i["haproxy_inter_s"] + i["haproxy_check_timeout_s"]
-    return Budget(
+    budget = Budget(
         profile=profile,
         inputs=i,
         backend_grace_s=backend_grace,
@@ -240,6 +292,35 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
         lb_soft_detect_worst_s=lb_soft_detect_worst,
         poll_end_worst_s=poll_end,
     )
+    _within_consumers(budget, pinned)
+    return budget
+
+
+def _within_consumers(b: Budget, pinned: Mapping[str, float]) -> None:
+    """Refuse a number its reader would refuse, naming the inputs it comes from, before
+    anything is written (HAProxy's "timer overflow", a backend that will not start)."""
+    for key, (reader, low, high, unit) in CONSUMER_LIMITS.items():
+        value = b.inputs[key] if key in b.inputs else getattr(b, key)
+        if low <= value <= high:
+            continue
+        if key in b.inputs or key in pinned:
+            names = [key]
+            what = f"timing input {key}={_plain(value)}"
+        else:
+            given = {**b.inputs, **pinned}
+            names = [k for k in DERIVED_FROM[key] if k in given]
+            sources = ", ".join(f"{k}={_plain(given[k])}" for k in names)
+            what = f"{key} {_plain(value)} (from {sources})"
+        verb = "lower" if value > high else "raise"
+        raise TimingInputError(
+            f"{what} is outside what {reader} accepts, {_plain(low)}..{_plain(high)}"
+            f"{' ' + unit if unit else ''}: {verb} {' or '.join(names)}"
+        )
+
+
+def _plain(x: float) -> str:
+    """A number as a person writes it: 86400, 0.5, 2147483.647 (no exponent)."""
+    return str(int(x)) if x == int(x) else f"{x:.6f}".rstrip("0").rstrip(".")
 
 
 def check(b: Budget) -> list[Violation]:
