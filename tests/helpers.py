@@ -24,6 +24,7 @@ import pytest
 from applog import parse_logfmt
 from runbook.localcluster.envoy_bootstrap import Upstream, envoy_args, gateway_bootstrap
 from runbook.localcluster.topology import Topology
+from runbook.model.registry import HAPROXY_BACKEND
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -283,3 +284,57 @@ def pixels_of(image: Any, colour: str, tolerance: float = 0.03) -> int:
     for channel in (1, 2):
         near &= abs(image[..., channel] - rgb[channel]) < tolerance
     return int(near.sum())
+
+
+def plain_haproxy_cfg(tmp: Path, lab: Topology) -> Path:
+    """A small HAProxy config in front of `lab`'s workers, plain HTTP on 18080 (the
+    runner tests that need no TLS), its admin socket at tmp/admin.sock, logs to 5514."""
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+    stats socket {tmp}/admin.sock mode 600 level admin
+    log {lab.haproxy_ip}:5514 local0
+defaults
+    mode http
+    log global
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout check 500ms
+frontend plain
+    bind {lab.haproxy_ip}:18080
+    default_backend {HAPROXY_BACKEND}
+backend {HAPROXY_BACKEND}
+    option httpchk
+    http-check send meth GET uri /health_check.html ver HTTP/1.1 hdr Host t
+    http-check expect status 200
+    option log-health-checks
+    default-server check port 30180 inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
+    server worker1 {lab.node_ip(1)}:30080
+    server worker2 {lab.node_ip(2)}:30080
+""")
+    return cfg
+
+
+def local_runner_argv(tmp: Path, topology: Topology, manifests: Path, artifacts: Path) -> list[str]:
+    """`python -m runbook.runners.local` on the lab `topology` behind plain_haproxy_cfg's
+    HAProxy."""
+    return [
+        sys.executable,
+        "-m",
+        "runbook.runners.local",
+        "--mode",
+        "current",
+        "--lab-index",
+        str(topology.index),
+        "--manifests",
+        str(manifests),
+        "--haproxy-socket",
+        str(tmp / "admin.sock"),
+        "--haproxy-url",
+        f"http://{topology.haproxy_ip}:18080",
+        "--syslog",
+        f"{topology.haproxy_ip}:5514",
+        "--artifacts",
+        str(artifacts),
+    ]

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,9 +22,9 @@ from runbook.artifacts.events import CollectedDir, merge, read_jsonl
 from runbook.collectors.podlogs import event_from_line
 from runbook.localcluster.cluster import LabCluster, Topology
 from runbook.localcluster.envoy_bootstrap import Upstream, gateway_bootstrap
-from runbook.localcluster.kubelet import Pod, program_for
+from runbook.localcluster.kubelet import Pod, bind_failure, program_for
 from runbook.localcluster.kubeproxy import local_endpoints
-from runbook.localcluster.manifests import ContainerSpec, Manifests, PodTemplate
+from runbook.localcluster.manifests import ContainerSpec, Manifests, PodTemplate, Probe
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,11 @@ def quick_manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_lab(
-    manifests: Path, mode_file: str, index: int, tmp_path: Path
+    manifests: Path,
+    mode_file: str,
+    index: int,
+    tmp_path: Path,
+    on_fault: Callable[[str], None] | None = None,
 ) -> AsyncIterator[LabCluster]:
     """A lab (not yet started) whose collected events end up merged in
     tmp_path/events.jsonl, as a run's do; stopped and closed after."""
@@ -49,7 +53,12 @@ async def running_lab(
             pods.write(found)
 
     cluster = LabCluster(
-        Topology(index), Manifests.load(manifests, mode_file), tmp_path / "lab", collected, on_line
+        Topology(index),
+        Manifests.load(manifests, mode_file),
+        tmp_path / "lab",
+        collected,
+        on_line,
+        on_fault=on_fault,
     )
     try:
         yield cluster
@@ -346,3 +355,114 @@ def test_leftover_pods_of_a_killed_runner_are_found_by_their_folder(tmp_path: Pa
         for p in (pod, bystander):
             p.kill()
             p.wait()
+
+
+async def answer_200(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Another lab's process on our address: it answers every request 200."""
+    with contextlib.suppress(OSError):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+    writer.close()
+
+
+def test_a_container_whose_address_is_taken_is_never_ready_and_fails_the_run(
+    quick_manifests: Path, tmp_path: Path
+) -> None:
+    """Another process listens on the pod's address and answers its readiness probe:
+    the container dies on `address already in use`. Once kubelet marked it ready all
+    the same (the probe's answer came from the other process) and the run went on; now
+    it stays not ready and the run's fault names the address and its holder."""
+    faults: list[str] = []
+    events_path = tmp_path / "events.jsonl"
+
+    async def scenario() -> tuple[bool, bool]:
+        async with running_lab(
+            quick_manifests, "20-igw-current.yaml", 193, tmp_path, faults.append
+        ) as cluster:
+            ip = cluster.topology.backend_pod_ip(9)
+            holder = await asyncio.start_server(answer_200, ip, 18099)
+            template = PodTemplate(
+                "taken",
+                {},
+                2.0,
+                [
+                    ContainerSpec(
+                        "app",
+                        "localhost/igw-backend:0",
+                        [{"name": "PORT", "value": "18099"}],
+                        # the first probe comes after the container has died
+                        Probe("/", 18099, 1.5, 1),
+                        None,
+                        None,
+                    )
+                ],
+                1,
+            )
+            pod = Pod(cluster.pod_environment("worker1"), template, "taken-1", "worker1", ip)
+            try:
+                await pod.start()
+                await asyncio.sleep(3.5)  # two probes, both answered by the holder
+                return pod.containers[0].running, pod.ready
+            finally:
+                await pod.kill()
+                holder.close()
+
+    running, ready = asyncio.run(scenario())
+    assert not running and not ready
+    ip = Topology(193).backend_pod_ip(9)
+    assert faults == [
+        f"taken-1/app cannot bind {ip}:18099: address already in use, held by pid "
+        f"{os.getpid()} ({faults[0].split(f'pid {os.getpid()} (', 1)[1]}"
+    ], faults
+    kinds = [e["kind"] for e in read_jsonl(events_path) if e.get("pod") == "taken-1"]
+    assert "bind_failed" in kinds and "readiness" not in kinds
+
+
+def test_a_nodeport_whose_address_is_taken_fails_the_run_once(
+    quick_manifests: Path, tmp_path: Path
+) -> None:
+    """kube-proxy's stand-in once retried a taken NodePort forever (3,177 errors in a
+    run); now the first failure stops the run, naming the address and the holder."""
+    faults: list[str] = []
+
+    async def scenario() -> None:
+        async with running_lab(
+            quick_manifests, "20-igw-current.yaml", 194, tmp_path, faults.append
+        ) as cluster:
+            node_port = next(iter(cluster.manifests.node_ports))
+            ip = cluster.topology.ip_of_node("worker1")
+            holder = await asyncio.start_server(answer_200, ip, node_port)
+            try:
+                await cluster.start()
+                await asyncio.sleep(1)
+            finally:
+                holder.close()
+
+    asyncio.run(scenario())
+    (fault,) = faults
+    assert fault.startswith(
+        f"kube-proxy on worker1 cannot bind {Topology(194).ip_of_node('worker1')}:"
+    )
+    assert f"address already in use, held by pid {os.getpid()} (" in fault
+
+
+@pytest.mark.parametrize(
+    ("tail", "found"),
+    [
+        (
+            "OSError: [Errno 98] error while attempting to bind on address "
+            "('127.31.1.10', 18180): address already in use\n",
+            ("127.31.1.10", 18180),
+        ),
+        (
+            "[warning][config] cannot bind '127.31.1.10:8080': Address already in use\n",
+            ("127.31.1.10", 8080),
+        ),
+        ("level=info msg=listening addr=127.31.1.10:8080\n", None),
+    ],
+)
+def test_bind_failure_reads_the_address_from_the_log(
+    tail: str, found: tuple[str, int] | None
+) -> None:
+    assert bind_failure(tail) == found

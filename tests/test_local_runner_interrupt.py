@@ -10,46 +10,22 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, as_a_terminal_job, render_manifests
+from helpers import (
+    ROOT,
+    as_a_terminal_job,
+    local_runner_argv,
+    plain_haproxy_cfg,
+    render_manifests,
+)
 from runbook.artifacts.events import read_jsonl
 from runbook.localcluster.topology import Topology
-from runbook.model.registry import HAPROXY_BACKEND
 
 LAB = Topology(185)
-
-
-def haproxy_cfg(tmp: Path) -> Path:
-    cfg = tmp / "haproxy.cfg"
-    cfg.write_text(f"""
-global
-    stats socket {tmp}/admin.sock mode 600 level admin
-    log {LAB.haproxy_ip}:5514 local0
-defaults
-    mode http
-    log global
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-    timeout check 500ms
-frontend plain
-    bind {LAB.haproxy_ip}:18080
-    default_backend {HAPROXY_BACKEND}
-backend {HAPROXY_BACKEND}
-    option httpchk
-    http-check send meth GET uri /health_check.html ver HTTP/1.1 hdr Host t
-    http-check expect status 200
-    option log-health-checks
-    default-server check port 30180 inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions
-    server worker1 {LAB.node_ip(1)}:30080
-    server worker2 {LAB.node_ip(2)}:30080
-""")
-    return cfg
 
 
 @pytest.mark.e2e
@@ -59,31 +35,13 @@ def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path)
     render = render_manifests(manifests, {"timing_profile": "quick"})
     assert render.returncode == 0, render.stdout
     haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(haproxy_cfg(tmp_path))],
+        ["haproxy", "-db", "-f", str(plain_haproxy_cfg(tmp_path, LAB))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     artifacts = tmp_path / "artifacts"
     run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runbook.runners.local",
-            "--mode",
-            "current",
-            "--lab-index",
-            "185",
-            "--manifests",
-            str(manifests),
-            "--haproxy-socket",
-            str(tmp_path / "admin.sock"),
-            "--haproxy-url",
-            f"http://{LAB.haproxy_ip}:18080",
-            "--syslog",
-            f"{LAB.haproxy_ip}:5514",
-            "--artifacts",
-            str(artifacts),
-        ],
+        local_runner_argv(tmp_path, LAB, manifests, artifacts),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -10,11 +10,14 @@ An event is `{"ts_ms", "source", "kind", ...fields}`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from .writes import WriteFailures, write_lines_new
 
 COLLECTED = "collected"
 
@@ -34,11 +37,13 @@ def event(source: str, kind: str, ts_ms: float | None = None, **fields: Any) -> 
 
 
 class EventLog:
-    """One collector's JSON-lines file."""
+    """One collector's JSON-lines file. A failed write goes to `failures` (the run
+    stops, runbook.artifacts.writes) and the file takes no more lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, failures: WriteFailures | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._failures = failures
         # "x": an artifact is never overwritten
         self._file: IO[str] = path.open("x", encoding="utf-8", buffering=1)
         # the homelab's log-stream threads share one file: one whole line at a time
@@ -50,24 +55,43 @@ class EventLog:
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, default=str) + "\n"
         with self._lock:
-            if not self._file.closed:
+            if self._file.closed:
+                return
+            try:
                 self._file.write(line)
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        # a cut last line is skipped by read_jsonl: what came before stays whole
+        with contextlib.suppress(OSError):
+            self._file.close()
+        if self._failures is None:
+            raise exc
+        self._failures.report(self.path, exc)
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._file.closed:
+                return
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._fail(exc)
 
 
 class CollectedDir:
     """`collected/<name>.jsonl` sinks of one run, opened on first use, closed together."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, failures: WriteFailures | None = None) -> None:
         self.path = run_dir / COLLECTED
+        #: where this run's writers report a failed write (None: they raise)
+        self.failures = failures
         self._logs: dict[str, EventLog] = {}
 
     def log(self, name: str) -> EventLog:
         if name not in self._logs:
-            self._logs[name] = EventLog(self.path / f"{name}.jsonl")
+            self._logs[name] = EventLog(self.path / f"{name}.jsonl", self.failures)
         return self._logs[name]
 
     def close(self) -> None:
@@ -97,7 +121,5 @@ def merge(run_dir: Path) -> int:
         if isinstance(e.get("ts_ms"), int | float)
     ]
     events.sort(key=lambda e: e["ts_ms"])
-    with (run_dir / "events.jsonl").open("x", encoding="utf-8") as f:
-        for e in events:
-            f.write(json.dumps(e) + "\n")
+    write_lines_new(run_dir / "events.jsonl", (json.dumps(e) + "\n" for e in events))
     return len(events)

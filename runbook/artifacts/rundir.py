@@ -50,11 +50,14 @@ def write_json(path: Path, doc: Any) -> None:
         f.write("\n")
 
 
-def write_result(path: Path, run_dir: Path, status: str) -> None:
-    """The run's result for its caller (`make experiment`): where, and how it ended.
-    Written when the run directory exists (`running`) and again when it ends; it lives
-    in the lab's scratch folder, not in artifacts."""
+def write_result(path: Path, run_dir: Path, status: str, reason: str | None = None) -> None:
+    """The run's result for its caller (`make experiment`): where, how it ended and, when
+    it failed for a reason it could name, why. Written when the run directory exists
+    (`running`) and again when it ends; it lives in the lab's scratch folder, not in
+    artifacts (which may be what failed)."""
     doc: dict[str, Any] = {"run_dir": str(run_dir), "status": status}
+    if reason is not None:
+        doc["reason"] = reason
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)

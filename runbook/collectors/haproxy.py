@@ -14,6 +14,7 @@ copies it to each worker and runs it next to that worker's HAProxy. It stops aft
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -139,6 +140,10 @@ class Collector:
                 self._emit(found[0], line=found[1])
 
 
+#: The exit code after a failed write of --out (its errno on stderr).
+WRITE_FAILED = 3
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", required=True, help="HAProxy's runtime API socket")
@@ -164,10 +169,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds {args.seconds} must be in (0, 86400], --interval in [0.01, 10]")
     with open(args.out, "x", buffering=1, encoding="utf-8") as out:
         lock = threading.Lock()
+        failed: list[OSError] = []
 
         def write(record: dict[str, Any]) -> None:
+            # a failed write (a full disk) ends the collector at once, saying so: what
+            # it wrote before stays whole, and its caller stops the run (exit code)
             with lock:
-                out.write(json.dumps(record) + "\n")
+                if failed:
+                    return
+                try:
+                    out.write(json.dumps(record) + "\n")
+                except OSError as exc:
+                    failed.append(exc)
+                    # closed now: its buffer's cut line would fail again at exit
+                    with contextlib.suppress(OSError):
+                        out.close()
+                    print(
+                        f"haproxy collector: cannot write {args.out}: errno={exc.errno} "
+                        f"{exc.strerror}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    collector.stop.set()
 
         collector = Collector(write, args.lb, args.backend)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         if receiver is not None:
             receiver.join(1)
             sock.close()
+        if failed:
+            return WRITE_FAILED
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import IO, Any
 import aiohttp
 
 from ..artifacts.events import now_ms
+from ..artifacts.writes import WriteFailures
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
 
@@ -121,19 +122,32 @@ def new_session(ca_file: str | None, timeout_s: float, pool_size: int = 0) -> ai
 
 
 class Recorder:
-    """requests.jsonl, line by line, flushed; never overwritten."""
+    """requests.raw.jsonl, line by line, flushed; never overwritten. A failed write goes
+    to `failures` (the run stops, runbook.artifacts.writes); the file takes no more."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, failures: WriteFailures | None = None) -> None:
+        self.path = path
+        self._failures = failures
         self._file: IO[str] = path.open("x", encoding="utf-8", buffering=1)
         self.termination_ms: float | None = None
         self.records: list[RequestRecord] = []
 
     def write(self, record: RequestRecord) -> None:
         self.records.append(record)
-        self._file.write(json.dumps(record.as_dict(self.termination_ms)) + "\n")
+        if self._file.closed:
+            return
+        try:
+            self._file.write(json.dumps(record.as_dict(self.termination_ms)) + "\n")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            if self._failures is None:
+                raise
+            self._failures.report(self.path, exc)
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # a failed write was reported when it failed
+            self._file.close()
 
 
 async def fetch(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,7 @@ from . import pilot_agent
 from .envoy_bootstrap import Upstream, gateway_bootstrap
 from .kubelet import LogLineSink, Pod, PodEnvironment, program_for
 from .kubeproxy import NodePort, endpoint_conditions
+from .lablock import holder_of
 from .manifests import ContainerSpec, Manifests
 from .topology import NODES, WORKERS, Topology, pods_dir
 
@@ -56,14 +59,16 @@ class LabCluster:
         collected: CollectedDir,
         on_log_line: LogLineSink | None = None,
         namespace: str = registry.OBJECTS.namespace,
+        on_fault: Callable[[str], None] | None = None,
     ) -> None:
         self.topology = topology
         self.manifests = manifests
+        self.on_fault = on_fault
         self.work_dir = work_dir
         # the same files the homelab's collectors write (runbook.collectors.kube)
         kubelet_events = collected.log("kubelet")
         self.endpoint_events = collected.log("endpointslices")
-        proxy_events = collected.log("kube-proxy")
+        self.proxy_events = proxy_events = collected.log("kube-proxy")
         (work_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.http = aiohttp.ClientSession()
         # each node's kubelet: what its pods get from it
@@ -76,6 +81,8 @@ class LabCluster:
                 http=self.http,
                 command=self.container_command,
                 on_log_line=on_log_line,
+                failures=collected.failures,
+                on_fault=on_fault,
             )
             for node in NODES
         }
@@ -116,6 +123,8 @@ class LabCluster:
         ]
         self._conditions: dict[str, dict[str, bool]] = {}
         self._reconciler: asyncio.Task[None] | None = None
+        #: the nodes whose NodePort could not bind, said once each
+        self._bind_faults: set[str] = set()
 
     def pod_environment(self, node: str) -> PodEnvironment:
         """What a pod on `node` gets from its kubelet (a test's extra pod uses it)."""
@@ -176,6 +185,19 @@ class LabCluster:
                     await np.reconcile()
                 except OSError as exc:
                     self.proxy_events.emit("kube-proxy", "error", node=np.node, error=str(exc))
+                    if (
+                        exc.errno == errno.EADDRINUSE
+                        and self.on_fault is not None
+                        and np.node not in self._bind_faults
+                    ):
+                        # another lab on these addresses: retrying cannot help
+                        self._bind_faults.add(np.node)
+                        holder = holder_of(np.ip, np.node_port) or "a process ss cannot name"
+                        self.on_fault(
+                            f"kube-proxy on {np.node} cannot bind {np.ip}:{np.node_port}: "
+                            f"address already in use, held by {holder} (another lab on the "
+                            "same addresses?)"
+                        )
             await asyncio.sleep(0.05)
 
     async def wait_ready(self, timeout: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any
 import aiohttp
 
 from ..artifacts.events import EventLog
+from ..artifacts.writes import WriteFailures
 from ..model.registry import PORTS
+from .lablock import holder_of
 from .manifests import ContainerSpec, PodTemplate, Probe
 
 #: The image's repository name -> the program the lab runs for it (by role; each
@@ -61,9 +64,29 @@ class PodEnvironment:
     command: Callable[[Pod, ContainerSpec], list[str]]
     #: each line a container or hook writes (the collectors decide what it means)
     on_log_line: LogLineSink | None = None
+    #: where a failed write to a container's log goes (the run stops); None: it raises
+    failures: WriteFailures | None = None
+    #: what stops the run when the lab itself is broken (a container that cannot bind
+    #: its address: another process holds it); None: only kubelet's events say so
+    on_fault: Callable[[str], None] | None = None
 
     def log_path(self, pod: str, container: str) -> Path:
         return self.work_dir / "logs" / f"{pod}.{container}.log"
+
+
+#: An "address already in use" line, as Python's asyncio and Envoy write it:
+#: `... bind on address ('127.31.1.10', 18180): address already in use`,
+#: `cannot bind '127.31.1.10:8080': Address already in use`.
+_IN_USE = re.compile(r"address already in use", re.IGNORECASE)
+_ADDRESS = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})'?(?:, |:)(\d{1,5})")
+
+
+def bind_failure(log_tail: str) -> tuple[str, int] | None:
+    """The address:port a container could not bind, from its last log lines."""
+    for line in reversed(log_tail.splitlines()):
+        if _IN_USE.search(line) and (m := _ADDRESS.search(line)):
+            return m.group(1), int(m.group(2))
+    return None
 
 
 async def pump_log(
@@ -71,16 +94,26 @@ async def pump_log(
     log: Path,
     pod: str,
     container: str,
-    on_line: LogLineSink | None,
+    where: PodEnvironment,
 ) -> None:
-    """Container output to its log file, each line also to `on_line`, as the container
-    runtime's logging does (the homelab reads the same lines from the API's stream)."""
+    """Container output to its log file, each line also to `where.on_log_line`, as the
+    container runtime's logging does (the homelab reads the same lines from the API's
+    stream). After a failed write the output is still read (a full pipe would stall the
+    container) but no longer kept; the failure goes to `where.failures`."""
     assert proc.stdout is not None
     with log.open("ab", buffering=0) as out:
+        keep = True
         while line := await proc.stdout.readline():
-            out.write(line)
-            if on_line is not None:
-                on_line(pod, container, line.decode(errors="replace"))
+            if keep:
+                try:
+                    out.write(line)
+                except OSError as exc:
+                    if where.failures is None:
+                        raise
+                    where.failures.report(log, exc)
+                    keep = False
+            if where.on_log_line is not None:
+                where.on_log_line(pod, container, line.decode(errors="replace"))
 
 
 @dataclass
@@ -159,11 +192,7 @@ class Pod:
             "kubelet", "container_started", pod=self.name, container=c.spec.name, pid=c.proc.pid
         )
         log = self.where.log_path(self.name, c.spec.name)
-        c.tasks = [
-            asyncio.create_task(
-                pump_log(c.proc, log, self.name, c.spec.name, self.where.on_log_line)
-            )
-        ]
+        c.tasks = [asyncio.create_task(pump_log(c.proc, log, self.name, c.spec.name, self.where))]
         if c.spec.readiness:
             c.tasks.append(asyncio.create_task(self._probe(c, c.spec.readiness, "readiness")))
         if c.spec.liveness:
@@ -172,11 +201,44 @@ class Pod:
 
     async def _watch_exit(self, c: Container) -> None:
         assert c.proc is not None
-        code = await c.proc.wait()
+        proc = c.proc
+        code = await proc.wait()
         c.ready = False
         self.where.events.emit(
             "kubelet", "container_exited", pod=self.name, container=c.spec.name, code=code
         )
+        if code != 0 and not self.terminating:
+            await self._fail_on_bind_error(c)
+
+    async def _fail_on_bind_error(self, c: Container) -> None:
+        """A container that died because its address was taken: the lab collides with
+        another (a checkout, a process left running), and restarting cannot help; the
+        run stops, naming the address and its holder."""
+        # its last lines reach the log once the pump has read the pipe to its end
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(c.tasks[0]), 2)
+        try:
+            tail = self.where.log_path(self.name, c.spec.name).read_text(errors="replace")
+        except OSError:
+            return
+        found = bind_failure(tail[-8192:])
+        if found is None:
+            return
+        address, port = found
+        holder = holder_of(address, port) or "a process ss cannot name"
+        self.where.events.emit(
+            "kubelet",
+            "bind_failed",
+            pod=self.name,
+            container=c.spec.name,
+            address=f"{address}:{port}",
+            holder=holder,
+        )
+        if self.where.on_fault is not None:
+            self.where.on_fault(
+                f"{self.name}/{c.spec.name} cannot bind {address}:{port}: address already "
+                f"in use, held by {holder} (another lab on the same addresses?)"
+            )
 
     async def _probe(self, c: Container, probe: Probe, kind: str) -> None:
         failures = 0
@@ -189,6 +251,10 @@ class Pod:
                     ok = 200 <= r.status < 400
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
+            if not c.running:
+                # it exited during the probe: whatever answered was not this container
+                # (another lab's process on the same address, once)
+                return
             failures = 0 if ok else failures + 1
             if kind == "readiness":
                 was = c.ready
@@ -265,9 +331,7 @@ class Pod:
                 )
                 self.hooks.append(hook)
                 log = self.where.log_path(self.name, f"{c.spec.name}.prestop")
-                pump = asyncio.create_task(
-                    pump_log(hook, log, self.name, "prestop", self.where.on_log_line)
-                )
+                pump = asyncio.create_task(pump_log(hook, log, self.name, "prestop", self.where))
                 self.hook_tasks.append(pump)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(hook.wait(), max(grace_end - loop.time(), 0))

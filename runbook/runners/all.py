@@ -16,9 +16,11 @@ most LABS_PER_CPU labs per usable CPU run at once (`--labs-at-once` to choose): 
 starve each other's health checks and their runs measure the machine, not the order.
 
 One `make experiment` at a time per checkout: a second one, started while the first
-runs, is refused at once with a message naming the first (it would take the same labs:
-addresses, ports, pidfiles). The lock is `.lab/experiment.lock`, released by the
-kernel when its holder exits, however it exits.
+runs, is refused at once with a message naming the first (it would take the same
+folders). The lock is `.lab/experiment.lock`. And a lab's addresses are the machine's:
+each lab's machine-wide lock (runbook.localcluster.lablock) is held for the whole
+command, so another checkout's command on one of them is refused, naming it. The
+kernel releases every lock when its holder exits, however it exits.
 
 Ctrl-C (SIGINT to the whole process group, as a terminal sends it), SIGTERM (a CI
 timeout, `timeout(1)`, systemd) and SIGHUP (a closing terminal) stop every run alike
@@ -50,6 +52,7 @@ from ..analysis.report import summaries_by_pair, write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
 from ..localcluster.haproxy_process import stop_lab_haproxy
+from ..localcluster.lablock import LabBusy, claim_all
 from ..model import registry, timing
 from ..model.plan import check_inputs
 from .signals import cancel_on_exit_signals, exit_code
@@ -70,6 +73,9 @@ LABS_PER_CPU = 2
 #: Runs that may take the place of invalid ones in one lab (runbook.analysis.validity),
 #: beyond the repeats asked: then the verdict says it is incomplete.
 MAX_REPLACEMENTS = 2
+#: The highest lab index: lab N is the loopback network 127.(30+N) (the validate role
+#: refuses the same).
+MAX_LAB_INDEX = 200
 #: The runner's command, written by the converge playbook into each lab's folder.
 RUNNER_ARGV = "runner.json"
 
@@ -477,7 +483,13 @@ async def main_async(
             if code == 0 and result is not None and result["status"] == "completed":
                 continue
             failed = True
-            if r.runner_log(i).exists():  # else the converge failed, said above
+            if result is not None and result.get("reason"):
+                print(
+                    f"\n[{r.name}] run {i} of {repeats} failed: {result['reason']} "
+                    f"(its artifacts: {result['run_dir']})",
+                    file=sys.stderr,
+                )
+            elif r.runner_log(i).exists():  # else the converge failed, said above
                 print(
                     f"\n[{r.name}] run {i} of {repeats} failed (exit {code}); "
                     f"the last lines of {r.runner_log(i)}:\n{log_tail(r.runner_log(i))}",
@@ -591,6 +603,12 @@ def main() -> int:
             raise ValueError(
                 f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
             )
+        last = args.first_lab_index + pairs - 1
+        if args.first_lab_index < 1 or last > MAX_LAB_INDEX:
+            raise ValueError(
+                f"--first-lab-index {args.first_lab_index} must be 1..{MAX_LAB_INDEX - pairs + 1} "
+                f"for {pairs} lab(s): labs are 1..{MAX_LAB_INDEX} (loopback 127.(30+N))"
+            )
         overrides = timing_overrides(args.timing_overrides, args.profile)
     except ValueError as exc:
         print(f"runbook.runners.all: {exc}", file=sys.stderr)
@@ -605,6 +623,19 @@ def main() -> int:
         print(
             f"runbook.runners.all: another experiment is running in this checkout: {exc}; "
             "wait for it to end, or stop it with Ctrl-C in its terminal",
+            file=sys.stderr,
+        )
+        return 1
+    # the labs' addresses are the machine's: another checkout's command on one of
+    # them is refused here, naming it (runbook.localcluster.lablock)
+    indices = list(range(args.first_lab_index, args.first_lab_index + len(modes) * len(scenarios)))
+    try:
+        lab_locks = claim_all(indices, CHECKOUT, "make experiment (runbook.runners.all)")
+    except LabBusy as exc:
+        lock.close()
+        print(
+            f"runbook.runners.all: {exc}; wait for it to end, or move these labs off it "
+            f"(FIRST_LAB=, now {args.first_lab_index})",
             file=sys.stderr,
         )
         return 1
@@ -628,6 +659,8 @@ def main() -> int:
     except asyncio.CancelledError:  # an exit signal: every run stopped, artifacts kept
         return exit_code(stopped_by)
     finally:
+        for f in lab_locks:
+            f.close()
         lock.close()
 
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -34,11 +35,13 @@ from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.journal import Journal
 from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_result
 from ..artifacts.termination import Termination
+from ..artifacts.writes import WriteFailures, is_a_failed_write
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster
 from ..localcluster.haproxy_process import stop_lab_haproxy
+from ..localcluster.lablock import LabBusy, claim
 from ..localcluster.manifests import Manifests
 from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
@@ -46,11 +49,50 @@ from ..model.plan import add_arguments, add_budget_arguments, plan_for
 from .premise_checks import check_running_lab
 from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
 
+#: The checkout this module runs from (named in the lab's lock).
+CHECKOUT = Path(__file__).resolve().parents[2]
 #: The local lab's one HAProxy, as the collectors and the summary name it.
 LOCAL_LB = "lab-haproxy"
 #: How long the pods run after the load ends: Envoy's last access-log lines (one flush
 #: interval, registry.ENVOY_ACCESS_LOG_FLUSH_MS) and the pipes behind them
 LOG_SETTLE_S = 0.3
+
+
+class RunFailed(RuntimeError):
+    """The run stopped for a reason it names (a failed write, a lab address another
+    process holds); cleaned up, its artifacts kept, its result `failed`."""
+
+
+class RunStop:
+    """The first reason this run must stop, from any thread or task: the run's task is
+    cancelled once, and never once its cleanup has begun (that must finish)."""
+
+    def __init__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._cleaning_up = False
+        #: why the run stops; None while all is well
+        self.reason: str | None = None
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+        self._loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if not self._cleaning_up:
+            self._task.cancel()
+
+    def cleanup_begins(self) -> None:
+        """From now on a reason is kept but stops nothing (call it from the run's task)."""
+        self._cleaning_up = True
+        if self.reason is not None:
+            self._task.uncancel()
 
 
 class Progress:
@@ -110,6 +152,15 @@ async def start_haproxy_collector(
     return proc
 
 
+async def watch_haproxy_collector(
+    proc: asyncio.subprocess.Process, out: Path, failures: WriteFailures
+) -> None:
+    """A collector that could not write its file stops the run like any failed write
+    (it says its errno on stderr and exits WRITE_FAILED)."""
+    if await proc.wait() == haproxy_collector.WRITE_FAILED:
+        failures.report(out, OSError(0, "the HAProxy collector's write failed (see its line)"))
+
+
 async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float = 5) -> None:
     if proc is None or proc.returncode is not None:
         return
@@ -132,9 +183,22 @@ async def run(args: argparse.Namespace) -> Path:
     result_file = Path(args.result_file) if args.result_file else None
     if result_file:
         write_result(result_file, run_dir, "running")
-    write_json(run_dir / "plan.json", run_plan.as_dict())
+    # the first failed write to the run's artifacts (runbook.artifacts.writes) or lab
+    # fault (an address another process holds) stops the run, from whichever writer,
+    # task or thread
+    stop = RunStop()
+    failures = WriteFailures(stop)
+    try:
+        write_json(run_dir / "plan.json", run_plan.as_dict())
+    except OSError as exc:
+        if not is_a_failed_write(exc):
+            raise
+        failures.report(run_dir / "plan.json", exc)
+        if result_file:
+            write_result(result_file, run_dir, "failed", stop.reason)
+        raise RunFailed(f"{stop.reason}; the run did not start") from None
     progress(f"run {run_dir}")
-    collected = CollectedDir(run_dir)
+    collected = CollectedDir(run_dir, failures)
     experiment_events = collected.log("experiment")
     pod_events = collected.log("pods")
 
@@ -143,9 +207,11 @@ async def run(args: argparse.Namespace) -> Path:
         if found is not None:
             pod_events.write(found)
 
-    recorder = Recorder(run_dir / RAW_REQUESTS)
+    recorder = Recorder(run_dir / RAW_REQUESTS, failures)
     journal = Journal(args.mode, args.scenario, args.profile, "local")
-    cluster = LabCluster(topology, manifests, pods_dir(run_dir), collected, on_log_line)
+    cluster = LabCluster(
+        topology, manifests, pods_dir(run_dir), collected, on_log_line, on_fault=stop
+    )
     victim = cluster.gateway_pods[0]
     background: list[asyncio.Task[Any]] = []
     status, term = "interrupted", None
@@ -153,8 +219,10 @@ async def run(args: argparse.Namespace) -> Path:
     stats_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1))
     try:
         step = now_ms()
-        haproxy_proc = await start_haproxy_collector(
-            args.haproxy_socket, args.syslog, collected.path / f"haproxy-{LOCAL_LB}.jsonl"
+        haproxy_out = collected.path / f"haproxy-{LOCAL_LB}.jsonl"
+        haproxy_proc = await start_haproxy_collector(args.haproxy_socket, args.syslog, haproxy_out)
+        background.append(
+            asyncio.create_task(watch_haproxy_collector(haproxy_proc, haproxy_out, failures))
         )
         await cluster.start()
         await cluster.wait_ready(60)
@@ -224,12 +292,23 @@ async def run(args: argparse.Namespace) -> Path:
         journal.step("finish-load", step)
         progress("load finished")
         status = "completed"
+    except asyncio.CancelledError:
+        if stop.reason is None:
+            raise  # an exit signal: interrupted
+        status = "failed"
     except Exception as exc:
         status = "failed"
-        experiment_events.emit("experiment", "failed", error=f"{type(exc).__name__}: {exc}")
-        progress(f"failed: {type(exc).__name__}: {exc}")
-        raise
+        if isinstance(exc, OSError) and is_a_failed_write(exc):
+            failures.report(Path(str(exc.filename or run_dir)), exc)
+        else:
+            experiment_events.emit("experiment", "failed", error=f"{type(exc).__name__}: {exc}")
+            progress(f"failed: {type(exc).__name__}: {exc}")
+            raise
     finally:
+        stop.cleanup_begins()
+        if stop.reason is not None:
+            status = "failed"
+            progress(f"failed: {stop.reason}; the run stopped, what it wrote is kept")
         # the last requests' access-log lines are in Envoy's buffer for up to one flush
         # interval, then in the pipes: stopping the pods at once would lose them
         await asyncio.sleep(LOG_SETTLE_S)
@@ -241,13 +320,25 @@ async def run(args: argparse.Namespace) -> Path:
         await cluster.stop()
         recorder.close()
         collected.close()
-        summary = finalize(run_dir, run_plan, status, journal, term)
+        summary = None
+        # after a failed write the disk is full: finalize would only fail again
+        if failures.first is None:
+            try:
+                summary = finalize(run_dir, run_plan, status, journal, term)
+            except OSError as exc:
+                if not is_a_failed_write(exc):
+                    raise
+                failures.report(Path(str(exc.filename or run_dir)), exc)
+                status = "failed"
+                progress(f"failed: {stop.reason}; finalize stopped, what it wrote is kept")
         if result_file:
-            write_result(result_file, run_dir, status)
+            write_result(result_file, run_dir, status, stop.reason)
         if args.stop_haproxy:
             stop_lab_haproxy(Path(args.haproxy_socket).parent)
         if status == "interrupted":
             print(f"interrupted: artifacts kept in {run_dir}", flush=True)
+    if stop.reason is not None:
+        raise RunFailed(f"{stop.reason}; what was written is kept in {run_dir}")
     print_summary(run_dir, summary)
     return run_dir
 
@@ -277,11 +368,25 @@ def main() -> int:
         "first (Ansible passes SIGINT and SIGTERM on to its commands, not SIGHUP)",
     )
     args = p.parse_args()
+    # the lab's addresses are the machine's (runbook.localcluster.lablock): refused
+    # before anything is written when another command has them; `make experiment`
+    # holds its labs' locks for its runs
+    try:
+        lab_lock = claim(args.lab_index, CHECKOUT, "run-experiment.yml (runbook.runners.local)")
+    except LabBusy as exc:
+        print(f"runbook.runners.local: {exc}; nothing was started", file=sys.stderr)
+        return 1
     stopped_by: list[signal.Signals] = []
     try:
         asyncio.run(_main_cancellable(args, stopped_by))
     except asyncio.CancelledError:  # an exit signal: cleaned up, artifacts kept
         return exit_code(stopped_by)
+    except RunFailed as exc:  # cleaned up, said in one line, result `failed`
+        print(f"runbook.runners.local: failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if lab_lock is not None:
+            lab_lock.close()
     return 0
 
 

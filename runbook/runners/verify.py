@@ -30,8 +30,12 @@ from pathlib import Path
 
 from ..analysis import checks
 from ..artifacts.rundir import utc_stamp, write_json
+from ..localcluster.lablock import LabBusy, claim
 from ..model import registry, timing
 from .premise_checks import gather_homelab, gather_local
+
+#: The checkout this module runs from (named in the lab's lock).
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def report(found: list[checks.Check], artifacts: Path, target: str, mode: str) -> Path:
@@ -76,7 +80,21 @@ def main() -> int:
         "--lb-states", required=True, help="JSON {lb host: {server: status}} read on each worker"
     )
     args = p.parse_args()
-    found = asyncio.run(gather_local(args)) if args.target == "local" else gather_homelab(args)
+    if args.target == "local":
+        # the lab's addresses are the machine's: another command on it would answer
+        # these checks for us (runbook.localcluster.lablock)
+        try:
+            lab_lock = claim(args.lab_index, CHECKOUT, "verify.yml (runbook.runners.verify)")
+        except LabBusy as exc:
+            print(f"runbook.runners.verify: {exc}; nothing was started", file=sys.stderr)
+            return 1
+        try:
+            found = asyncio.run(gather_local(args))
+        finally:
+            if lab_lock is not None:
+                lab_lock.close()
+    else:
+        found = gather_homelab(args)
     path = report(found, args.artifacts, args.target, args.mode)
     print(checks.table(found))
     failed = [c.name for c in found if c.result == "fail"]
