@@ -17,6 +17,21 @@ PIDFILE = "haproxy.pid"
 CONFIG = "haproxy.cfg"
 
 
+def runs_lab_config(pid: int, lab_dir: Path) -> bool:
+    """Whether process `pid` is an HAProxy of this lab's config (its master, or a worker
+    the master forked: both carry the config's path in their command line)."""
+    # the role names the config by an absolute path, symlinks kept or not
+    configs = {
+        os.fsencode(os.path.abspath(lab_dir / CONFIG)),
+        os.fsencode(lab_dir.resolve() / CONFIG),
+    }
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return any(c in cmdline for c in configs)
+
+
 def lab_haproxy_pids(lab_dir: Path) -> list[int]:
     """The pidfile's processes that still run this lab's config: a pid reused by an
     unrelated process since is never signalled."""
@@ -24,20 +39,7 @@ def lab_haproxy_pids(lab_dir: Path) -> list[int]:
         pids = [int(p) for p in (lab_dir / PIDFILE).read_text().split()]
     except (OSError, ValueError):
         return []
-    # the role names the config by an absolute path, symlinks kept or not
-    configs = {
-        os.fsencode(os.path.abspath(lab_dir / CONFIG)),
-        os.fsencode(lab_dir.resolve() / CONFIG),
-    }
-    out = []
-    for pid in pids:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if any(c in cmdline for c in configs):
-            out.append(pid)
-    return out
+    return [pid for pid in pids if runs_lab_config(pid, lab_dir)]
 
 
 def stop_lab_haproxy(lab_dir: Path) -> list[int]:

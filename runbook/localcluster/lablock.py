@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from .haproxy_process import lab_haproxy_pids
+from .haproxy_process import runs_lab_config
 from .topology import Topology
 
 #: Machine-wide: every checkout's labs share the machine's addresses.
@@ -164,19 +164,18 @@ def _cmdline(pid: int) -> str:
 
 def check(index: int, lab_dir: Path, checkout: Path) -> str | None:
     """Why lab `index` cannot be brought up by this command now, or None: another
-    command holds its lock, or a process other than this lab's own HAProxy (its
-    pidfile in `lab_dir`) holds one of its addresses."""
+    command holds its lock, or a process other than this lab's own HAProxy (of the
+    config in `lab_dir`: site.yml's second run reloads it) holds one of its addresses."""
     try:
         f = claim(index, checkout, "check")
     except LabBusy as exc:
         return str(exc)
     if f is not None:
         f.close()
-    own = set(lab_haproxy_pids(lab_dir))
     others = [
         (local, pid, cmd)
         for local, pid, cmd in address_holders(Topology(index).net)
-        if pid is None or pid not in own
+        if pid is None or not runs_lab_config(pid, lab_dir)
     ]
     if not others:
         return None
