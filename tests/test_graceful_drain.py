@@ -100,25 +100,36 @@ def test_in_flight_survives_and_zero_is_seen_long_before_the_timeout(procs: Proc
     assert http("GET", hc.url + "/health")[0] == 503
 
 
+def wall_of(result: subprocess.CompletedProcess[str], marker: str) -> float:
+    """When the script logged its first line holding `marker` (wall time)."""
+    ts = next(
+        line.split()[0].removeprefix("ts=") for line in result.stdout.splitlines() if marker in line
+    )
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
 def test_lb_first_order_stops_new_traffic_before_envoy_drains(procs: Procs) -> None:
-    """DRAIN_ORDER=lb-first (ordered mode): 404 first, Envoy drained only NOLB_WAIT
-    later, the in-flight request finishes, then the LB check fails and readiness."""
+    """DRAIN_ORDER=lb-first (ordered mode): nothing for ENDPOINT_SYNC_WAIT, then the
+    404, Envoy drained only NOLB_WAIT later, the in-flight request finishes, then the
+    LB check fails and readiness."""
     hc, result, took, status, ended = drain_with_a_request_in_flight(
-        procs, {"DRAIN_ORDER": "lb-first", "NOLB_WAIT": "1.5", "LB_BUFFER": "1"}
+        procs,
+        {
+            "DRAIN_ORDER": "lb-first",
+            "ENDPOINT_SYNC_WAIT": "1",
+            "NOLB_WAIT": "1.5",
+            "LB_BUFFER": "1",
+        },
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert status == 200
     assert "order=lb-first" in result.stdout and "outcome=drained" in result.stdout
     t = transitions(hc)
     assert list(t) == ["NOLB", "CLOSING", "CLOSED"]
+    # the check answered 200 until every kube-proxy could have dropped the endpoint
+    assert t["NOLB"] - wall_of(result, "msg=start") >= 1.0
     # Envoy's drain came NOLB_WAIT after the 404 (its step's log line, in wall time)
-    drained_at = next(
-        line.split()[0].removeprefix("ts=")
-        for line in result.stdout.splitlines()
-        if "step=2 msg=ok" in line
-    )
-    drain_wall = datetime.fromisoformat(drained_at.replace("Z", "+00:00")).timestamp()
-    assert drain_wall - t["NOLB"] >= 1.5
+    assert wall_of(result, "step=2 msg=ok") - t["NOLB"] >= 1.5
     assert t["CLOSING"] >= ended - 0.05, (t, ended)
     assert took < 8, result.stdout
 
@@ -203,7 +214,7 @@ def test_the_script_accepts_exactly_the_models_range(
     """Each edge of the model's range is accepted by the script (it gets past the
     checks and logs its start) and the value just outside is refused."""
     var, low, high = limits
-    step = 0.05 if var in ("POLL_INTERVAL", "NOLB_WAIT") else 1
+    step = 0.05 if var in ("POLL_INTERVAL", "NOLB_WAIT", "ENDPOINT_SYNC_WAIT") else 1
     base = {
         "HC_URL": f"http://127.0.0.1:{free_port()}",
         "ENVOY_ADMIN": f"http://127.0.0.1:{free_port()}",
@@ -350,8 +361,8 @@ def test_the_named_stat_is_read_even_from_a_body_with_other_lines(procs: Procs) 
         # hc and admin hanging, these took 13.1 s against the documented 8.5 s
         ({"DRAIN_TIMEOUT": "6", "CURL_MAX_TIME": "3"}, "more than 2 x CURL_MAX_TIME (6 s)"),
         (
-            {"DRAIN_TIMEOUT": "7", "CURL_MAX_TIME": "3", "DRAIN_ORDER": "lb-first"},
-            "more than NOLB_WAIT + 2 x CURL_MAX_TIME (6 + 1.5 s)",
+            {"DRAIN_TIMEOUT": "9", "CURL_MAX_TIME": "3", "DRAIN_ORDER": "lb-first"},
+            "more than ENDPOINT_SYNC_WAIT + NOLB_WAIT + 2 x CURL_MAX_TIME (1.5 + 1.5 + 6 s)",
         ),
     ],
 )
@@ -359,7 +370,9 @@ def test_a_drain_timeout_the_first_curls_can_use_up_is_refused(
     procs: Procs, settings: dict[str, str], allowed: str
 ) -> None:
     hc = procs.hc()
-    result, _ = run_drain({"HC_URL": hc.url, "NOLB_WAIT": "1.5", **settings})
+    result, _ = run_drain(
+        {"HC_URL": hc.url, "NOLB_WAIT": "1.5", "ENDPOINT_SYNC_WAIT": "1.5", **settings}
+    )
     assert result.returncode == 2, result.stdout
     (line,) = result.stdout.splitlines()
     value = settings["DRAIN_TIMEOUT"]
@@ -377,6 +390,7 @@ def test_hung_hc_and_admin_end_within_the_documented_worst_case(order: str) -> N
         "LB_BUFFER": "1",
         "CURL_MAX_TIME": "1",
         "NOLB_WAIT": "0.5",
+        "ENDPOINT_SYNC_WAIT": "0.5",
         "DRAIN_ORDER": order,
     }
     worst = 4 + 0.5 + 1 + 2 * 1

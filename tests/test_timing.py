@@ -121,8 +121,9 @@ def test_protected_per_path() -> None:
     assert seed["gateway_improved"]["longest_s"] == 120
     assert seed["gateway_current"]["longest_s"] == 0
     assert seed["gateway_current"]["survives_if_ends_within_s"] == 2
-    # ordered: DRAIN_TIMEOUT 120 - the /nolb call 5 - the 404's detection 4
-    assert seed["gateway_ordered"]["longest_s"] == 111
+    # ordered: DRAIN_TIMEOUT 120 - the endpoint sync wait 2 - the /nolb call 5 - the
+    # 404's detection 4
+    assert seed["gateway_ordered"]["longest_s"] == 109
     assert seed["gateway_istio_native"]["longest_s"] == 0
 
 

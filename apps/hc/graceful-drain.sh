@@ -11,6 +11,11 @@
 #   [7] done
 #
 # DRAIN_ORDER=lb-first (the `ordered` mode, beyond the seed) puts the LB first:
+#   [0] sleep ENDPOINT_SYNC_WAIT    every kube-proxy drops this terminating endpoint
+#                                   from its cluster-wide chain, which a node's own
+#                                   traffic takes: an LB on a worker checking its own
+#                                   node could reach this hc, and its 404 would take
+#                                   that node out too (0: the LB is off the workers)
 #   [1] POST hc /nolb               OPEN -> NOLB: HAProxy's check gets 404, which
 #                                   `http-check disable-on-404` turns into NOLB: no new
 #                                   requests, established sessions go on
@@ -48,6 +53,7 @@ CURL_MAX_TIME="${CURL_MAX_TIME:-5}"
 GATEWAY_PORT="${GATEWAY_PORT:-8080}"
 DRAIN_ORDER="${DRAIN_ORDER:-drain-first}"
 NOLB_WAIT="${NOLB_WAIT:-5}"
+ENDPOINT_SYNC_WAIT="${ENDPOINT_SYNC_WAIT:-2}"
 ACTIVE_STATS_FILTER="${ACTIVE_STATS_FILTER:-^http\.outbound_0\.0\.0\.0_${GATEWAY_PORT};?\.downstream_rq_active\$}"
 # preStop output never reaches `kubectl logs`; PID 1's stdout does.
 LOG_MIRROR="${LOG_MIRROR:-/proc/1/fd/1}"
@@ -99,18 +105,21 @@ case "$DRAIN_ORDER" in
     *) bad_setting DRAIN_ORDER "$DRAIN_ORDER" "drain-first or lb-first" ;;
 esac
 require_seconds NOLB_WAIT "$NOLB_WAIT" 0.1 600
-# The worst case below holds only if steps 1-2 (two curls, and NOLB_WAIT in lb-first)
+require_seconds ENDPOINT_SYNC_WAIT "$ENDPOINT_SYNC_WAIT" 0 600
+# The worst case below holds only if steps 0-2 (two curls; ENDPOINT_SYNC_WAIT and
+# NOLB_WAIT in lb-first)
 # end inside DRAIN_TIMEOUT, which counts from the start: past it the poll never runs
 # and close-lb and close still take a curl each. The timing model's
 # drain_timeout_leaves_a_poll_after_nolb_wait refuses the same.
 before_poll="$((2 * CURL_MAX_TIME))"
 before_poll_what="2 x CURL_MAX_TIME"
 if [ "$DRAIN_ORDER" = lb-first ]; then
-    before_poll="$before_poll + $NOLB_WAIT"
-    before_poll_what="NOLB_WAIT + $before_poll_what"
+    before_poll="$ENDPOINT_SYNC_WAIT + $NOLB_WAIT + $before_poll"
+    before_poll_what="ENDPOINT_SYNC_WAIT + NOLB_WAIT + $before_poll_what"
 fi
-if ! awk -v d="$DRAIN_TIMEOUT" -v c="$CURL_MAX_TIME" -v w="$NOLB_WAIT" -v o="$DRAIN_ORDER" \
-    'BEGIN { exit !(d + 0 > 2 * c + (o == "lb-first" ? w : 0)) }'; then
+if ! awk -v d="$DRAIN_TIMEOUT" -v c="$CURL_MAX_TIME" -v w="$NOLB_WAIT" \
+    -v e="$ENDPOINT_SYNC_WAIT" -v o="$DRAIN_ORDER" \
+    'BEGIN { exit !(d + 0 > 2 * c + (o == "lb-first" ? w + e : 0)) }'; then
     bad_setting DRAIN_TIMEOUT "$DRAIN_TIMEOUT" \
         "more than $before_poll_what ($before_poll s), or the poll never runs"
 fi
@@ -150,6 +159,9 @@ read_active() {
 log "level=info step=0 msg=start order=${DRAIN_ORDER} drain_timeout=${DRAIN_TIMEOUT} poll_interval=${POLL_INTERVAL} lb_buffer=${LB_BUFFER} filter=\"${ACTIVE_STATS_FILTER}\""
 
 if [ "$DRAIN_ORDER" = lb-first ]; then
+    # [0] nothing changes until no node's own traffic can reach this pod any more
+    log "level=info step=0 msg=endpoint_sync_wait seconds=${ENDPOINT_SYNC_WAIT}"
+    sleep "$ENDPOINT_SYNC_WAIT"
     # [1] stop new LB traffic without touching the sessions (404 -> HAProxy NOLB).
     do_curl 1 "$CURL_MAX_TIME" -X POST "${HC_URL}/nolb" || true
     # [1b] HAProxy sees the 404 at its next check (the timing model checks the margin).

@@ -44,6 +44,7 @@ def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> d
         ("POLL_INTERVAL", "poll_interval_s"),
         ("CURL_MAX_TIME", "curl_max_time_s"),
         ("NOLB_WAIT", "nolb_wait_s"),
+        ("ENDPOINT_SYNC_WAIT", "endpoint_sync_s"),
     ):
         if var in hc_env:
             out[key] = float(hc_env[var])

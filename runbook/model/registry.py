@@ -186,8 +186,9 @@ MODES: dict[str, Mode] = {
         Mode(
             name="ordered",
             manifest="23-igw-ordered.yaml",
-            summary="LB first: the check answers 404 (HAProxy NOLB: no new requests, sessions "
-            "kept), NOLB_WAIT, then Envoy drains, zero in flight, the LB DOWN and, "
+            summary="LB first: once every kube-proxy has dropped the endpoint "
+            "(ENDPOINT_SYNC_WAIT), the check answers 404 (HAProxy NOLB: no new requests, "
+            "sessions kept), NOLB_WAIT, then Envoy drains, zero in flight, the LB DOWN and, "
             "LB_BUFFER later, readiness",
             probes=ProbePaths("/health_check.html", "/health", "/live"),
             prestop="ordered-drain",

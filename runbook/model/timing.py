@@ -34,6 +34,13 @@ PROFILES: dict[str, dict[str, float]] = {
         # ordered: how long after answering 404 the drain waits before touching Envoy;
         # more than HAProxy needs to see it (one inter + the check timeout)
         "nolb_wait_s": 5,
+        # ordered: how long the drain waits before its first change (the 404). Until
+        # every kube-proxy has dropped the terminating endpoint, a node's own traffic
+        # (its cluster-wide chain: an LB on a worker checking its own node) may reach
+        # this pod's hc, and a 404 there takes the LB's own node out too (measured on
+        # onebox: NOLB at +0.19 s, 6 requests with no server). kube-proxy syncs at most
+        # once a second by default (minSyncPeriod 1s); 0 for an LB off the workers.
+        "endpoint_sync_s": 2,
         # istio-native: pilot-agent's MINIMUM_DRAIN_DURATION. Istio's default is 5s, under
         # this HAProxy's worst detection of 6s (fall 2 x inter 2 + check timeout 2)
         "minimum_drain_s": 10,
@@ -67,6 +74,7 @@ PROFILES: dict[str, dict[str, float]] = {
         "lb_buffer_s": 2,
         "curl_max_time_s": 1,
         "nolb_wait_s": 1.5,
+        "endpoint_sync_s": 2,
         "minimum_drain_s": 3,
         "haproxy_inter_s": 0.5,
         "haproxy_fall": 2,
@@ -121,6 +129,7 @@ WHOLE = {
 
 #: Inputs that may be 0 (margins, the current mode's sleep); every other must be > 0.
 MAY_BE_ZERO = {
+    "endpoint_sync_s",
     "backend_grace_margin_s",
     "gateway_grace_margin_s",
     "current_prestop_sleep_s",
@@ -133,12 +142,14 @@ MAY_BE_ZERO = {
 #: here too, so a rendered preStop never carries a value its script would refuse.
 DRAIN_SCRIPT_LIMITS: dict[str, tuple[str, float, float]] = {
     # at least 3: with CURL_MAX_TIME at least 1, the script's two first curls could use
-    # up any less (it refuses DRAIN_TIMEOUT <= 2 x CURL_MAX_TIME, + NOLB_WAIT in lb-first)
+    # up any less (it refuses DRAIN_TIMEOUT <= 2 x CURL_MAX_TIME, + ENDPOINT_SYNC_WAIT and
+    # NOLB_WAIT in lb-first)
     "drain_timeout_s": ("DRAIN_TIMEOUT", 3, 3600),
     "poll_interval_s": ("POLL_INTERVAL", 0.1, 60),
     "lb_buffer_s": ("LB_BUFFER", 0, 600),
     "curl_max_time_s": ("CURL_MAX_TIME", 1, 60),
     "nolb_wait_s": ("NOLB_WAIT", 0.1, 600),
+    "endpoint_sync_s": ("ENDPOINT_SYNC_WAIT", 0, 600),
 }
 
 
@@ -390,10 +401,11 @@ def check(b: Budget) -> list[Violation]:
     )
     rule(
         "drain_timeout_leaves_a_poll_after_nolb_wait",
-        i["drain_timeout_s"] > i["nolb_wait_s"] + 2 * i["curl_max_time_s"],
+        i["drain_timeout_s"] > i["endpoint_sync_s"] + i["nolb_wait_s"] + 2 * i["curl_max_time_s"],
         f"ordered: DRAIN_TIMEOUT {i['drain_timeout_s']:g}s counts from the preStop's start "
-        f"and must exceed NOLB_WAIT {i['nolb_wait_s']:g}s + 2 x curl "
-        f"{i['curl_max_time_s']:g}s, or the poll for zero never runs; raise drain_timeout_s",
+        f"and must exceed ENDPOINT_SYNC_WAIT {i['endpoint_sync_s']:g}s + NOLB_WAIT "
+        f"{i['nolb_wait_s']:g}s + 2 x curl {i['curl_max_time_s']:g}s, or the poll for zero "
+        "never runs; raise drain_timeout_s",
     )
     rule(
         "minimum_drain_covers_lb_detection",
@@ -468,10 +480,14 @@ def protected_by_path(b: Budget) -> dict[str, dict[str, object]]:
             "terminationDrainDuration whatever the backend's grace (docs/design.md)",
         },
         "gateway_ordered": {
-            # a request may still arrive until HAProxy sees the 404 (after the /nolb
-            # call); it must end before DRAIN_TIMEOUT, counted from the preStop's start
+            # a request may still arrive until HAProxy sees the 404 (after the endpoint
+            # sync wait and the /nolb call); it must end before DRAIN_TIMEOUT, counted
+            # from the preStop's start
             "longest_s": min(
-                i["drain_timeout_s"] - i["curl_max_time_s"] - b.lb_soft_detect_worst_s,
+                i["drain_timeout_s"]
+                - i["endpoint_sync_s"]
+                - i["curl_max_time_s"]
+                - b.lb_soft_detect_worst_s,
                 i["envoy_drain_s"],
             ),
             "why": "new LB traffic stops first (404, NOLB); the poll then waits for zero "
