@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,36 @@ def local_runner_argv(tmp: Path, topology: Topology, manifests: Path, artifacts:
         "--artifacts",
         str(artifacts),
     ]
+
+
+@contextlib.contextmanager
+def local_run(
+    tmp: Path, lab: Topology, artifacts: Path, *extra_args: str
+) -> Iterator[subprocess.Popen[str]]:
+    """A real `runbook.runners.local` run (mode current, the quick profile) on `lab`
+    behind plain_haproxy_cfg's HAProxy, as a terminal job with its output on a pipe.
+    Yields the runner; kills it if it is still running at the end, then stops HAProxy."""
+    manifests = tmp / "manifests"
+    render = render_manifests(manifests, {"timing_profile": "quick"})
+    assert render.returncode == 0, render.stdout
+    haproxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(plain_haproxy_cfg(tmp, lab))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = subprocess.Popen(
+        [*local_runner_argv(tmp, lab, manifests, artifacts), *extra_args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=as_a_terminal_job,
+    )
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        haproxy.terminate()
+        haproxy.wait(10)

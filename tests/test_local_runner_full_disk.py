@@ -18,14 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (
-    ROOT,
-    as_a_terminal_job,
-    lab_leftovers,
-    local_runner_argv,
-    plain_haproxy_cfg,
-    render_manifests,
-)
+from helpers import lab_leftovers, local_run
 from runbook.artifacts.events import read_jsonl
 from runbook.artifacts.writes import WriteFailures, describe_write_failure
 from runbook.localcluster.topology import Topology
@@ -73,26 +66,10 @@ def test_the_failure_names_the_file_and_the_room_left(small_disk: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_a_full_disk_stops_the_run_at_once_and_says_why(tmp_path: Path, small_disk: Path) -> None:
-    manifests = tmp_path / "manifests"
-    render = render_manifests(manifests, {"timing_profile": "quick"})
-    assert render.returncode == 0, render.stdout
-    haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(plain_haproxy_cfg(tmp_path, LAB))],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     artifacts = small_disk / "artifacts"
     result_file = tmp_path / "result.json"
-    run = subprocess.Popen(
-        [*local_runner_argv(tmp_path, LAB, manifests, artifacts), f"--result-file={result_file}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=as_a_terminal_job,
-    )
     lines: list[str] = []
-    try:
+    with local_run(tmp_path, LAB, artifacts, f"--result-file={result_file}") as run:
         assert run.stdout is not None
         deadline = time.monotonic() + 90
         for line in run.stdout:
@@ -108,11 +85,6 @@ def test_a_full_disk_stops_the_run_at_once_and_says_why(tmp_path: Path, small_di
         lines += run.stdout.readlines()
         code = run.wait(60)
         ended = time.monotonic()
-    finally:
-        if run.poll() is None:
-            run.kill()
-        haproxy.terminate()
-        haproxy.wait(10)
     out = "".join(lines)
     assert code == 1, out[-3000:]
     assert "Traceback" not in out, out[-3000:]

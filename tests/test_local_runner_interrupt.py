@@ -9,19 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import (
-    ROOT,
-    as_a_terminal_job,
-    local_runner_argv,
-    plain_haproxy_cfg,
-    render_manifests,
-)
+from helpers import local_run
 from runbook.artifacts.events import read_jsonl
 from runbook.localcluster.topology import Topology
 
@@ -31,24 +24,8 @@ LAB = Topology(185)
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
 def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path) -> None:
-    manifests = tmp_path / "manifests"
-    render = render_manifests(manifests, {"timing_profile": "quick"})
-    assert render.returncode == 0, render.stdout
-    haproxy = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(plain_haproxy_cfg(tmp_path, LAB))],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     artifacts = tmp_path / "artifacts"
-    run = subprocess.Popen(
-        local_runner_argv(tmp_path, LAB, manifests, artifacts),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=as_a_terminal_job,
-    )
-    try:
+    with local_run(tmp_path, LAB, artifacts) as run:
         assert run.stdout is not None
         deadline = time.monotonic() + 90
         for line in run.stdout:
@@ -58,11 +35,6 @@ def test_sigint_mid_run_keeps_the_artifacts_and_says_interrupted(tmp_path: Path)
         time.sleep(2)
         run.send_signal(signal.SIGINT)
         assert run.wait(60) == 130
-    finally:
-        if run.poll() is None:
-            run.kill()
-        haproxy.terminate()
-        haproxy.wait(10)
     (run_dir,) = artifacts.iterdir()
     journal = json.loads((run_dir / "journal.json").read_text())
     assert journal["status"] == "interrupted"

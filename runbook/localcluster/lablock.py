@@ -72,10 +72,14 @@ def _describe(holder: str) -> str:
         return holder or "(no details)"
 
 
-def claim(index: int, checkout: Path, command: str, lock_dir: Path = LOCK_DIR) -> IO[str] | None:
-    """Lab `index`'s lock, held while the returned file is open; None when one of this
-    process's ancestors holds it already (this command's own). LabBusy otherwise."""
-    path = lock_path(index, lock_dir)
+class LockHeld(RuntimeError):
+    """Another process holds the lock; the message is the record it wrote there."""
+
+
+def hold(path: Path, record: dict[str, object]) -> IO[str]:
+    """An exclusive lock on `path`, held while the returned file is open (the kernel
+    drops it when the holder exits, however it exits), with `record` written in it for
+    whoever is refused; LockHeld(the holder's record) when another holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     f = path.open("a+", encoding="utf-8")
     try:
@@ -84,25 +88,31 @@ def claim(index: int, checkout: Path, command: str, lock_dir: Path = LOCK_DIR) -
         f.seek(0)
         holder = f.read().strip()
         f.close()
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            if int(json.loads(holder)["pid"]) in _ancestor_pids():
-                return None
-        raise LabBusy(f"lab {index} is in use by {_describe(holder)}") from None
+        raise LockHeld(holder) from None
     f.seek(0)
     f.truncate()
-    f.write(
-        json.dumps(
-            {
-                "pid": os.getpid(),
-                "checkout": str(checkout),
-                "command": command,
-                "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-        )
-        + "\n"
-    )
+    f.write(json.dumps(record) + "\n")
     f.flush()
     return f
+
+
+def claim(index: int, checkout: Path, command: str, lock_dir: Path = LOCK_DIR) -> IO[str] | None:
+    """Lab `index`'s lock, held while the returned file is open; None when one of this
+    process's ancestors holds it already (this command's own). LabBusy otherwise."""
+    record = {
+        "pid": os.getpid(),
+        "checkout": str(checkout),
+        "command": command,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        return hold(lock_path(index, lock_dir), record)
+    except LockHeld as held:
+        holder = str(held)
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        if int(json.loads(holder)["pid"]) in _ancestor_pids():
+            return None
+    raise LabBusy(f"lab {index} is in use by {_describe(holder)}")
 
 
 def claim_all(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -52,7 +51,7 @@ from ..analysis.report import summaries_by_pair, write_comparison
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
 from ..localcluster.haproxy_process import stop_lab_haproxy
-from ..localcluster.lablock import LabBusy, claim_all
+from ..localcluster.lablock import LabBusy, LockHeld, claim_all, hold
 from ..model import registry, timing
 from ..model.plan import check_inputs
 from .signals import cancel_on_exit_signals, exit_code
@@ -97,29 +96,17 @@ class Busy(RuntimeError):
 def take_lock(path: Path, labs: list[str], first_index: int) -> IO[str]:
     """The checkout's experiment lock, or Busy naming its holder. Keep the returned file
     open for as long as the labs are in use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = path.open("a+", encoding="utf-8")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "(no details)"
-        f.close()
-        raise Busy(holder) from None
-    f.seek(0)
-    f.truncate()
-    f.write(
-        json.dumps(
+        return hold(
+            path,
             {
                 "pid": os.getpid(),
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "labs": dict(zip(range(first_index, first_index + len(labs)), labs, strict=True)),
-            }
+            },
         )
-        + "\n"
-    )
-    f.flush()
-    return f
+    except LockHeld as held:
+        raise Busy(str(held) or "(no details)") from None
 
 
 class LabFailed(RuntimeError):
