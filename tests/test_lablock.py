@@ -97,11 +97,11 @@ def test_a_lab_an_ancestor_holds_is_this_commands_own(tmp_path: Path) -> None:
 def listener_on_haproxys_address() -> Iterator[tuple[Topology, int]]:
     """Another process listening on lab 182's HTTPS frontend, as another checkout's
     HAProxy would. Yields the lab and the process's pid."""
-    lab = Topology(182)
+    topology = Topology(182)
     code = textwrap.dedent(f"""
         import socket, sys
         s = socket.socket()
-        s.bind(({lab.haproxy_ip!r}, 8443))
+        s.bind(({topology.haproxy_ip!r}, 8443))
         s.listen()
         print("listening", flush=True)
         sys.stdin.read()
@@ -111,7 +111,7 @@ def listener_on_haproxys_address() -> Iterator[tuple[Topology, int]]:
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
-        yield lab, proc.pid
+        yield topology, proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -121,14 +121,14 @@ def listener_on_haproxys_address() -> Iterator[tuple[Topology, int]]:
 def test_check_names_the_process_on_the_labs_address(
     listener_on_haproxys_address: tuple[Topology, int], tmp_path: Path
 ) -> None:
-    lab, pid = listener_on_haproxys_address
+    topology, pid = listener_on_haproxys_address
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "runbook.localcluster.lablock",
             "check",
-            f"--lab-index={lab.index}",
+            f"--lab-index={topology.index}",
             f"--lab-dir={tmp_path}",
         ],
         cwd=ROOT,
@@ -138,14 +138,14 @@ def test_check_names_the_process_on_the_labs_address(
     )
     assert result.returncode == 1
     assert result.stderr.startswith(
-        f"lab {lab.index}'s address {lab.haproxy_ip}:8443 is held by pid {pid} ("
+        f"lab {topology.index}'s address {topology.haproxy_ip}:8443 is held by pid {pid} ("
     ), result.stderr
     assert "another checkout's lab, or one left running" in result.stderr
 
 
 def test_make_experiment_is_refused_on_a_lab_another_checkout_holds(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    with held_by_another_command(181) as pid:
+    with held_by_another_command(171) as pid:
         result = subprocess.run(
             [
                 sys.executable,
@@ -153,7 +153,7 @@ def test_make_experiment_is_refused_on_a_lab_another_checkout_holds(tmp_path: Pa
                 "runbook.runners.all",
                 "--modes=current,ordered",
                 "--scenarios=inflight",
-                "--first-lab-index=180",
+                "--first-lab-index=170",
                 f"--artifacts={artifacts}",
             ],
             cwd=ROOT,
@@ -162,10 +162,10 @@ def test_make_experiment_is_refused_on_a_lab_another_checkout_holds(tmp_path: Pa
             timeout=60,
         )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"lab 181 is in use by make experiment in {ELSEWHERE} (pid {pid}" in result.stderr
-    assert "FIRST_LAB=, now 180" in result.stderr
-    assert not artifacts.exists() and not (ROOT / ".lab" / "180").exists()
-    assert not (ROOT / ".lab" / "181").exists()
+    assert f"lab 171 is in use by make experiment in {ELSEWHERE} (pid {pid}" in result.stderr
+    assert "FIRST_LAB=, now 170" in result.stderr
+    assert not artifacts.exists() and not (ROOT / ".lab" / "170").exists()
+    assert not (ROOT / ".lab" / "171").exists()
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ def test_a_playbook_stops_before_its_haproxy_would_bind_beside_another(
 ) -> None:
     """run-experiment.yml by hand, and site.yml's verify lab: refused before HAProxy
     would bind beside the other, naming it; nothing of the lab's is started."""
-    lab, pid = listener_on_haproxys_address
+    topology, pid = listener_on_haproxys_address
     lab_root = tmp_path / "labs"
     result = subprocess.run(
         [
@@ -186,7 +186,7 @@ def test_a_playbook_stops_before_its_haproxy_would_bind_beside_another(
             "-e",
             "mode=current",
             "-e",
-            f"{lab_var}={lab.index}",
+            f"{lab_var}={topology.index}",
             "-e",
             f"lab_root={lab_root}",
             "-e",
@@ -199,9 +199,10 @@ def test_a_playbook_stops_before_its_haproxy_would_bind_beside_another(
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )
     assert result.returncode != 0
-    assert f"{lab.haproxy_ip}:8443 is held by pid {pid} (" in result.stdout, result.stdout[-3000:]
-    assert not (lab_root / str(lab.index) / "haproxy.pid").exists()
+    said = f"{topology.haproxy_ip}:8443 is held by pid {pid} ("
+    assert said in result.stdout, result.stdout[-3000:]
+    assert not (lab_root / str(topology.index) / "haproxy.pid").exists()
     assert not (tmp_path / "artifacts").exists()
     with socket.socket() as probe:  # the listener is still the other's alone
         probe.settimeout(2)
-        probe.connect((lab.haproxy_ip, 8443))
+        probe.connect((topology.haproxy_ip, 8443))

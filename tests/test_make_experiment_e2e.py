@@ -21,7 +21,7 @@ from runbook.analysis.comparison import VERDICT_KINDS, verdict_cell
 from runbook.artifacts.events import read_jsonl
 from runbook.artifacts.journal import SCHEMA_PATH
 from runbook.artifacts.rundir import new_run_dir
-from runbook.model import registry
+from runbook.model import registry, timing
 
 SUMMARY_KEYS = {
     "mode",
@@ -153,7 +153,10 @@ def test_ordered_loses_nothing_in_either_scenario(runs: Runs) -> None:
     for cls in ("sleep", "stream", "ws"):  # the long classes were on the victim
         assert s["exposure"][cls]["tested"], s["exposure"]
     t = s["timings_s"]
-    assert t["termination_to_lb_down"] < 2  # the 404 at the next check: NOLB
+    # nothing for ENDPOINT_SYNC_WAIT, then the 404 at the next check: NOLB
+    quick = timing.derive("quick")
+    sync = quick.inputs["endpoint_sync_s"]
+    assert sync <= t["termination_to_lb_down"] < sync + quick.lb_soft_detect_worst_s + 1
     assert t["termination_to_zero_in_flight"] < 12  # before DRAIN_TIMEOUT
     for cls, rate in s["rates"].items():  # the driver offered what the plan said
         assert not rate["shortfall"], (cls, rate)

@@ -49,10 +49,12 @@ def http_fetcher(session: aiohttp.ClientSession, admin_url: str, regex: str) -> 
 async def poll_active(
     sink: EventLog, fetchers: Mapping[str, StatsFetcher], interval_s: float = 0.2
 ) -> None:
-    """One `active_requests` event per pod each time its gauge changes (None: unreadable)."""
+    """One `active_requests` event per pod each time its gauge changes (None: unreadable).
+    `fetchers` may gain pods while this runs (the homelab's replacements): each round
+    reads the pods it has then."""
     last: dict[str, int | None] = {}
     while True:
-        for pod, fetch in fetchers.items():
+        for pod, fetch in list(fetchers.items()):
             value: int | None = None
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, OSError):
                 value = active_from_stats(await fetch())

@@ -37,6 +37,9 @@ from ..model.plan import add_arguments, add_budget_arguments, plan_for
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
 BACKEND_SELECTOR = f"app={registry.OBJECTS.backend}"
 LOG_SETTLE_S = 3.0
+#: How often the run looks for gateway pods started since (their Envoy gauge is read
+#: from then on): the replacement runs within seconds of the deletion.
+NEW_POD_LOOK_S = 2.0
 
 
 def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
@@ -108,11 +111,22 @@ async def run(args: argparse.Namespace) -> None:
 
         return fetch
 
-    gauge = asyncio.create_task(
-        envoy.poll_active(
-            collected.log("envoy"), {p.metadata.name: fetcher(p.metadata.name) for p in pods}, 0.5
-        )
-    )
+    fetchers = {p.metadata.name: fetcher(p.metadata.name) for p in pods}
+
+    async def gauge_new_pods() -> None:
+        """A pod that starts during the run (the victim's replacement) gets its gauge
+        read too, once it runs."""
+        while True:
+            await asyncio.sleep(NEW_POD_LOOK_S)
+            listed = await asyncio.to_thread(
+                core.list_namespaced_pod, args.namespace, label_selector=selector
+            )
+            for p in listed.items:
+                if p.metadata.name not in fetchers and p.status.phase == "Running":
+                    fetchers[p.metadata.name] = fetcher(p.metadata.name)
+
+    gauge = asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers, 0.5))
+    new_pods = asyncio.create_task(gauge_new_pods())
     recorder = Recorder(run_dir / RAW_REQUESTS)
     driver = LoadDriver(args.url, args.ca, recorder, scenario)
     experiment = collected.log("experiment")
@@ -160,7 +174,8 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         stop.set()
         gauge.cancel()
-        await asyncio.gather(gauge, return_exceptions=True)
+        new_pods.cancel()
+        await asyncio.gather(gauge, new_pods, return_exceptions=True)
         recorder.close()
         for t in threads:
             if not t.daemon:
