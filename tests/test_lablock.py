@@ -34,7 +34,7 @@ def held_by_another_command(index: int, lock_dir: Path = lablock.LOCK_DIR) -> It
         import sys, time
         from pathlib import Path
         from runbook.localcluster import lablock
-        f = lablock.claim({index}, Path({ELSEWHERE!r}), "make experiment", Path({str(lock_dir)!r}))
+        f = lablock.claim({index}, "make experiment", Path({ELSEWHERE!r}), Path({str(lock_dir)!r}))
         print("held", flush=True)
         sys.stdin.read()
     """)
@@ -57,32 +57,32 @@ def held_by_another_command(index: int, lock_dir: Path = lablock.LOCK_DIR) -> It
 def test_a_held_lab_is_refused_naming_the_other_checkout(tmp_path: Path) -> None:
     with held_by_another_command(7, tmp_path) as pid:
         with pytest.raises(lablock.LabBusy) as busy:
-            lablock.claim(7, ROOT, "run-experiment.yml", tmp_path)
+            lablock.claim(7, "run-experiment.yml", ROOT, tmp_path)
         assert str(busy.value).startswith(
             f"lab 7 is in use by make experiment in {ELSEWHERE} (pid {pid}, since "
         )
         # all or nothing: lab 6 was free, and is free again after the refusal
         with pytest.raises(lablock.LabBusy):
-            lablock.claim_all([6, 7], ROOT, "make experiment", tmp_path)
-        six = lablock.claim(6, ROOT, "make experiment", tmp_path)
+            lablock.claim_all([6, 7], "make experiment", ROOT, tmp_path)
+        six = lablock.claim(6, "make experiment", ROOT, tmp_path)
         assert six is not None
         six.close()
     # released when its holder exits, however it exits
-    seven = lablock.claim(7, ROOT, "make experiment", tmp_path)
+    seven = lablock.claim(7, "make experiment", ROOT, tmp_path)
     assert seven is not None
     seven.close()
 
 
 def test_a_lab_an_ancestor_holds_is_this_commands_own(tmp_path: Path) -> None:
     """`make experiment` holds its labs; its converge playbook and runs are its children."""
-    held = lablock.claim(8, ROOT, "make experiment", tmp_path)
+    held = lablock.claim(8, "make experiment", ROOT, tmp_path)
     assert held is not None
     child = subprocess.run(
         [
             sys.executable,
             "-c",
             "from pathlib import Path; from runbook.localcluster import lablock; "
-            f"print(lablock.claim(8, Path('.'), 'run', Path({str(tmp_path)!r})))",
+            f"print(lablock.claim(8, 'run', Path('.'), Path({str(tmp_path)!r})))",
         ],
         cwd=ROOT,
         capture_output=True,

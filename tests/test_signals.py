@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 
-from runbook.runners.signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
+from runbook.localcluster.procfs import ancestors
+from runbook.runners.signals import cancel_on_exit_signals, cancel_when_gone, exit_code
 
 
 def sleeper() -> subprocess.Popen[bytes]:

@@ -16,17 +16,16 @@ import asyncio
 import contextlib
 import errno
 import itertools
-import json
 import secrets
 import ssl
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 
-from ..artifacts.events import now_ms
+from ..artifacts.events import EventLog, now_ms
 from ..artifacts.writes import WriteFailures
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
@@ -126,28 +125,17 @@ class Recorder:
     to `failures` (the run stops, runbook.artifacts.writes); the file takes no more."""
 
     def __init__(self, path: Path, failures: WriteFailures | None = None) -> None:
-        self.path = path
-        self._failures = failures
-        self._file: IO[str] = path.open("x", encoding="utf-8", buffering=1)
+        # the collectors' JSON-lines file: one line a record, its failures the same
+        self._log = EventLog(path, failures)
         self.termination_ms: float | None = None
         self.records: list[RequestRecord] = []
 
     def write(self, record: RequestRecord) -> None:
         self.records.append(record)
-        if self._file.closed:
-            return
-        try:
-            self._file.write(json.dumps(record.as_dict(self.termination_ms)) + "\n")
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            if self._failures is None:
-                raise
-            self._failures.report(self.path, exc)
+        self._log.write(record.as_dict(self.termination_ms))
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):  # a failed write was reported when it failed
-            self._file.close()
+        self._log.close()
 
 
 async def fetch(

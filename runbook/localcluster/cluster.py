@@ -22,7 +22,7 @@ from . import pilot_agent
 from .envoy_bootstrap import Upstream, gateway_bootstrap
 from .kubelet import LogLineSink, Pod, PodEnvironment, program_for
 from .kubeproxy import NodePort, endpoint_conditions
-from .lablock import holder_of
+from .lablock import address_taken
 from .manifests import ContainerSpec, Manifests
 from .topology import NODES, WORKERS, Topology, pods_dir
 
@@ -192,11 +192,8 @@ class LabCluster:
                     ):
                         # another lab on these addresses: retrying cannot help
                         self._bind_faults.add(np.node)
-                        holder = holder_of(np.ip, np.node_port) or "a process ss cannot name"
                         self.on_fault(
-                            f"kube-proxy on {np.node} cannot bind {np.ip}:{np.node_port}: "
-                            f"address already in use, held by {holder} (another lab on the "
-                            "same addresses?)"
+                            address_taken(f"kube-proxy on {np.node}", np.ip, np.node_port)
                         )
             await asyncio.sleep(0.05)
 

@@ -13,6 +13,8 @@ import os
 import signal
 from pathlib import Path
 
+from .procfs import cmdline
+
 PIDFILE = "haproxy.pid"
 CONFIG = "haproxy.cfg"
 
@@ -21,15 +23,9 @@ def runs_lab_config(pid: int, lab_dir: Path) -> bool:
     """Whether process `pid` is an HAProxy of this lab's config (its master, or a worker
     the master forked: both carry the config's path in their command line)."""
     # the role names the config by an absolute path, symlinks kept or not
-    configs = {
-        os.fsencode(os.path.abspath(lab_dir / CONFIG)),
-        os.fsencode(lab_dir.resolve() / CONFIG),
-    }
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return any(c in cmdline for c in configs)
+    configs = {os.path.abspath(lab_dir / CONFIG), str(lab_dir.resolve() / CONFIG)}
+    command = cmdline(pid)
+    return command is not None and any(c in command for c in configs)
 
 
 def lab_haproxy_pids(lab_dir: Path) -> list[int]:

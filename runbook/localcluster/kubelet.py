@@ -19,7 +19,7 @@ import aiohttp
 from ..artifacts.events import EventLog
 from ..artifacts.writes import WriteFailures
 from ..model.registry import PORTS
-from .lablock import holder_of
+from .lablock import address_taken
 from .manifests import ContainerSpec, PodTemplate, Probe
 
 #: The image's repository name -> the program the lab runs for it (by role; each
@@ -201,8 +201,7 @@ class Pod:
 
     async def _watch_exit(self, c: Container) -> None:
         assert c.proc is not None
-        proc = c.proc
-        code = await proc.wait()
+        code = await c.proc.wait()
         c.ready = False
         self.where.events.emit(
             "kubelet", "container_exited", pod=self.name, container=c.spec.name, code=code
@@ -225,20 +224,17 @@ class Pod:
         if found is None:
             return
         address, port = found
-        holder = holder_of(address, port) or "a process ss cannot name"
+        fault = address_taken(f"{self.name}/{c.spec.name}", address, port)
         self.where.events.emit(
             "kubelet",
             "bind_failed",
             pod=self.name,
             container=c.spec.name,
             address=f"{address}:{port}",
-            holder=holder,
+            fault=fault,
         )
         if self.where.on_fault is not None:
-            self.where.on_fault(
-                f"{self.name}/{c.spec.name} cannot bind {address}:{port}: address already "
-                f"in use, held by {holder} (another lab on the same addresses?)"
-            )
+            self.where.on_fault(fault)
 
     async def _probe(self, c: Container, probe: Probe, kind: str) -> None:
         failures = 0

@@ -36,10 +36,13 @@ from pathlib import Path
 from typing import IO
 
 from .haproxy_process import runs_lab_config
+from .procfs import ancestors, cmdline
 from .topology import Topology
 
 #: Machine-wide: every checkout's labs share the machine's addresses.
 LOCK_DIR = Path("/run/lock")
+#: The checkout this code runs from, named in the locks it takes.
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 class LabBusy(RuntimeError):
@@ -48,20 +51,6 @@ class LabBusy(RuntimeError):
 
 def lock_path(index: int, lock_dir: Path = LOCK_DIR) -> Path:
     return lock_dir / f"igw-lab-{index}.lock"
-
-
-def _ancestor_pids() -> set[int]:
-    out, pid = set(), os.getpid()
-    for _ in range(256):  # bounded: /proc's parent links end at PID 1
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            pid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-        if pid <= 1:
-            break
-        out.add(pid)
-    return out
 
 
 def _describe(holder: str) -> str:
@@ -96,7 +85,9 @@ def hold(path: Path, record: dict[str, object]) -> IO[str]:
     return f
 
 
-def claim(index: int, checkout: Path, command: str, lock_dir: Path = LOCK_DIR) -> IO[str] | None:
+def claim(
+    index: int, command: str, checkout: Path = CHECKOUT, lock_dir: Path = LOCK_DIR
+) -> IO[str] | None:
     """Lab `index`'s lock, held while the returned file is open; None when one of this
     process's ancestors holds it already (this command's own). LabBusy otherwise."""
     record = {
@@ -110,19 +101,19 @@ def claim(index: int, checkout: Path, command: str, lock_dir: Path = LOCK_DIR) -
     except LockHeld as held:
         holder = str(held)
     with contextlib.suppress(ValueError, KeyError, TypeError):
-        if int(json.loads(holder)["pid"]) in _ancestor_pids():
+        if int(json.loads(holder)["pid"]) in {pid for pid, _ in ancestors()}:
             return None
     raise LabBusy(f"lab {index} is in use by {_describe(holder)}")
 
 
 def claim_all(
-    indices: list[int], checkout: Path, command: str, lock_dir: Path = LOCK_DIR
+    indices: list[int], command: str, checkout: Path = CHECKOUT, lock_dir: Path = LOCK_DIR
 ) -> list[IO[str]]:
     """Every lab's lock, or none of them (LabBusy naming the first one taken)."""
     held: list[IO[str]] = []
     try:
         for index in indices:
-            f = claim(index, checkout, command, lock_dir)
+            f = claim(index, command, checkout, lock_dir)
             if f is not None:
                 held.append(f)
     except LabBusy:
@@ -151,25 +142,29 @@ def address_holders(net: str) -> list[tuple[str, int | None, str]]:
         users = list(_SS_USER.finditer(m["users"])) or [None]
         for u in users:
             pid = int(u["pid"]) if u else None
-            out.append((m["local"], pid, _cmdline(pid) if pid else ""))
+            command = (cmdline(pid) or "") if pid else ""
+            out.append((m["local"], pid, " ".join(command.split())))
     return out
 
 
-def holder_of(address: str, port: int) -> str | None:
-    """Who listens on address:port, as `pid N (command)`, when it can be found."""
+def _who(pid: int | None, command: str) -> str:
+    return f"pid {pid} ({command[:160]})" if pid is not None else "a process ss cannot name"
+
+
+def address_taken(who: str, address: str, port: int) -> str:
+    """The fault of `who` (a container, a NodePort) that cannot bind address:port,
+    naming the process that listens there."""
     net = address.rsplit(".", 2)[0]
-    for local, pid, cmd in address_holders(net):
-        if local == f"{address}:{port}" and pid is not None:
-            return f"pid {pid} ({cmd[:160]})"
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        return " ".join(raw.decode(errors="replace").split())
-    except OSError:
-        return ""
+    holders = [
+        _who(pid, command)
+        for local, pid, command in address_holders(net)
+        if local == f"{address}:{port}" and pid is not None
+    ]
+    holder = holders[0] if holders else _who(None, "")
+    return (
+        f"{who} cannot bind {address}:{port}: address already in use, held by {holder} "
+        "(another lab on the same addresses?)"
+    )
 
 
 def check(index: int, lab_dir: Path, checkout: Path) -> str | None:
@@ -177,7 +172,7 @@ def check(index: int, lab_dir: Path, checkout: Path) -> str | None:
     command holds its lock, or a process other than this lab's own HAProxy (of the
     config in `lab_dir`: site.yml's second run reloads it) holds one of its addresses."""
     try:
-        f = claim(index, checkout, "check")
+        f = claim(index, "check", checkout)
     except LabBusy as exc:
         return str(exc)
     if f is not None:
@@ -190,7 +185,7 @@ def check(index: int, lab_dir: Path, checkout: Path) -> str | None:
     if not others:
         return None
     local, pid, cmd = others[0]
-    who = f"pid {pid} ({cmd[:160]})" if pid is not None else "a process ss cannot name"
+    who = _who(pid, cmd)
     more = f" and {len(others) - 1} more" if len(others) > 1 else ""
     return (
         f"lab {index}'s address {local} is held by {who}{more}, not by this lab's HAProxy "
@@ -204,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["check"])
     parser.add_argument("--lab-index", type=int, required=True)
     parser.add_argument("--lab-dir", type=Path, required=True)
-    parser.add_argument("--checkout", type=Path, default=Path.cwd())
+    parser.add_argument("--checkout", type=Path, default=CHECKOUT)
     args = parser.parse_args(argv)
     why = check(args.lab_index, args.lab_dir, args.checkout.resolve())
     if why is None:

@@ -617,7 +617,7 @@ def main() -> int:
     # them is refused here, naming it (runbook.localcluster.lablock)
     indices = list(range(args.first_lab_index, args.first_lab_index + len(modes) * len(scenarios)))
     try:
-        lab_locks = claim_all(indices, CHECKOUT, "make experiment (runbook.runners.all)")
+        lab_locks = claim_all(indices, "make experiment (runbook.runners.all)")
     except LabBusy as exc:
         lock.close()
         print(

@@ -43,14 +43,13 @@ from ..localcluster.cluster import LabCluster
 from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.lablock import LabBusy, claim
 from ..localcluster.manifests import Manifests
+from ..localcluster.procfs import ancestors
 from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
 from .premise_checks import check_running_lab
-from .signals import ancestors, cancel_on_exit_signals, cancel_when_gone, exit_code
+from .signals import cancel_on_exit_signals, cancel_when_gone, exit_code
 
-#: The checkout this module runs from (named in the lab's lock).
-CHECKOUT = Path(__file__).resolve().parents[2]
 #: The local lab's one HAProxy, as the collectors and the summary name it.
 LOCAL_LB = "lab-haproxy"
 #: How long the pods run after the load ends: Envoy's last access-log lines (one flush
@@ -372,7 +371,7 @@ def main() -> int:
     # before anything is written when another command has them; `make experiment`
     # holds its labs' locks for its runs
     try:
-        lab_lock = claim(args.lab_index, CHECKOUT, "run-experiment.yml (runbook.runners.local)")
+        lab_lock = claim(args.lab_index, "run-experiment.yml (runbook.runners.local)")
     except LabBusy as exc:
         print(f"runbook.runners.local: {exc}; nothing was started", file=sys.stderr)
         return 1

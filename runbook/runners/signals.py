@@ -20,7 +20,6 @@ import asyncio
 import os
 import signal
 import sys
-from pathlib import Path
 
 #: The signals that end a run, handled alike.
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -52,27 +51,6 @@ def cancel_on_exit_signals(stopped_by: list[signal.Signals], who: str) -> None:
 def exit_code(stopped_by: list[signal.Signals]) -> int:
     """The shell's convention for a command ended by a signal: 128 + its number."""
     return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
-
-
-def ancestors(pid: int | None = None) -> list[tuple[int, str]]:
-    """(pid, command line) of each ancestor of `pid` (default: this process), nearest
-    first, up to but not including PID 1."""
-    out = []
-    current = os.getpid() if pid is None else pid
-    while True:
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return out
-        if parent <= 1:
-            return out
-        try:
-            cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            return out
-        out.append((parent, cmdline.decode(errors="replace").strip()))
-        current = parent
 
 
 def cancel_when_gone(pids: list[int], stopped_by: list[signal.Signals], who: str) -> None:

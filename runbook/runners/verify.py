@@ -34,9 +34,6 @@ from ..localcluster.lablock import LabBusy, claim
 from ..model import registry, timing
 from .premise_checks import gather_homelab, gather_local
 
-#: The checkout this module runs from (named in the lab's lock).
-CHECKOUT = Path(__file__).resolve().parents[2]
-
 
 def report(found: list[checks.Check], artifacts: Path, target: str, mode: str) -> Path:
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -84,7 +81,7 @@ def main() -> int:
         # the lab's addresses are the machine's: another command on it would answer
         # these checks for us (runbook.localcluster.lablock)
         try:
-            lab_lock = claim(args.lab_index, CHECKOUT, "verify.yml (runbook.runners.verify)")
+            lab_lock = claim(args.lab_index, "verify.yml (runbook.runners.verify)")
         except LabBusy as exc:
             print(f"runbook.runners.verify: {exc}; nothing was started", file=sys.stderr)
             return 1
