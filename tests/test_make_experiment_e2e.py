@@ -2,7 +2,7 @@
 real playbook.
 
 Real HAProxy (provisioned by the haproxy role), real Envoy, hc, backend and drain
-script; eight labs, two per CPU at once, a few minutes.
+script; four labs (one per mode, each running both scenarios), a few minutes.
 """
 
 from __future__ import annotations

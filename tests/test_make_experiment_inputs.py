@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from runbook.runners.all import LABS_PER_CPU, default_labs_at_once, timing_overrides
+from runbook.runners.all import LABS_PER_CPU, default_labs_at_once, lab_plan, timing_overrides
+
+MODES = ["current", "improved", "ordered", "istio-native"]
 
 
 @pytest.mark.parametrize(
@@ -19,6 +21,52 @@ from runbook.runners.all import LABS_PER_CPU, default_labs_at_once, timing_overr
 )
 def test_labs_at_once_follow_the_usable_cpus(pairs: int, cpus: int, expected: int) -> None:
     assert default_labs_at_once(pairs, cpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("modes", "scenarios", "slots", "expected"),
+    [
+        # the default here: four slots, one lab per mode running both scenarios
+        (MODES, ["inflight", "steady"], 4, [(m, ("inflight", "steady")) for m in MODES]),
+        # slots to spare: a mode's scenarios split between labs of its own
+        (
+            ["ordered"],
+            ["inflight", "steady"],
+            4,
+            [("ordered", ("inflight",)), ("ordered", ("steady",))],
+        ),
+        (
+            ["current", "ordered"],
+            ["inflight", "steady", "busy"],
+            4,
+            [
+                ("current", ("inflight", "busy")),
+                ("current", ("steady",)),
+                ("ordered", ("inflight", "busy")),
+                ("ordered", ("steady",)),
+            ],
+        ),
+        # fewer slots than modes: still one lab each (they wait for a slot)
+        (MODES, ["steady"], 2, [(m, ("steady",)) for m in MODES]),
+        # more slots than could be used: one lab per mode and scenario, no more
+        (
+            MODES,
+            ["inflight", "steady"],
+            8,
+            [(m, (sc,)) for m in MODES for sc in ("inflight", "steady")],
+        ),
+        # three modes, four slots: a fourth lab would leave two modes with one
+        (MODES[:3], ["inflight", "steady"], 4, [(m, ("inflight", "steady")) for m in MODES[:3]]),
+    ],
+)
+def test_each_mode_converges_as_few_labs_as_its_slots_need(
+    modes: list[str], scenarios: list[str], slots: int, expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    plan = lab_plan(modes, scenarios, slots)
+    assert plan == expected
+    # every mode and scenario is run, once
+    ran = sorted((m, sc) for m, scs in plan for sc in scs)
+    assert ran == sorted((m, sc) for m in modes for sc in scenarios)
 
 
 def test_timing_overrides_are_checked_by_the_model() -> None:

@@ -1,19 +1,23 @@
 """`make experiment`: every mode in every scenario on the local lab, side by side, then
 one comparison.
 
-Each (scenario, mode) pair has an isolated lab of its own (its own loopback /16, ports
-and files). Every mode's manifests are rendered once for all the labs
+Each mode has an isolated lab of its own (its own loopback /16, ports and files; its
+HAProxy configured for the mode), which runs the mode's scenarios one after the other:
+a scenario is only the runner's load, so a lab per scenario would only converge another
+HAProxy. When there are more slots than modes, a mode's scenarios are split between
+labs of its own (`lab_plan`). Every mode's manifests are rendered once for all the labs
 (`.lab/manifests-<profile>`); `playbooks/run-experiment.yml` converges every lab
 before any run starts (HAProxy provisioned and running, the runner's command written
 to `.lab/<N>/runner.json`): Ansible's CPU is spent before a run measures anything.
-Then each lab runs its repeats one after the other, each a `runbook.runners.local` child
-whose progress lines it shows with the lab's name in front (all its output in
-`.lab/<N>/runner-<repeat>.log`) and whose exit code and result
-(`.lab/<N>/result-<repeat>.json`: its run directory, how it ended) it reads when the
-child ends. A run whose lab did not hold steady (runbook.analysis.validity) is kept and
-shown but not counted, and another run takes its place (MAX_REPLACEMENTS per lab). At
-most LABS_PER_CPU labs per usable CPU run at once (`--labs-at-once` to choose): more
-starve each other's health checks and their runs measure the machine, not the order.
+Then each lab runs its scenarios' repeats one after the other, each a
+`runbook.runners.local` child whose progress lines it shows with the mode and scenario
+in front (all its output in `.lab/<N>/runner-<scenario>-<repeat>.log`) and whose exit
+code and result (`.lab/<N>/result-<scenario>-<repeat>.json`: its run directory, how it
+ended) it reads when the child ends. A run whose lab did not hold steady
+(runbook.analysis.validity) is kept and shown but not counted, and another run takes
+its place (MAX_REPLACEMENTS per mode and scenario). At most LABS_PER_CPU labs per
+usable CPU run at once (`--labs-at-once` to choose): more starve each other's health
+checks and their runs measure the machine, not the order.
 
 One `make experiment` at a time per checkout: a second one, started while the first
 runs, is refused at once with a message naming the first (it would take the same
@@ -69,8 +73,9 @@ LAB_STAGGER_S = 2.5
 #: (benchmarks/RESULTS.md, "Labs at once"): at 4 per CPU 7 of 31 runs saw a survivor
 #: marked DOWN by a starved check (a 0.5 s check timeout); at 2 per CPU none of 96.
 LABS_PER_CPU = 2
-#: Runs that may take the place of invalid ones in one lab (runbook.analysis.validity),
-#: beyond the repeats asked: then the verdict says it is incomplete.
+#: Runs that may take the place of invalid ones of one mode and scenario
+#: (runbook.analysis.validity), beyond the repeats asked: then the verdict says it is
+#: incomplete.
 MAX_REPLACEMENTS = 2
 #: The highest lab index: lab N is the loopback network 127.(30+N) (the validate role
 #: refuses the same).
@@ -87,6 +92,17 @@ def usable_cpus() -> int:
 def default_labs_at_once(pairs: int, cpus: int) -> int:
     """LABS_PER_CPU per usable CPU, no more labs than there are pairs, at least one."""
     return max(1, min(pairs, LABS_PER_CPU * cpus))
+
+
+def lab_plan(
+    modes: list[str], scenarios: list[str], labs_at_once: int
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The labs to converge, as (mode, the scenarios it runs in order): one per mode, or
+    as many per mode as the slots allow, up to one per scenario, the scenarios dealt out
+    among them. Each lab converged is Ansible's CPU spent; each slot left idle is runs
+    waiting."""
+    per_mode = max(1, min(len(scenarios), labs_at_once // len(modes)))
+    return [(m, tuple(scenarios[k::per_mode])) for m in modes for k in range(per_mode)]
 
 
 class Busy(RuntimeError):
@@ -116,27 +132,39 @@ class LabFailed(RuntimeError):
 @dataclass
 class LabRun:
     mode: str
-    scenario: str
+    #: what it runs, one after the other
+    scenarios: tuple[str, ...]
     index: int
     lab_dir: Path
     #: what runs for the lab now, in a session of its own: its converge playbook, then
     #: each repeat's runner; None between them
     proc: asyncio.subprocess.Process | None = None
-    #: the repeat now running (its result file names its run directory)
+    #: the run now going or last gone (its result file names its run directory): its
+    #: scenario and its number among that scenario's runs; 0 before the first
+    scenario: str = ""
     repeat: int = 0
-    elapsed_s: float = 0.0  # converge and repeats
+    elapsed_s: float = 0.0  # converge and runs
     #: whether its converge had started: a lab not yet begun has nothing to keep
     began: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.mode}/{self.scenario}"
+        """The lab: its mode and what it runs."""
+        return f"{self.mode}/{'+'.join(self.scenarios)}"
 
-    def result_file(self, repeat: int) -> Path:
-        return self.lab_dir / f"result-{repeat}.json"
+    @property
+    def now(self) -> str:
+        """What it runs now (or last ran): the prefix of its runs' lines."""
+        return f"{self.mode}/{self.scenario or self.scenarios[0]}"
 
-    def runner_log(self, repeat: int) -> Path:
-        return self.lab_dir / f"runner-{repeat}.log"
+    def result_file(self, scenario: str, repeat: int) -> Path:
+        return self.lab_dir / f"result-{scenario}-{repeat}.json"
+
+    def runner_log(self, scenario: str, repeat: int) -> Path:
+        return self.lab_dir / f"runner-{scenario}-{repeat}.log"
+
+    def last_result(self) -> dict[str, Any] | None:
+        return read_result(self.result_file(self.scenario, self.repeat)) if self.repeat else None
 
     @property
     def log_path(self) -> Path:
@@ -219,14 +247,14 @@ class Batch:
 
 async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
     """run-experiment.yml with `experiment_converge_only`: the lab's HAProxy provisioned
-    and running, the runner's command (runner.json) written. Returns that command;
-    LabFailed with the log's end when the playbook fails."""
+    and running, the runner's command (runner.json) written, for any scenario (each run
+    adds its own `--scenario`). Returns that command; LabFailed with the log's end when
+    the playbook fails."""
     argv_file = run.lab_dir / RUNNER_ARGV
     argv_file.unlink(missing_ok=True)
     extra: dict[str, object] = {
         "mode": run.mode,
         "lab_index": run.index,
-        "scenario": run.scenario,
         "timing_profile": batch.profile,
         "experiment_converge_only": True,
     }
@@ -255,14 +283,15 @@ def shown_on_console(line: str) -> bool:
 
 
 async def run_repeat(
-    run: LabRun, argv: list[str], repeat: int
+    run: LabRun, argv: list[str], scenario: str, repeat: int
 ) -> tuple[int, dict[str, Any] | None]:
-    """One run of the lab's runner as a child, its output streamed to the console (the
-    lab's name in front) and to runner-<repeat>.log: (exit code, result)."""
-    result_file = run.result_file(repeat)
-    run.repeat = repeat
+    """One run of the lab's runner in `scenario` as a child, its output streamed to the
+    console (the mode and scenario in front) and to its runner log: (exit code, result)."""
+    result_file = run.result_file(scenario, repeat)
+    run.scenario, run.repeat = scenario, repeat
     run.proc = await asyncio.create_subprocess_exec(
         *argv,
+        f"--scenario={scenario}",
         f"--result-file={result_file}",
         cwd=CHECKOUT,
         stdout=asyncio.subprocess.PIPE,
@@ -271,12 +300,12 @@ async def run_repeat(
         start_new_session=True,
     )
     assert run.proc.stdout is not None
-    with run.runner_log(repeat).open("wb") as log:
+    with run.runner_log(scenario, repeat).open("wb") as log:
         async for raw in run.proc.stdout:
             log.write(raw)
             line = raw.decode(errors="replace").rstrip("\n")
             if shown_on_console(line):
-                print(f"[{run.name:>21}] {line}", flush=True)
+                print(f"[{run.now:>21}] {line}", flush=True)
     code = await run.proc.wait()
     run.proc = None
     return code, read_result(result_file)
@@ -303,10 +332,10 @@ async def stop_runs(runs: list[LabRun]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        result = read_result(r.result_file(r.repeat)) if r.repeat else None
+        result = r.last_result()
         killed = kill_leftover_pods(Path(result["run_dir"])) if result else []
         print(
-            f"runbook.runners.all: [{r.name}] did not finish its cleanup in {CLEANUP_TIMEOUT_S} s; "
+            f"runbook.runners.all: [{r.now}] did not finish its cleanup in {CLEANUP_TIMEOUT_S} s; "
             f"killed it and {len(killed)} pod processes",
             file=sys.stderr,
         )
@@ -333,40 +362,45 @@ async def converge_for_runs(run: LabRun, batch: Batch) -> list[str] | None:
         run.elapsed_s += time.monotonic() - started
 
 
+#: A run's outcome: its scenario, the runner's exit code, its result (None: it never ran).
+Outcome = tuple[str, int, dict[str, Any] | None]
+
+
 async def run_lab(
     run: LabRun, batch: Batch, argv: list[str] | None, start_after_s: float = 0
-) -> list[tuple[int, dict[str, Any] | None]]:
-    """Once a slot is free (batch.slots), run the converged lab's mode and scenario one
-    run after the other until `batch.repeats` runs are valid (runbook.analysis.validity):
-    an invalid run is kept and shown, and another takes its place, at most
-    MAX_REPLACEMENTS of them. (exit code, result) each; a run that never ran has no
-    result. The lab's HAProxy is stopped when its runs end (stop_runs does it on an
-    interrupt)."""
+) -> list[Outcome]:
+    """Once a slot is free (batch.slots), run the converged lab's scenarios one after
+    the other, each until `batch.repeats` of its runs are valid
+    (runbook.analysis.validity): an invalid run is kept and shown, and another takes its
+    place, at most MAX_REPLACEMENTS of them per scenario. The lab's HAProxy is stopped
+    when its runs end (stop_runs does it on an interrupt)."""
     repeats = batch.repeats
     if argv is None:  # its converge failed, said then
-        return [(1, None)] * repeats
-    out: list[tuple[int, dict[str, Any] | None]] = []
+        return [(sc, 1, None) for sc in run.scenarios for _ in range(repeats)]
+    out: list[Outcome] = []
     async with batch.slots:
         await asyncio.sleep(start_after_s)
         started = time.monotonic()
-        valid = 0
-        while valid < repeats and len(out) < repeats + MAX_REPLACEMENTS:
-            code, result = await run_repeat(run, argv, len(out) + 1)
-            out.append((code, result))
-            if code != 0 or result is None or result["status"] != "completed":
-                valid += 1  # a failed run is an error, reported as such, not replaced
-            elif is_valid(Path(result["run_dir"])):
-                valid += 1
-            else:
-                print(
-                    f"[{run.name:>21}] run {len(out)} invalid, kept in {result['run_dir']}; "
-                    + (
-                        "another takes its place"
-                        if len(out) < repeats + MAX_REPLACEMENTS
-                        else "no more replacements"
-                    ),
-                    flush=True,
-                )
+        for scenario in run.scenarios:
+            ran = valid = 0
+            while valid < repeats and ran < repeats + MAX_REPLACEMENTS:
+                ran += 1
+                code, result = await run_repeat(run, argv, scenario, ran)
+                out.append((scenario, code, result))
+                if code != 0 or result is None or result["status"] != "completed":
+                    valid += 1  # a failed run is an error, reported as such, not replaced
+                elif is_valid(Path(result["run_dir"])):
+                    valid += 1
+                else:
+                    print(
+                        f"[{run.now:>21}] run {ran} invalid, kept in {result['run_dir']}; "
+                        + (
+                            "another takes its place"
+                            if ran < repeats + MAX_REPLACEMENTS
+                            else "no more replacements"
+                        ),
+                        flush=True,
+                    )
         stop_lab_haproxy(run.lab_dir)
         run.elapsed_s += time.monotonic() - started
     return out
@@ -392,20 +426,21 @@ def run_durations(run_dirs: list[Path]) -> list[float]:
 async def main_async(
     modes: list[str],
     scenarios: list[str],
+    plan: list[tuple[str, tuple[str, ...]]],
     first_index: int,
     labs_at_once: int,
     batch_args: dict[str, Any],
     stopped_by: list[signal.Signals],
 ) -> int:
-    """`batch_args`: Batch's fields but manifests and slots."""
+    """`plan`: lab_plan's labs, from `first_index` on; `batch_args`: Batch's fields but
+    manifests and slots."""
     # SIGINT, SIGTERM and SIGHUP alike: every run below is stopped and cleaned up
     # before this returns, and the checkout's lock is held until then
     cancel_on_exit_signals(stopped_by, "runbook.runners.all")
     started = time.monotonic()
-    pairs = [(m, sc) for sc in scenarios for m in modes]
     runs = [
-        LabRun(m, sc, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
-        for i, (m, sc) in enumerate(pairs)
+        LabRun(m, scs, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
+        for i, (m, scs) in enumerate(plan)
     ]
     profile = batch_args["profile"]
     manifests = None
@@ -447,47 +482,57 @@ async def main_async(
             await asyncio.wait(tasks)
         await stop_runs(runs)
         for r in runs:
-            result = read_result(r.result_file(r.repeat)) if r.repeat else None
+            result = r.last_result()
             if result:
                 where = result["run_dir"]
             elif r.repeat:
-                where = f"none recorded (see {r.runner_log(r.repeat)})"
+                where = f"none recorded (see {r.runner_log(r.scenario, r.repeat)})"
             elif r.began:
                 where = f"none: no run had started (its converge: {r.log_path})"
             else:
                 where = "none: it had not started"
-            print(f"[{r.name}] interrupted: artifacts kept in {where}", file=sys.stderr)
+            print(f"[{r.now}] interrupted: artifacts kept in {where}", file=sys.stderr)
         raise
     done: dict[str, dict[str, list[Path]]] = {}
     failed = False
     for r, results in zip(runs, outcomes, strict=True):
-        for code, result in results:
+        numbers: dict[str, int] = {}
+        for sc, code, result in results:
+            i = numbers[sc] = numbers.get(sc, 0) + 1
             if code == 0 and result is not None and result["status"] == "completed":
-                done.setdefault(r.scenario, {}).setdefault(r.mode, []).append(
+                done.setdefault(sc, {}).setdefault(r.mode, []).append(
                     Path(result["run_dir"]).resolve()
                 )
-        for i, (code, result) in enumerate(results, 1):
-            if code == 0 and result is not None and result["status"] == "completed":
                 continue
             failed = True
             if result is not None and result.get("reason"):
                 print(
-                    f"\n[{r.name}] run {i} of {repeats} failed: {result['reason']} "
+                    f"\n[{r.mode}/{sc}] run {i} of {repeats} failed: {result['reason']} "
                     f"(its artifacts: {result['run_dir']})",
                     file=sys.stderr,
                 )
-            elif r.runner_log(i).exists():  # else the converge failed, said above
+            elif r.runner_log(sc, i).exists():  # else the converge failed, said above
+                log = r.runner_log(sc, i)
                 print(
-                    f"\n[{r.name}] run {i} of {repeats} failed (exit {code}); "
-                    f"the last lines of {r.runner_log(i)}:\n{log_tail(r.runner_log(i))}",
+                    f"\n[{r.mode}/{sc}] run {i} of {repeats} failed (exit {code}); "
+                    f"the last lines of {log}:\n{log_tail(log)}",
                     file=sys.stderr,
                 )
     all_runs = [d for by_mode in done.values() for dirs in by_mode.values() for d in dirs]
     timing = timing_summary(
         time.monotonic() - started,
         {
-            r.name: (r.elapsed_s, run_durations(done.get(r.scenario, {}).get(r.mode, [])))
-            for r in runs
+            r.name: (
+                r.elapsed_s,
+                run_durations(
+                    [
+                        Path(result["run_dir"]).resolve()
+                        for _, code, result in results
+                        if code == 0 and result is not None and result["status"] == "completed"
+                    ]
+                ),
+            )
+            for r, results in zip(runs, outcomes, strict=True)
         },
     )
     if all_runs:
@@ -590,11 +635,13 @@ def main() -> int:
             raise ValueError(
                 f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
             )
-        last = args.first_lab_index + pairs - 1
+        plan = lab_plan(modes, scenarios, labs_at_once)
+        last = args.first_lab_index + len(plan) - 1
         if args.first_lab_index < 1 or last > MAX_LAB_INDEX:
             raise ValueError(
-                f"--first-lab-index {args.first_lab_index} must be 1..{MAX_LAB_INDEX - pairs + 1} "
-                f"for {pairs} lab(s): labs are 1..{MAX_LAB_INDEX} (loopback 127.(30+N))"
+                f"--first-lab-index {args.first_lab_index} must be "
+                f"1..{MAX_LAB_INDEX - len(plan) + 1} for {len(plan)} lab(s): labs are "
+                f"1..{MAX_LAB_INDEX} (loopback 127.(30+N))"
             )
         overrides = timing_overrides(args.timing_overrides, args.profile)
     except ValueError as exc:
@@ -603,7 +650,7 @@ def main() -> int:
     try:
         lock = take_lock(
             CHECKOUT / ".lab" / "experiment.lock",
-            [f"{m}/{sc}" for sc in scenarios for m in modes],
+            [f"{m}/{'+'.join(scs)}" for m, scs in plan],
             args.first_lab_index,
         )
     except Busy as exc:
@@ -615,7 +662,7 @@ def main() -> int:
         return 1
     # the labs' addresses are the machine's: another checkout's command on one of
     # them is refused here, naming it (runbook.localcluster.lablock)
-    indices = list(range(args.first_lab_index, args.first_lab_index + len(modes) * len(scenarios)))
+    indices = list(range(args.first_lab_index, args.first_lab_index + len(plan)))
     try:
         lab_locks = claim_all(indices, "make experiment (runbook.runners.all)")
     except LabBusy as exc:
@@ -632,8 +679,9 @@ def main() -> int:
             main_async(
                 modes,
                 scenarios,
+                plan,
                 args.first_lab_index,
-                labs_at_once,
+                min(labs_at_once, len(plan)),
                 {
                     "profile": args.profile,
                     "repeats": args.repeats,
