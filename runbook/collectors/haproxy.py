@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print("collecting", flush=True)  # the caller may wait for this line
         collector.poll(args.socket, args.interval, time.monotonic() + args.seconds)
         collector.stop.set()
+        # stopping either way: Python puts a handled signal's default action back while
+        # it exits, so a stop that races this end would kill a finished collector
+        # (-15, a failed run to its caller); an ignored one stays ignored
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
         if receiver is not None:
             receiver.join(1)
             sock.close()
