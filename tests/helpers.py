@@ -5,6 +5,7 @@ conftest.py only turns `Procs` into a fixture."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -12,11 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +375,49 @@ def local_run(
             run.wait(10)
         haproxy.terminate()
         haproxy.wait(10)
+
+
+def helm_env(root: Path) -> dict[str, str]:
+    """helm's config, cache and data under `root`, never the machine's."""
+    return os.environ | {
+        "HELM_CONFIG_HOME": str(root / "helm/config"),
+        "HELM_CACHE_HOME": str(root / "helm/cache"),
+        "HELM_DATA_HOME": str(root / "helm/data"),
+    }
+
+
+class ChartRepo:
+    """A helm chart repository on loopback: charts packaged by `helm package`, indexed by
+    `helm repo index`, served over HTTP from a thread until close()."""
+
+    def __init__(self, helm: Path, root: Path) -> None:
+        self.helm, self.root = helm, root
+        self.served = root / "served"
+        self.served.mkdir(parents=True)
+        handler = functools.partial(SimpleHTTPRequestHandler, directory=str(self.served))
+        handler.log_message = lambda *_: None  # type: ignore[attr-defined]
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, *charts: Path, version: str | None = None) -> None:
+        """Each chart folder packaged into the repository (at `version`, or its own),
+        the index rewritten."""
+        for chart in charts:
+            given = ["--version", version] if version else []
+            self.run("package", str(chart), "--destination", str(self.served), *given)
+        self.run("repo", "index", str(self.served))
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.helm), *args],
+            env=helm_env(self.root),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from helpers import ChartRepo
 from runbook.model import registry
 from runbook.onebox.build import module_source
 from runbook.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
@@ -768,6 +769,38 @@ def test_a_second_site_yml_changes_nothing(homelab_site: Path, onebox_logs: Path
     assert proc.returncode == 0, log.read_text()[-5000:]
     changes = recap_changes(log)
     assert set(changes) == {"localhost", *NODES} and not any(changes.values()), changes
+
+
+def test_istio_from_a_chart_repository_changes_nothing_the_local_charts_installed(
+    homelab_site: Path, onebox_logs: Path, tmp_path: Path
+) -> None:
+    """The homelab's chart source, on onebox: the pinned module's charts served as a
+    chart repository on loopback at the version they carry. The preflight looks them up
+    there, and the istio role installs them by name through the repository's index
+    (read afresh, review defect 4): the same charts and values as the local source
+    installed, so helm changes nothing."""
+    built = json.loads(Path(INVENTORY["onebox_state_dir"], "built.json").read_text())
+    charts = Path(built["istio_charts"])
+    version = yaml.safe_load((charts / "base" / "Chart.yaml").read_text())["version"]
+    repo = ChartRepo(Path(built["bin"]["helm"]) / "helm", tmp_path)
+    log = onebox_logs / "site-istio-repository.log"
+    try:
+        repo.publish(charts / "base", charts / "istio-control" / "istio-discovery")
+        source = {
+            "istio_chart_source": "repository",
+            "istio_chart_repo_url": repo.url,
+            "istio_version": version,
+        }
+        proc = ansible_playbook("site.yml", log, "--tags", "charts,istio", "-e", json.dumps(source))
+    finally:
+        repo.close()
+    out = log.read_text()
+    assert proc.returncode == 0, out[-5000:]
+    # the preflight's lookup and the role's own, both through the repository
+    assert out.count("TASK [istio : Look up the pinned charts in the repository]") == 2, out[-5000:]
+    assert "Install istiod, and no default ingress gateway" in out
+    changes = recap_changes(log)
+    assert changes and not any(changes.values()), changes
 
 
 def test_port_forwards_do_not_disturb_calls_on_the_shared_client(homelab_site: Path) -> None:
