@@ -40,6 +40,8 @@ pytestmark = pytest.mark.onebox
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all/onebox.yml").read_text())
+#: the homelab's own settings, which onebox takes as they are
+HOMELAB = yaml.safe_load((ROOT / "inventory/onebox/group_vars/all/homelab.yml").read_text())
 HOSTS = yaml.safe_load((ROOT / "inventory/onebox/hosts.yml").read_text())["all"]["children"]
 NODES = {
     name: host["ansible_host"]
@@ -801,6 +803,100 @@ def test_istio_from_a_chart_repository_changes_nothing_the_local_charts_installe
     assert "Install istiod, and no default ingress gateway" in out
     changes = recap_changes(log)
     assert changes and not any(changes.values()), changes
+
+
+def lb_runtime(host: str, command: str, log: Path) -> None:
+    """One command to `host`'s HAProxy runtime API, over SSH as the playbooks reach it."""
+    bin_dir = Path(sys.executable).parent
+    script = (
+        "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "s.sendall(sys.argv[2].encode()+b'\\n'); print(s.recv(4096).decode())"
+    )
+    with log.open("a") as out:
+        subprocess.run(
+            [
+                str(bin_dir / "ansible"),
+                "-i",
+                "inventory/onebox",
+                host,
+                "--become",
+                "-m",
+                "ansible.builtin.command",
+                "-a",
+                json.dumps({"argv": ["python3", "-c", script, "/run/haproxy/admin.sock", command]}),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=True,
+        )
+
+
+def test_every_pitfall_made_on_the_cluster_is_named_with_its_fix(
+    kube: Kube, homelab_site: Path, onebox_logs: Path
+) -> None:
+    """The pitfalls the local verify test breaks, made for real on onebox: a Gateway
+    selector that matches no pod, `externalTrafficPolicy: Cluster`, master1 tainted
+    again with 3 replicas under required anti-affinity, and a worker's HAProxy server
+    in maintenance. verify.yml fails each by name, with its fix; then site.yml puts
+    the cluster back and its verify passes again."""
+    names, ns = registry.OBJECTS, f"--namespace={HOMELAB_NAMESPACE}"
+    taint = "node-role.kubernetes.io/control-plane:NoSchedule"
+    lb = HOMELAB["experiment_lb_host"]
+    log = onebox_logs / "verify-pitfalls.log"
+    try:
+        selector = {"spec": {"selector": {"istio": "ingressgateway"}}}
+        kube.run(
+            "patch",
+            "gateways.networking.istio.io",
+            names.gateway,
+            ns,
+            "--type=merge",
+            f"--patch={json.dumps(selector)}",
+        )
+        policy = {"spec": {"externalTrafficPolicy": "Cluster"}}
+        kube.run(
+            "patch",
+            "service",
+            names.gateway_deployment,
+            ns,
+            "--type=merge",
+            f"--patch={json.dumps(policy)}",
+        )
+        kube.run("taint", "node", "master1", taint)
+        kube.run("scale", "deployment", names.gateway_deployment, ns, "--replicas=3")
+        lb_runtime(lb, f"disable server {registry.HAPROXY_BACKEND}/worker2", log)
+        proc = ansible_playbook("playbooks/verify.yml", log)
+    finally:
+        lb_runtime(lb, f"enable server {registry.HAPROXY_BACKEND}/worker2", log)
+        kube.run("scale", "deployment", names.gateway_deployment, ns, "--replicas=2")
+        repair_log = onebox_logs / "site-after-pitfalls.log"
+        repaired = ansible_playbook("site.yml", repair_log)
+    out = log.read_text()
+    assert proc.returncode != 0, out[-5000:]
+    report = json.loads(Path(re.findall(r"report: (\S+\.json)", out)[-1]).read_text())
+    found = {c["name"]: c for c in report["checks"]}
+    failed = {name for name, c in found.items() if c["result"] == "fail"}
+    assert failed == {
+        "gateway_selector_matches_pods",
+        "envoy_listens_on_gateway_port",
+        "health_check_is_node_local",
+        "rollout_has_seats",
+        "lb_sees_every_worker_up",
+    }, out[-5000:]
+    assert "Cluster-policy trap" in found["health_check_is_node_local"]["fix"]
+    assert "master1 (no pod): 200" in found["health_check_is_node_local"]["detail"]
+    assert f"{lb}/worker2 MAINT" in found["lb_sees_every_worker_up"]["detail"]
+    assert all(found[name]["fix"] for name in failed)
+    # site.yml undoes what the cluster drifted to (the selector, the policy, the
+    # taint) and ends with a verify that passes
+    assert repaired.returncode == 0, repair_log.read_text()[-5000:]
+    assert recap_changes(repair_log)["localhost"] > 0
+    assert re.search(r"(\d+) of \1 checks passed", repair_log.read_text())
+    pods = kube.json("get", "pods", ns, f"--selector={registry.GATEWAY_POD_SELECTOR}")["items"]
+    running = [p for p in pods if "deletionTimestamp" not in p["metadata"]]
+    assert sorted(p["spec"]["nodeName"] for p in running) == ["worker1", "worker2"]
 
 
 def test_port_forwards_do_not_disturb_calls_on_the_shared_client(homelab_site: Path) -> None:

@@ -253,13 +253,12 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
         n.metadata.name: next(a.address for a in n.status.addresses if a.type == "InternalIP")
         for n in nodes
     }
+    # a replica the scheduler has not placed (no seat under anti-affinity) is on no node
+    placed = {p.spec.node_name for p in pods if p.spec.node_name}
     found.append(
-        checks.node_local_check(
-            {name: answer(addr) for name, addr in addresses.items()},
-            {p.spec.node_name for p in pods},
-        )
+        checks.node_local_check({name: answer(addr) for name, addr in addresses.items()}, placed)
     )
-    found.append(checks.lb_topology(args.lb_host, {p.spec.node_name for p in pods}))
+    found.append(checks.lb_topology(args.lb_host, placed))
     schedulable = [
         n
         for n in nodes
