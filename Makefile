@@ -18,7 +18,8 @@ help:
 	@echo "make pytest      the test suite (PYTEST_ARGS='-m \"not e2e\"' for the fast loop)"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 	@echo "make experiment  every termination mode in every scenario on the local lab, side by side,"
-	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose)"
+	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose);"
+	@echo "                 TARGET=onebox: the same on onebox, then both labs' verdicts side by side"
 	@echo "make onebox      the homelab's three-node kubeadm cluster on this machine, built from the pinned"
 	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
 	@echo "make onebox-down remove it, leaving nothing behind but the build cache"
@@ -71,7 +72,9 @@ test: setup lint pytest molecule
 
 # MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; ARTIFACTS= puts
 # the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's,
-# LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU).
+# LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU). TARGET=
+# names an inventory: local (the default), onebox or homelab (a cluster: its modes run
+# one after the other; onebox's lock is held, so make onebox-down waits its turn).
 # A value reaches the runner through the environment, as typed (never expanded by make
 # nor pasted into the shell's command line), and only when it was given: one given
 # empty is refused there like any other bad value. The lower-case spellings are the same.
@@ -83,16 +86,20 @@ export IGW_REPEATS = $(call typed,REPEATS,repeats)
 export IGW_ARTIFACTS = $(call typed,ARTIFACTS)
 export IGW_FIRST_LAB = $(call typed,FIRST_LAB)
 export IGW_LABS_AT_ONCE = $(call typed,LABS_AT_ONCE)
+export IGW_TARGET = $(call typed,TARGET)
 # make would export the variables themselves to every recipe, expanded
-unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE
+unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE TARGET
 experiment: setup
+	$(if $(filter onebox,$(call typed,TARGET)),flock --nonblock --conflict-exit-code 75 $(ONEBOX_LOCK)) \
 	$(BIN)/python -m runbook.runners.all \
+	  $(if $(call given,TARGET),--target="$$IGW_TARGET") \
 	  $(if $(call given,MODES,modes),--modes="$$IGW_MODES") \
 	  $(if $(call given,SCENARIOS,scenarios),--scenarios="$$IGW_SCENARIOS") \
 	  $(if $(call given,REPEATS,repeats),--repeats="$$IGW_REPEATS") \
 	  $(if $(call given,ARTIFACTS),--artifacts="$$IGW_ARTIFACTS") \
 	  $(if $(call given,FIRST_LAB),--first-lab-index="$$IGW_FIRST_LAB") \
-	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE")
+	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE") \
+	  || { rc=$$?; [ $$rc = 75 ] && echo "make experiment: another onebox command holds $(ONEBOX_LOCK)" >&2; exit $$rc; }
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

@@ -254,11 +254,14 @@ def comparison_doc(
     labs_at_once: int | None,
     cpus: int | None,
     timing: dict[str, Any] | None = None,
+    lab: str | None = None,
 ) -> dict[str, Any]:
     """scenario -> mode -> its runs' summaries (each with its `run_dir`), to the
     comparison document `make experiment` writes. `labs_at_once` and `cpus` None: not
-    known (a comparison of runs made elsewhere)."""
+    known (a comparison of runs made elsewhere); `lab`: where the runs ran (`local`, or
+    a cluster's inventory such as `onebox`), None when not known."""
     return {
+        "lab": lab,
         "repeats": repeats,
         "profile": profile,
         # labs side by side on this machine's CPUs: what the runs shared

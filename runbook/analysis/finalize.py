@@ -19,7 +19,7 @@ from typing import Any
 
 from ..artifacts import events as ev
 from ..artifacts.journal import STATUSES, Journal
-from ..artifacts.rundir import RAW_REQUESTS, write_json
+from ..artifacts.rundir import RAW_REQUESTS, write_json, write_result
 from ..artifacts.termination import Termination, read_termination
 from ..model.plan import RunPlan
 from .accounting import account
@@ -103,11 +103,15 @@ def main() -> int:
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--status", default="completed", choices=STATUSES)
     p.add_argument("--target", default="homelab", choices=("local", "homelab"))
+    # `make experiment`'s: how the run ended, once its artifacts are written
+    p.add_argument("--result-file", help="write {run_dir, status} here (empty: nowhere)")
     args = p.parse_args()
     plan = read_plan(args.run_dir)
     journal = Journal(plan.mode, plan.scenario, plan.profile, args.target)
     term = read_termination(args.run_dir)
     print_summary(args.run_dir, finalize(args.run_dir, plan, args.status, journal, term))
+    if args.result_file:
+        write_result(Path(args.result_file), args.run_dir, args.status)
     return 0
 
 

@@ -170,7 +170,8 @@ def figure(
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _templates() -> jinja2.Environment:
+def page_templates() -> jinja2.Environment:
+    """The pages' templates (runbook/analysis/templates)."""
     # autoescape: pod names, notes and error details come from the run, not from us
     return jinja2.Environment(
         loader=jinja2.PackageLoader("runbook.analysis", "templates"),
@@ -238,7 +239,7 @@ def write_run_report(run_dir: Path) -> Path:
     journal = json.loads((run_dir / "journal.json").read_text())
     t_ms = journal["termination_ms"]
     page = (
-        _templates()
+        page_templates()
         .get_template("run.html.j2")
         .render(
             summary=summary,
@@ -265,12 +266,13 @@ def summaries_by_pair(run_dirs: list[Path]) -> dict[str, dict[str, list[dict[str
         s = json.loads((d / "summary.json").read_text())
         out.setdefault(s["scenario"], {}).setdefault(s["mode"], []).append({**s, "run_dir": str(d)})
     return {
-        sc: {m: out[sc][m] for m in sorted(out[sc], key=_order(MODES))}
-        for sc in sorted(out, key=_order(SCENARIOS))
+        sc: {m: out[sc][m] for m in sorted(out[sc], key=registry_order(MODES))}
+        for sc in sorted(out, key=registry_order(SCENARIOS))
     }
 
 
-def _order(known: Any) -> Any:
+def registry_order(known: Any) -> Any:
+    """A sort key: the names in `known`'s order (the registry's), then any other by name."""
     names = list(known)
     return lambda name: (names.index(name) if name in names else len(names), name)
 
@@ -299,13 +301,15 @@ def write_comparison(run_dirs: list[Path], out: Path, doc: dict[str, Any]) -> tu
             }
         )
     scenarios = doc["scenarios"]
-    modes = sorted({m for cmp_ in scenarios.values() for m in cmp_["modes"]}, key=_order(MODES))
+    modes = sorted(
+        {m for cmp_ in scenarios.values() for m in cmp_["modes"]}, key=registry_order(MODES)
+    )
     invalid = [
         {"mode": mode, "scenario": sc, "run": Path(bad["run"] or "?").name, **bad}
         for mode, sc, bad in invalid_runs(scenarios)
     ]
     page = (
-        _templates()
+        page_templates()
         .get_template("comparison.html.j2")
         .render(
             doc=doc,

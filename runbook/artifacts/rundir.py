@@ -78,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode")
     # another stamped folder: verify.yml keeps the LB's files it read in one
     parser.add_argument("--name", help="a folder <stamp>-<name> instead of a run's")
+    # the homelab playbook's run, for `make experiment`: `running` from here on
+    parser.add_argument("--result-file", help="a run's: write {run_dir, status} here")
     args = parser.parse_args(argv)
     if args.name:
         print(new_stamped_dir(args.artifacts, args.name))
     elif args.scenario and args.mode:
-        print(new_run_dir(args.artifacts, args.scenario, args.mode))
+        run_dir = new_run_dir(args.artifacts, args.scenario, args.mode)
+        if args.result_file:
+            write_result(Path(args.result_file), run_dir, "running")
+        print(run_dir)
     else:
         parser.error("give --scenario and --mode (a run directory) or --name")
     return 0

@@ -1,5 +1,5 @@
-"""`make experiment`: every mode in every scenario on the local lab, side by side, then
-one comparison.
+"""`make experiment`: every mode in every scenario on the local lab (or on a cluster:
+`--target onebox`), side by side, then one comparison.
 
 Each mode has an isolated lab of its own (its own loopback /16, ports and files; its
 HAProxy configured for the mode), which runs the mode's scenarios one after the other:
@@ -32,7 +32,17 @@ timeout, `timeout(1)`, systemd) and SIGHUP (a closing terminal) stop every run a
 then every lab process is gone, HAProxy included, one line per run says where its
 artifacts are, and only then does the command exit (128 + the signal's number).
 
+On a cluster (`--target onebox` or `homelab`: an inventory, runbook.runners.targets)
+there is one lab, the cluster: `site.yml` converges it once, then its modes run one
+after the other, each run a `playbooks/run-experiment.yml` on its inventory (the mode
+flipped, load, the deletion, the workers' HAProxy views fetched, finalize), with the
+same validity rules, replacements and comparison; the console shows each run's plays
+and its verdict (all its output in `.lab/<target>/<mode>/run-<scenario>-<n>.log`).
+When the artifacts folder holds a comparison from the local lab, the two are set side
+by side (runbook.analysis.labs).
+
     python -m runbook.runners.all [--modes current,ordered] [--scenarios steady] [--repeats 3]
+    python -m runbook.runners.all --target onebox
 """
 
 from __future__ import annotations
@@ -51,14 +61,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..analysis.comparison import comparison_doc, invalid_runs, timing_line, timing_summary
+from ..analysis.labs import latest_comparison, write_side_by_side
 from ..analysis.report import summaries_by_pair, write_comparison
+from ..analysis.summary import verdict
 from ..artifacts.rundir import read_result, utc_stamp, write_json
 from ..localcluster.cluster import kill_leftover_pods
 from ..localcluster.haproxy_process import stop_lab_haproxy
 from ..localcluster.lablock import LabBusy, LockHeld, claim_all, hold
 from ..model import registry, timing
 from ..model.plan import check_inputs
+from . import targets
 from .signals import cancel_on_exit_signals, exit_code
+from .targets import Target
 
 #: The checkout this module runs from (`make setup` installs the project editable):
 #: its playbooks, and its `.lab/` for the labs' scratch files and the lock.
@@ -131,6 +145,8 @@ class LabFailed(RuntimeError):
 
 @dataclass
 class LabRun:
+    #: where it runs: the local lab, or a cluster (all its modes one lab, one at a time)
+    target: Target
     mode: str
     #: what it runs, one after the other
     scenarios: tuple[str, ...]
@@ -161,7 +177,8 @@ class LabRun:
         return self.lab_dir / f"result-{scenario}-{repeat}.json"
 
     def runner_log(self, scenario: str, repeat: int) -> Path:
-        return self.lab_dir / f"runner-{scenario}-{repeat}.log"
+        kind = "run" if self.target.is_cluster else "runner"
+        return self.lab_dir / f"{kind}-{scenario}-{repeat}.log"
 
     def last_result(self) -> dict[str, Any] | None:
         return read_result(self.result_file(self.scenario, self.repeat)) if self.repeat else None
@@ -276,12 +293,6 @@ async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
     return argv
 
 
-def shown_on_console(line: str) -> bool:
-    """The runner's progress lines (`[  12.3s] ...`) and its verdict (`== ...`); the
-    rest of its output is in the lab's runner-<repeat>.log."""
-    return line.startswith(("[", "== "))
-
-
 async def run_repeat(
     run: LabRun, argv: list[str], scenario: str, repeat: int
 ) -> tuple[int, dict[str, Any] | None]:
@@ -289,10 +300,10 @@ async def run_repeat(
     console (the mode and scenario in front) and to its runner log: (exit code, result)."""
     result_file = run.result_file(scenario, repeat)
     run.scenario, run.repeat = scenario, repeat
+    result_file.unlink(missing_ok=True)
     run.proc = await asyncio.create_subprocess_exec(
         *argv,
-        f"--scenario={scenario}",
-        f"--result-file={result_file}",
+        *targets.run_args(run.target, scenario, result_file),
         cwd=CHECKOUT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -303,12 +314,18 @@ async def run_repeat(
     with run.runner_log(scenario, repeat).open("wb") as log:
         async for raw in run.proc.stdout:
             log.write(raw)
-            line = raw.decode(errors="replace").rstrip("\n")
-            if shown_on_console(line):
-                print(f"[{run.now:>21}] {line}", flush=True)
+            shown = targets.console_line(run.target, raw.decode(errors="replace").rstrip("\n"))
+            if shown is not None:
+                print(f"[{run.now:>21}] {shown}", flush=True)
     code = await run.proc.wait()
     run.proc = None
-    return code, read_result(result_file)
+    result = read_result(result_file)
+    if run.target.is_cluster and result is not None:
+        # the local runner prints its own; a cluster's is in the playbook's output
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+            print(f"[{run.now:>21}] == {verdict(summary)}", flush=True)
+    return code, result
 
 
 async def stop_runs(runs: list[LabRun]) -> None:
@@ -333,14 +350,64 @@ async def stop_runs(runs: list[LabRun]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         result = r.last_result()
-        killed = kill_leftover_pods(Path(result["run_dir"])) if result else []
+        local = not r.target.is_cluster
+        killed = kill_leftover_pods(Path(result["run_dir"])) if result and local else []
         print(
             f"runbook.runners.all: [{r.now}] did not finish its cleanup in {CLEANUP_TIMEOUT_S} s; "
-            f"killed it and {len(killed)} pod processes",
+            f"killed it" + (f" and {len(killed)} pod processes" if local else ""),
             file=sys.stderr,
         )
+    for target in {r.target for r in runs if r.target.is_cluster}:
+        await stop_cluster_collectors(target)
     for r in runs:
-        stop_lab_haproxy(r.lab_dir)
+        if r.target.is_cluster:
+            await finalize_interrupted(r)
+        else:
+            stop_lab_haproxy(r.lab_dir)
+
+
+async def stop_cluster_collectors(target: Target) -> None:
+    """An interrupted cluster run leaves each worker's HAProxy collector running (an
+    async job of the playbook that was stopped): stop them."""
+    log_path = CHECKOUT / ".lab" / target.name / "stop.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *targets.playbook_argv(target, "playbooks/experiment-homelab-stop.yml", {}),
+            cwd=CHECKOUT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            code = await asyncio.wait_for(proc.wait(), CLEANUP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            code = await proc.wait()
+    if code != 0:
+        print(
+            f"runbook.runners.all: stopping the workers' HAProxy collectors failed "
+            f"(exit {code}): {log_tail(log_path, 10)}",
+            file=sys.stderr,
+        )
+
+
+async def finalize_interrupted(run: LabRun) -> None:
+    """A cluster run stopped before its finalize: what it recorded, finalized as
+    `interrupted` (the workers' HAProxy files are not fetched)."""
+    result = run.last_result()
+    if result is None or result["status"] != "running":
+        return
+    run_dir = Path(result["run_dir"])
+    if not (run_dir / "plan.json").exists():
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "runbook.analysis.finalize", f"--run-dir={run_dir}", "--status=interrupted"),
+        *("--target=homelab", f"--result-file={run.result_file(run.scenario, run.repeat)}"),
+        cwd=CHECKOUT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await proc.wait()
 
 
 async def converge_for_runs(run: LabRun, batch: Batch) -> list[str] | None:
@@ -401,9 +468,52 @@ async def run_lab(
                         ),
                         flush=True,
                     )
-        stop_lab_haproxy(run.lab_dir)
+        if not run.target.is_cluster:
+            stop_lab_haproxy(run.lab_dir)
         run.elapsed_s += time.monotonic() - started
     return out
+
+
+async def converge_cluster(runs: list[LabRun], batch: Batch) -> list[list[str] | None]:
+    """site.yml on the cluster, once for every mode's runs (a second run changes
+    nothing); then each mode's command (run-experiment.yml for the mode; each run adds
+    its scenario and result file). None for every mode when site.yml failed (said)."""
+    target = runs[0].target
+    for r in runs:
+        r.began = True
+        r.lab_dir.mkdir(parents=True, exist_ok=True)
+        for old in [*r.lab_dir.glob("result-*.json"), *r.lab_dir.glob("run-*.log")]:
+            old.unlink()
+    common: dict[str, object] = {"timing_profile": batch.profile}
+    if batch.timing_overrides:
+        common["timing_overrides"] = batch.timing_overrides
+    log_path = runs[0].lab_dir.parent / "site.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *targets.playbook_argv(target, "site.yml", common),
+            cwd=CHECKOUT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        runs[0].proc = proc  # stop_runs signals it on an interrupt
+        code = await proc.wait()
+    runs[0].proc = None
+    runs[0].elapsed_s += time.monotonic() - started
+    if code != 0:
+        print(
+            f"\n[{target.name}] site.yml failed (exit {code}), no run started; the last "
+            f"lines of {log_path}:\n{log_tail(log_path)}",
+            file=sys.stderr,
+        )
+        return [None for _ in runs]
+    if batch.artifacts:
+        common["experiment_artifacts"] = batch.artifacts
+    return [
+        targets.playbook_argv(target, "playbooks/run-experiment.yml", {"mode": r.mode, **common})
+        for r in runs
+    ]
 
 
 def is_valid(run_dir: Path) -> bool:
@@ -424,6 +534,7 @@ def run_durations(run_dirs: list[Path]) -> list[float]:
 
 
 async def main_async(
+    target: Target,
     modes: list[str],
     scenarios: list[str],
     plan: list[tuple[str, tuple[str, ...]]],
@@ -432,19 +543,22 @@ async def main_async(
     batch_args: dict[str, Any],
     stopped_by: list[signal.Signals],
 ) -> int:
-    """`plan`: lab_plan's labs, from `first_index` on; `batch_args`: Batch's fields but
-    manifests and slots."""
+    """`plan`: lab_plan's labs, from `first_index` on (a cluster's: one per mode, run
+    one at a time); `batch_args`: Batch's fields but manifests and slots."""
     # SIGINT, SIGTERM and SIGHUP alike: every run below is stopped and cleaned up
     # before this returns, and the checkout's lock is held until then
     cancel_on_exit_signals(stopped_by, "runbook.runners.all")
     started = time.monotonic()
+    cluster = target.is_cluster
     runs = [
-        LabRun(m, scs, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
+        LabRun(target, m, scs, 0, CHECKOUT / ".lab" / target.name / m)
+        if cluster
+        else LabRun(target, m, scs, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
         for i, (m, scs) in enumerate(plan)
     ]
     profile = batch_args["profile"]
     manifests = None
-    if not batch_args["timing_overrides"]:
+    if not batch_args["timing_overrides"] and not cluster:
         print(f"rendering every mode's manifests once ({profile} profile) ...", flush=True)
         try:
             manifests = await render_shared_manifests(profile)
@@ -454,19 +568,32 @@ async def main_async(
         print(f"manifests in {manifests} ({time.monotonic() - started:.1f}s)", flush=True)
     batch = Batch(**batch_args, manifests=manifests, slots=asyncio.Semaphore(labs_at_once))
     repeats = batch.repeats
-    print(
-        f"{len(runs)} labs, {labs_at_once} at once on {usable_cpus()} CPUs "
-        f"({LABS_PER_CPU} per CPU unless --labs-at-once says otherwise)",
-        flush=True,
-    )
+    if cluster:
+        print(
+            f"{target.name}: one cluster, its {len(runs)} modes one after the other "
+            f"({profile} profile)",
+            flush=True,
+        )
+    else:
+        print(
+            f"{len(runs)} labs, {labs_at_once} at once on {usable_cpus()} CPUs "
+            f"({LABS_PER_CPU} per CPU unless --labs-at-once says otherwise)",
+            flush=True,
+        )
     tasks: list[asyncio.Task[Any]] = []
     try:
-        # every lab converged before any run starts: Ansible's CPU is spent before a
-        # run measures anything, not while another lab's health checks need it
-        print(f"converging {len(runs)} labs ...", flush=True)
-        tasks = [asyncio.create_task(converge_for_runs(r, batch)) for r in runs]
-        argvs = await asyncio.gather(*tasks)
-        print(f"labs converged ({time.monotonic() - started:.1f}s)", flush=True)
+        if cluster:
+            print(f"converging {target.name} (site.yml) ...", flush=True)
+            tasks = [asyncio.create_task(converge_cluster(runs, batch))]
+            (argvs,) = await asyncio.gather(*tasks)
+            print(f"{target.name} converged ({time.monotonic() - started:.1f}s)", flush=True)
+        else:
+            # every lab converged before any run starts: Ansible's CPU is spent before a
+            # run measures anything, not while another lab's health checks need it
+            print(f"converging {len(runs)} labs ...", flush=True)
+            tasks = [asyncio.create_task(converge_for_runs(r, batch)) for r in runs]
+            argvs = await asyncio.gather(*tasks)
+            print(f"labs converged ({time.monotonic() - started:.1f}s)", flush=True)
         # the first wave starts staggered; a later lab starts when a slot frees, which
         # staggers it by itself
         tasks = [
@@ -545,6 +672,7 @@ async def main_async(
             labs_at_once,
             usable_cpus(),
             timing,
+            lab=target.name,
         )
         table, page = write_comparison(all_runs, folder / f"comparison-{stamp}.html", doc)
         write_json(folder / f"comparison-{stamp}.json", doc)
@@ -560,6 +688,13 @@ async def main_async(
                 print(f"  {mode:>12} {sc:>8}: {bad['run']}: {'; '.join(bad['reasons'])}")
         print(f"\ncomparison report: {page}")
         print(f"comparison data:   {folder / f'comparison-{stamp}.json'}")
+        local = latest_comparison(folder, targets.LOCAL) if cluster else None
+        if local is not None:
+            # the same question asked of both labs: their verdicts side by side
+            both = write_side_by_side(
+                local, folder / f"comparison-{stamp}.json", folder / f"labs-{stamp}.html"
+            )
+            print(f"both labs:         {both} (the local lab's: {local.name})")
     print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")
     print(timing_line(timing))
     return 1 if failed else 0
@@ -584,10 +719,15 @@ def timing_overrides(text: str, profile: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--target",
+        default=targets.LOCAL,
+        help="an inventory: local (default: labs on this machine) or a cluster's (onebox, homelab)",
+    )
     parser.add_argument("--modes", default=",".join(registry.MODES))
-    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--profile", help="the timing profile (default: the target inventory's)")
     parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
-    parser.add_argument("--first-lab-index", type=int, default=1)
+    parser.add_argument("--first-lab-index", type=int, help="the local lab's first (default 1)")
     parser.add_argument("--artifacts", help="default: the inventory's (artifacts/)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
@@ -614,6 +754,19 @@ def main() -> int:
         )
         return 2
     try:
+        target = targets.target_for(args.target, CHECKOUT)
+        if target.is_cluster and args.first_lab_index is not None:
+            raise ValueError(
+                f"--first-lab-index {args.first_lab_index} is the local lab's: "
+                f"--target {target.name} is one cluster, with no lab index"
+            )
+        if target.is_cluster and args.labs_at_once not in (None, 1):
+            raise ValueError(
+                f"--labs-at-once {args.labs_at_once}: --target {target.name} is one cluster, "
+                "its modes run one at a time (1)"
+            )
+        first_index = 1 if args.first_lab_index is None else args.first_lab_index
+        profile = args.profile or target.profile
         if not modes:
             raise ValueError("--modes names no mode")
         if not scenarios:
@@ -624,34 +777,37 @@ def main() -> int:
             raise ValueError(f"--repeats {args.repeats} must be 1..20")
         for mode in modes:
             for sc in scenarios:
-                check_inputs(mode, sc, args.profile)
+                check_inputs(mode, sc, profile)
         pairs = len(modes) * len(scenarios)
-        labs_at_once = (
-            default_labs_at_once(pairs, usable_cpus())
-            if args.labs_at_once is None
-            else args.labs_at_once
-        )
+        if target.is_cluster:
+            labs_at_once = 1
+        elif args.labs_at_once is None:
+            labs_at_once = default_labs_at_once(pairs, usable_cpus())
+        else:
+            labs_at_once = args.labs_at_once
         if not 1 <= labs_at_once <= pairs:
             raise ValueError(
                 f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
             )
-        plan = lab_plan(modes, scenarios, labs_at_once)
-        last = args.first_lab_index + len(plan) - 1
-        if args.first_lab_index < 1 or last > MAX_LAB_INDEX:
+        # a cluster: a lab per mode, all its scenarios, one at a time
+        plan = lab_plan(modes, scenarios, 1 if target.is_cluster else labs_at_once)
+        last = first_index + len(plan) - 1
+        if not target.is_cluster and (first_index < 1 or last > MAX_LAB_INDEX):
             raise ValueError(
-                f"--first-lab-index {args.first_lab_index} must be "
+                f"--first-lab-index {first_index} must be "
                 f"1..{MAX_LAB_INDEX - len(plan) + 1} for {len(plan)} lab(s): labs are "
                 f"1..{MAX_LAB_INDEX} (loopback 127.(30+N))"
             )
-        overrides = timing_overrides(args.timing_overrides, args.profile)
+        overrides = timing_overrides(args.timing_overrides, profile)
     except ValueError as exc:
         print(f"runbook.runners.all: {exc}", file=sys.stderr)
         return 2
     try:
+        where = f"{target.name}:" if target.is_cluster else ""
         lock = take_lock(
             CHECKOUT / ".lab" / "experiment.lock",
-            [f"{m}/{'+'.join(scs)}" for m, scs in plan],
-            args.first_lab_index,
+            [f"{where}{m}/{'+'.join(scs)}" for m, scs in plan],
+            first_index,
         )
     except Busy as exc:
         print(
@@ -662,14 +818,14 @@ def main() -> int:
         return 1
     # the labs' addresses are the machine's: another checkout's command on one of
     # them is refused here, naming it (runbook.localcluster.lablock)
-    indices = list(range(args.first_lab_index, args.first_lab_index + len(plan)))
+    indices = [] if target.is_cluster else list(range(first_index, first_index + len(plan)))
     try:
         lab_locks = claim_all(indices, "make experiment (runbook.runners.all)")
     except LabBusy as exc:
         lock.close()
         print(
             f"runbook.runners.all: {exc}; wait for it to end, or move these labs off it "
-            f"(FIRST_LAB=, now {args.first_lab_index})",
+            f"(FIRST_LAB=, now {first_index})",
             file=sys.stderr,
         )
         return 1
@@ -677,13 +833,14 @@ def main() -> int:
     try:
         return asyncio.run(
             main_async(
+                target,
                 modes,
                 scenarios,
                 plan,
-                args.first_lab_index,
+                first_index,
                 min(labs_at_once, len(plan)),
                 {
-                    "profile": args.profile,
+                    "profile": profile,
                     "repeats": args.repeats,
                     "artifacts": Path(args.artifacts).resolve() if args.artifacts else None,
                     "timing_overrides": overrides,

@@ -1,0 +1,108 @@
+"""Where `make experiment` runs, named by an inventory folder (`inventory/<name>`): the
+local lab (`local`: labs side by side on this machine, each with its own HAProxy and
+stand-ins), or a cluster (`onebox`, `homelab`: the inventory's `experiment_target` is
+`homelab`). A cluster is one lab: its modes run one after the other, each run one
+`playbooks/run-experiment.yml` on its inventory, after one `site.yml` has converged it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCAL = "local"
+#: What run-experiment.yml calls a cluster's experiment (the validate role's word).
+CLUSTER_KIND = "homelab"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    inventory: Path
+    #: the inventory's `experiment_target`: local or homelab
+    kind: str
+    #: the inventory's timing profile (the cluster's runs take it; the local lab's
+    #: `make experiment` chooses its own)
+    profile: str
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.kind == CLUSTER_KIND
+
+
+def names(checkout: Path) -> list[str]:
+    """The inventories in the checkout: the targets one may name."""
+    return sorted(p.parent.name for p in (checkout / "inventory").glob("*/hosts.yml"))
+
+
+def inventory_vars(inventory: Path) -> dict[str, Any]:
+    """localhost's variables in `inventory`, as Ansible reads them (templates unrendered)."""
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-inventory"),
+            *("-i", str(inventory)),
+            *("--host", "localhost"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise ValueError(f"ansible-inventory cannot read {inventory}: {proc.stderr.strip()}")
+    doc = json.loads(proc.stdout)
+    return doc if isinstance(doc, dict) else {}
+
+
+def target_for(name: str, checkout: Path) -> Target:
+    """The target `name` names, or ValueError naming the ones there are."""
+    known = names(checkout)
+    if name not in known:
+        raise ValueError(
+            f"--target {name!r} is not one of: {', '.join(known)} (the folders in inventory/)"
+        )
+    inventory = checkout / "inventory" / name
+    found = inventory_vars(inventory)
+    kind, profile = found.get("experiment_target"), found.get("timing_profile")
+    if kind not in (LOCAL, CLUSTER_KIND) or not isinstance(profile, str):
+        raise ValueError(
+            f"inventory/{name} sets experiment_target={kind!r} and timing_profile={profile!r}: "
+            f"it needs experiment_target {LOCAL} or {CLUSTER_KIND} and a timing profile"
+        )
+    return Target(name, inventory, kind, profile)
+
+
+def playbook_argv(target: Target, playbook: str, extra_vars: dict[str, object]) -> list[str]:
+    """`ansible-playbook -i <its inventory> <playbook> -e <extra vars as JSON>` (JSON: a
+    path with a space or an `=` stays one value)."""
+    as_json = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()})
+    return [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        *("-i", str(target.inventory)),
+        playbook,
+        *("-e", as_json),
+    ]
+
+
+def run_args(target: Target, scenario: str, result_file: Path) -> list[str]:
+    """What one run adds to its lab's command: the scenario, and where its result goes."""
+    if target.is_cluster:
+        doc = {"scenario": scenario, "experiment_result_file": str(result_file)}
+        return ["-e", json.dumps(doc)]
+    return [f"--scenario={scenario}", f"--result-file={result_file}"]
+
+
+def console_line(target: Target, line: str) -> str | None:
+    """The line of a run's output a person follows on the console, or None: the local
+    runner's progress (`[  12.3s] ...`) and verdict (`== ...`); a cluster run's plays
+    (`PLAY [name] ***` as `name`) and failures."""
+    if not target.is_cluster:
+        return line if line.startswith(("[", "== ")) else None
+    if line.startswith("PLAY ["):
+        return line[len("PLAY [") :].rstrip("* ").removesuffix("]")
+    if line.startswith(("fatal:", "failed:", "ERROR!")):
+        return line
+    return None
