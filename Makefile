@@ -90,16 +90,15 @@ export IGW_TARGET = $(call typed,TARGET)
 # make would export the variables themselves to every recipe, expanded
 unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE TARGET
 experiment: setup
-	$(if $(filter onebox,$(call typed,TARGET)),flock --nonblock --conflict-exit-code 75 $(ONEBOX_LOCK)) \
 	$(BIN)/python -m runbook.runners.all \
 	  $(if $(call given,TARGET),--target="$$IGW_TARGET") \
+	  $(if $(filter onebox,$(call typed,TARGET)),--cluster-lock=$(ONEBOX_LOCK)) \
 	  $(if $(call given,MODES,modes),--modes="$$IGW_MODES") \
 	  $(if $(call given,SCENARIOS,scenarios),--scenarios="$$IGW_SCENARIOS") \
 	  $(if $(call given,REPEATS,repeats),--repeats="$$IGW_REPEATS") \
 	  $(if $(call given,ARTIFACTS),--artifacts="$$IGW_ARTIFACTS") \
 	  $(if $(call given,FIRST_LAB),--first-lab-index="$$IGW_FIRST_LAB") \
-	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE") \
-	  || { rc=$$?; [ $$rc = 75 ] && echo "make experiment: another onebox command holds $(ONEBOX_LOCK)" >&2; exit $$rc; }
+	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE")
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

@@ -724,6 +724,11 @@ def main() -> int:
         default=targets.LOCAL,
         help="an inventory: local (default: labs on this machine) or a cluster's (onebox, homelab)",
     )
+    parser.add_argument(
+        "--cluster-lock",
+        type=Path,
+        help="a lock file held for the whole command (make: onebox's, as make onebox takes)",
+    )
     parser.add_argument("--modes", default=",".join(registry.MODES))
     parser.add_argument("--profile", help="the timing profile (default: the target inventory's)")
     parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
@@ -816,6 +821,22 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
+    if args.cluster_lock:
+        try:
+            cluster_lock = hold(
+                args.cluster_lock, {"pid": os.getpid(), "command": "make experiment"}
+            )
+        except LockHeld as held:
+            lock.close()
+            print(
+                f"runbook.runners.all: another command holds {args.cluster_lock} ({held}); "
+                "wait for it to end",
+                file=sys.stderr,
+            )
+            return 1
+        lock_files = [cluster_lock]
+    else:
+        lock_files = []
     # the labs' addresses are the machine's: another checkout's command on one of
     # them is refused here, naming it (runbook.localcluster.lablock)
     indices = [] if target.is_cluster else list(range(first_index, first_index + len(plan)))
@@ -823,6 +844,8 @@ def main() -> int:
         lab_locks = claim_all(indices, "make experiment (runbook.runners.all)")
     except LabBusy as exc:
         lock.close()
+        for f in lock_files:
+            f.close()
         print(
             f"runbook.runners.all: {exc}; wait for it to end, or move these labs off it "
             f"(FIRST_LAB=, now {first_index})",
@@ -851,7 +874,7 @@ def main() -> int:
     except asyncio.CancelledError:  # an exit signal: every run stopped, artifacts kept
         return exit_code(stopped_by)
     finally:
-        for f in lab_locks:
+        for f in [*lab_locks, *lock_files]:
             f.close()
         lock.close()
 
