@@ -197,17 +197,14 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 
 async def start_playbook(
-    playbook: str, extra_vars: dict[str, object], log: IO[bytes]
+    playbook: str, extra_vars: dict[str, object], log: IO[bytes], inventory: Path | None = None
 ) -> asyncio.subprocess.Process:
-    """`ansible-playbook <playbook> -e <extra vars as JSON>` from the checkout (JSON: a
-    path with a space or an `=` stays one value), output to `log`, in a process group of
-    its own: Ctrl-C reaches it through us, so that we can wait for its cleanup and then
-    make sure nothing of the lab is left."""
+    """targets.playbook_argv's command from the checkout (`inventory` None: ansible.cfg's,
+    the local lab's), output to `log`, in a process group of its own: Ctrl-C reaches it
+    through us, so that we can wait for its cleanup and then make sure nothing of the
+    lab is left."""
     return await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        playbook,
-        "-e",
-        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()}),
+        *targets.playbook_argv(inventory, playbook, extra_vars),
         cwd=CHECKOUT,
         stdout=log,
         stderr=asyncio.subprocess.STDOUT,
@@ -371,16 +368,14 @@ async def stop_cluster_collectors(target: Target) -> None:
     async job of the playbook that was stopped): stop them."""
     log_path = CHECKOUT / ".lab" / target.name / "stop.log"
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *targets.playbook_argv(target, "playbooks/experiment-homelab-stop.yml", {}),
-            cwd=CHECKOUT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
+        proc = await start_playbook(
+            "playbooks/experiment-homelab-stop.yml", {}, log, target.inventory
         )
         try:
             code = await asyncio.wait_for(proc.wait(), CLEANUP_TIMEOUT_S)
         except TimeoutError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             code = await proc.wait()
     if code != 0:
         print(
@@ -402,7 +397,8 @@ async def finalize_interrupted(run: LabRun) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *("-m", "runbook.analysis.finalize", f"--run-dir={run_dir}", "--status=interrupted"),
-        *("--target=homelab", f"--result-file={run.result_file(run.scenario, run.repeat)}"),
+        f"--target={targets.CLUSTER_KIND}",
+        f"--result-file={run.result_file(run.scenario, run.repeat)}",
         cwd=CHECKOUT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
@@ -490,13 +486,7 @@ async def converge_cluster(runs: list[LabRun], batch: Batch) -> list[list[str] |
     log_path = runs[0].lab_dir.parent / "site.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *targets.playbook_argv(target, "site.yml", common),
-            cwd=CHECKOUT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = await start_playbook("site.yml", common, log, target.inventory)
         runs[0].proc = proc  # stop_runs signals it on an interrupt
         code = await proc.wait()
     runs[0].proc = None
@@ -511,7 +501,9 @@ async def converge_cluster(runs: list[LabRun], batch: Batch) -> list[list[str] |
     if batch.artifacts:
         common["experiment_artifacts"] = batch.artifacts
     return [
-        targets.playbook_argv(target, "playbooks/run-experiment.yml", {"mode": r.mode, **common})
+        targets.playbook_argv(
+            target.inventory, "playbooks/run-experiment.yml", {"mode": r.mode, **common}
+        )
         for r in runs
     ]
 
@@ -794,8 +786,8 @@ def main() -> int:
             raise ValueError(
                 f"--labs-at-once {args.labs_at_once} must be 1..{pairs} (the labs asked)"
             )
-        # a cluster: a lab per mode, all its scenarios, one at a time
-        plan = lab_plan(modes, scenarios, 1 if target.is_cluster else labs_at_once)
+        # a cluster (one slot): a lab per mode, all its scenarios, one at a time
+        plan = lab_plan(modes, scenarios, labs_at_once)
         last = first_index + len(plan) - 1
         if not target.is_cluster and (first_index < 1 or last > MAX_LAB_INDEX):
             raise ValueError(

@@ -75,13 +75,15 @@ def target_for(name: str, checkout: Path) -> Target:
     return Target(name, inventory, kind, profile)
 
 
-def playbook_argv(target: Target, playbook: str, extra_vars: dict[str, object]) -> list[str]:
-    """`ansible-playbook -i <its inventory> <playbook> -e <extra vars as JSON>` (JSON: a
-    path with a space or an `=` stays one value)."""
+def playbook_argv(
+    inventory: Path | None, playbook: str, extra_vars: dict[str, object]
+) -> list[str]:
+    """`ansible-playbook [-i <inventory>] <playbook> -e <extra vars as JSON>` (JSON: a
+    path with a space or an `=` stays one value; no inventory: ansible.cfg's)."""
     as_json = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in extra_vars.items()})
     return [
         str(Path(sys.executable).parent / "ansible-playbook"),
-        *("-i", str(target.inventory)),
+        *(("-i", str(inventory)) if inventory else ()),
         playbook,
         *("-e", as_json),
     ]
