@@ -87,6 +87,7 @@ def rec(rid: str, start: float, end: float | None, error: str | None = None) -> 
             {"haproxy": ha("r", st="200"), "envoy": envoy("r", flags="DC")},
             "gateway_downstream_reset",
         ),
+        ({"envoy": envoy("r", code=200)}, "lb_cut_forwarded_request_unlogged"),
         ({}, "client_could_not_reach_lb"),
     ],
 )
@@ -106,6 +107,7 @@ def test_every_rule_is_covered_above() -> None:
         "gateway_closed_connection_before_answering",
         "gateway_aborted_response",
         "gateway_downstream_reset",
+        "lb_cut_forwarded_request_unlogged",
         "client_could_not_reach_lb",
     }
     assert {name for name, _, _ in RULES} == covered
