@@ -101,6 +101,9 @@ def test_the_timing_summary_sets_wall_time_against_labs_and_runs() -> None:
     line = timing_line(t)
     assert "longest lab 120.0s (ordered/steady)" in line and "together 194.0s" in line
     assert "7.0-19.0s" in line
+    # a cluster's "labs" are its modes, one after the other
+    line = timing_line(t, "onebox")
+    assert "for 2 modes one after the other on onebox" in line and "labs" not in line
 
 
 def test_the_timing_summary_of_labs_whose_runs_all_failed() -> None:

@@ -40,7 +40,7 @@ def test_the_same_answer_in_both_labs_is_agreement() -> None:
 
 
 def test_a_different_answer_a_cause_of_one_lab_and_far_timings_are_named() -> None:
-    local, onebox = run(), run(lost=2, causes={"lb_killed_session_at_down": 2})
+    local, onebox = run(exposed=300), run(lost=30, exposed=300)
     local["timings_s"] = {"termination_to_lb_down": 0.3, "termination_to_pod_gone": 16.0}
     onebox["timings_s"] = {"termination_to_lb_down": 9.0, "termination_to_pod_gone": 16.4}
     row = side_by_side(doc("local", {"improved": [local]}), doc("onebox", {"improved": [onebox]}))[
@@ -48,11 +48,26 @@ def test_a_different_answer_a_cause_of_one_lab_and_far_timings_are_named() -> No
     ]["inflight"]["improved"]
     assert not row["same_answer"]
     assert row["differences"] == [
-        "local: keeps (0 / 5 lost); onebox: loses (2 / 5 lost)",
-        "requests failed in all: 0 on local, 2 on onebox",
-        "cause lb_killed_session_at_down only on onebox (x2)",
+        "local: keeps (0 / 301 lost); onebox: loses (30 / 301 lost)",
+        "requests failed in all: 0 on local, 30 on onebox",
+        "cause lb_killed_session_at_down only on onebox (x30)",
         "to LB out: 0.3 s on local, 9.0 s on onebox",
     ]
+
+
+def test_a_rare_loss_in_one_lab_within_the_other_s_bound_is_not_a_different_answer() -> None:
+    # the improved/inflight cell of 2026-12-03: local 1 of 287 lost, onebox 0 of 292;
+    # onebox's runs allow up to ~1%, local's interval starts near 0.06%
+    local, onebox = run(lost=1, exposed=286), run(exposed=291)
+    row = side_by_side(doc("local", {"improved": [local]}), doc("onebox", {"improved": [onebox]}))[
+        "scenarios"
+    ]["inflight"]["improved"]
+    assert row["agreement"] == "within bounds" and row["same_answer"]
+    assert row["differences"][0].startswith(
+        "local: loses (1 / 287 lost); onebox: keeps (0 / 292 lost); within each other's "
+        "bounds at 95% (local 0."
+    )
+    assert "onebox below 1.0" in row["differences"][0]
 
 
 def test_a_mode_one_lab_did_not_run_is_shown_not_compared() -> None:
@@ -97,6 +112,9 @@ def test_the_page_and_its_data_are_written_once_from_the_newest_local_comparison
     assert onebox is not None
     page = write_side_by_side(local, onebox, tmp_path / "labs-x.html")
     assert "Same answer in 0 of 1" in page.read_text()
+    # what the labs cannot share, and where the local lab's model departs, both said
+    assert "Where the local lab departs from a cluster" in page.read_text()
+    assert "served_off_lb_server" in page.read_text()
     assert json.loads(page.with_suffix(".json").read_text())["labs"] == ["local", "onebox"]
     with pytest.raises(FileExistsError):
         write_side_by_side(local, onebox, page)
@@ -115,11 +133,22 @@ def test_a_target_is_an_inventory_and_a_cluster_s_profile_is_its_own() -> None:
 
 def test_a_cluster_run_shows_its_plays_and_failures() -> None:
     onebox = targets.target_for("onebox", ROOT)
-    assert (
-        targets.console_line(onebox, "PLAY [Summarise and report] *****") == "Summarise and report"
-    )
-    assert targets.console_line(onebox, "fatal: [localhost]: FAILED!") is not None
-    assert targets.console_line(onebox, "ok: [localhost]") is None
+    console = targets.Console(onebox)
+    output = [
+        "PLAY [Run the experiment on the local lab] *****",
+        "skipping: [localhost]",
+        "PLAY [Summarise and report] *****",
+        "TASK [Merge the events] *****",
+        "ok: [localhost]",
+        "ok: [localhost]",
+        "PLAY [Fetch] *****",
+        "fatal: [worker1]: FAILED! => {}",
+    ]
+    shown = [s for line in output for s in console.shown(line)]
+    # a play whose every task was skipped (the other target's) is not shown
+    assert shown == ["Summarise and report", "Fetch", "fatal: [worker1]: FAILED! => {}"]
+    local = targets.Console(targets.target_for("local", ROOT))
+    assert local.shown("[  1.2s] load") == ["[  1.2s] load"] and local.shown("x") == []
     assert targets.run_args(onebox, "steady", Path("/r.json")) == [
         "-e",
         '{"scenario": "steady", "experiment_result_file": "/r.json"}',

@@ -168,11 +168,20 @@ def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) ->
     }
 
 
-def timing_line(t: dict[str, Any]) -> str:
-    """`timing_summary` in one line for the terminal."""
+def timing_line(t: dict[str, Any], cluster: str | None = None) -> str:
+    """`timing_summary` in one line for the terminal. On a `cluster` the "labs" are its
+    modes, run one after the other, each run with an Ansible playbook of its own."""
     if not t.get("labs"):
         return f"wall time: {t['wall_s']}s (no lab ran)"
     outside = list(t["outside_runs_s"].values())
+    if cluster is not None:
+        return (
+            f"wall time: {t['wall_s']}s for {t['labs']} modes one after the other on "
+            f"{cluster}; the longest {t['longest_lab']['s']}s ({t['longest_lab']['name']}); "
+            f"{t['runs']} runs, the longest {t['longest_run_s']}s, together "
+            f"{t['sum_of_runs_s']}s; each mode's cost outside its runs (site.yml, each "
+            f"run's flip, HAProxy, fetch and finalize) {min(outside)}-{max(outside)}s"
+        )
     return (
         f"wall time: {t['wall_s']}s for {t['labs']} labs; longest lab "
         f"{t['longest_lab']['s']}s ({t['longest_lab']['name']}); {t['runs']} runs, the "

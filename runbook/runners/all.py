@@ -308,11 +308,11 @@ async def run_repeat(
         start_new_session=True,
     )
     assert run.proc.stdout is not None
+    console = targets.Console(run.target)
     with run.runner_log(scenario, repeat).open("wb") as log:
         async for raw in run.proc.stdout:
             log.write(raw)
-            shown = targets.console_line(run.target, raw.decode(errors="replace").rstrip("\n"))
-            if shown is not None:
+            for shown in console.shown(raw.decode(errors="replace").rstrip("\n")):
                 print(f"[{run.now:>21}] {shown}", flush=True)
     code = await run.proc.wait()
     run.proc = None
@@ -688,7 +688,7 @@ async def main_async(
             )
             print(f"both labs:         {both} (the local lab's: {local.name})")
     print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")
-    print(timing_line(timing))
+    print(timing_line(timing, target.name if cluster else None))
     return 1 if failed else 0
 
 

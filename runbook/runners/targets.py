@@ -97,14 +97,26 @@ def run_args(target: Target, scenario: str, result_file: Path) -> list[str]:
     return [f"--scenario={scenario}", f"--result-file={result_file}"]
 
 
-def console_line(target: Target, line: str) -> str | None:
-    """The line of a run's output a person follows on the console, or None: the local
-    runner's progress (`[  12.3s] ...`) and verdict (`== ...`); a cluster run's plays
-    (`PLAY [name] ***` as `name`) and failures."""
-    if not target.is_cluster:
-        return line if line.startswith(("[", "== ")) else None
-    if line.startswith("PLAY ["):
-        return line[len("PLAY [") :].rstrip("* ").removesuffix("]")
-    if line.startswith(("fatal:", "failed:", "ERROR!")):
-        return line
-    return None
+@dataclass
+class Console:
+    """What of one run's output a person follows on the console: the local runner's
+    progress (`[  12.3s] ...`) and verdict (`== ...`); a cluster run's plays (`PLAY
+    [name] ***` as `name`, shown once one of its tasks ran: run-experiment.yml imports
+    the other target's plays, all skipped) and failures."""
+
+    target: Target
+    play: str | None = None
+
+    def shown(self, line: str) -> list[str]:
+        if not self.target.is_cluster:
+            return [line] if line.startswith(("[", "== ")) else []
+        if line.startswith("PLAY ["):
+            self.play = line[len("PLAY [") :].rstrip("* ").removesuffix("]")
+            return []
+        out = []
+        if self.play is not None and line.startswith(("ok:", "changed:", "fatal:", "failed:")):
+            out.append(self.play)
+            self.play = None
+        if line.startswith(("fatal:", "failed:", "ERROR!")):
+            out.append(line)
+        return out
