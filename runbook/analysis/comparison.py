@@ -174,19 +174,19 @@ def timing_line(t: dict[str, Any], cluster: str | None = None) -> str:
     if not t.get("labs"):
         return f"wall time: {t['wall_s']}s (no lab ran)"
     outside = list(t["outside_runs_s"].values())
-    if cluster is not None:
-        return (
-            f"wall time: {t['wall_s']}s for {t['labs']} modes one after the other on "
-            f"{cluster}; the longest {t['longest_lab']['s']}s ({t['longest_lab']['name']}); "
-            f"{t['runs']} runs, the longest {t['longest_run_s']}s, together "
-            f"{t['sum_of_runs_s']}s; each mode's cost outside its runs (site.yml, each "
-            f"run's flip, HAProxy, fetch and finalize) {min(outside)}-{max(outside)}s"
+    if cluster is None:
+        labs, longest = f"{t['labs']} labs", "longest lab"
+        cost = "each lab's fixed cost outside its runs (Ansible, HAProxy, starts)"
+    else:
+        labs, longest = f"{t['labs']} modes one after the other on {cluster}", "the longest"
+        cost = (
+            "each mode's cost outside its runs (site.yml, each run's flip, HAProxy, "
+            "fetch and finalize)"
         )
     return (
-        f"wall time: {t['wall_s']}s for {t['labs']} labs; longest lab "
-        f"{t['longest_lab']['s']}s ({t['longest_lab']['name']}); {t['runs']} runs, the "
-        f"longest {t['longest_run_s']}s, together {t['sum_of_runs_s']}s; each lab's fixed "
-        f"cost outside its runs (Ansible, HAProxy, starts) {min(outside)}-{max(outside)}s"
+        f"wall time: {t['wall_s']}s for {labs}; {longest} {t['longest_lab']['s']}s "
+        f"({t['longest_lab']['name']}); {t['runs']} runs, the longest {t['longest_run_s']}s, "
+        f"together {t['sum_of_runs_s']}s; {cost} {min(outside)}-{max(outside)}s"
     )
 
 

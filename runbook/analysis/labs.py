@@ -179,11 +179,12 @@ def side_by_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         for mode in sorted({*ma, *mb}, key=registry_order(MODES)):
             sa, sb = _side(ma.get(mode)), _side(mb.get(mode))
             both = sa is not None and sb is not None
+            agreed = agreement(sa, sb) if both else None  # type: ignore[arg-type]
             rows[mode] = {
                 names[0]: sa,
                 names[1]: sb,
-                "agreement": agreement(sa, sb) if both else None,  # type: ignore[arg-type]
-                "same_answer": both and agreement(sa, sb) != "differs",  # type: ignore[arg-type]
+                "agreement": agreed,
+                "same_answer": agreed not in (None, "differs"),
                 "differences": differences(names, sa, sb) if both else [],  # type: ignore[arg-type]
             }
         scenarios[sc] = rows
