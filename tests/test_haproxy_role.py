@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from helpers import ROOT, VENV_BIN
+from runbook.collectors.haproxy_config import haproxy_source
 from runbook.model import registry
 
 
@@ -27,18 +28,18 @@ def play_on_localhost(playbook: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("haproxy_mode", "shutdown_sessions", "disable_on_404"),
+    ("haproxy_mode", "shutdown_sessions", "disable_on_404", "source"),
     # the switches are set against the mode's settings: a mode's must win
     [
-        ("current", True, False),
-        ("improved", True, False),
-        ("ordered", True, True),
-        ("istio-native", True, False),
-        ("", False, True),
+        ("current", True, False, ""),
+        ("improved", True, False, "127.0.0.9"),
+        ("ordered", True, True, ""),
+        ("istio-native", True, False, ""),
+        ("", False, True, "127.0.0.9"),
     ],
 )
 def test_haproxy_config_takes_the_mode_s_lb_settings(
-    tmp_path: Path, haproxy_mode: str, shutdown_sessions: bool, disable_on_404: bool
+    tmp_path: Path, haproxy_mode: str, shutdown_sessions: bool, disable_on_404: bool, source: str
 ) -> None:
     if haproxy_mode:
         lb = registry.MODES[haproxy_mode].lb
@@ -53,6 +54,7 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
         "haproxy_shutdown_sessions": False,
         "haproxy_disable_on_404": True,
         "haproxy_servers": [{"name": "worker1", "address": "127.0.0.1"}],
+        "haproxy_source_address": source,
     }
     template = {"src": str(role / "templates" / "haproxy.cfg.j2"), "dest": str(out)}
     playbook = tmp_path / "render.yml"
@@ -78,6 +80,8 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
     status = haproxy_mode and registry.MODES[haproxy_mode].lb.check == "status"
     port, uri = (32021, "/healthz/ready") if status else (30180, "/health_check.html")
     assert f"check port {port} " in cfg and f"uri {uri} " in cfg
+    # where the server connections leave from, as the lab's premise check reads it back
+    assert haproxy_source(cfg) == (source or None)
 
 
 def test_recorded_image_tags_reach_the_rendered_manifests(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """An invalid run made for real: `make experiment`'s runner (runbook.runners.all) on one
 lab, with the survivor's hc stopped (SIGSTOP) just after the termination for longer
-than HAProxy's check needs to mark worker2 DOWN. That run measured the lab, not the
-order: it is kept, marked invalid with the reason, and another takes its place."""
+than HAProxy's check needs to mark worker1 DOWN (HAProxy sits on worker1, the victim is
+worker2's gateway). That run measured the lab, not the order: it is kept, marked
+invalid with the reason, and another takes its place."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ LAB = Topology(166)
 
 
 def survivor_hc(artifacts: Path) -> int:
-    """The pid of hc in worker2's gateway pod (it listens on that pod's IP)."""
-    address = f"HC_ADDR={LAB.gateway_pod_ip(2)}:".encode()
+    """The pid of hc in worker1's gateway pod (it listens on that pod's IP)."""
+    address = f"HC_ADDR={LAB.gateway_pod_ip(1)}:".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -37,7 +38,7 @@ def survivor_hc(artifacts: Path) -> int:
         ours = cwd.startswith(str(artifacts)) and cmdline[1:3] == [b"-m", b"hc"]
         if ours and any(e.startswith(address) for e in environ):
             return int(proc.name)
-    raise AssertionError("no hc process of worker2's gateway pod")
+    raise AssertionError("no hc process of worker1's gateway pod")
 
 
 def test_a_starved_survivor_makes_the_run_invalid_and_another_takes_its_place(
@@ -83,7 +84,7 @@ def test_a_starved_survivor_makes_the_run_invalid_and_another_takes_its_place(
     assert len(runs) == 2, runs
     first, second = (json.loads((d / "summary.json").read_text()) for d in runs)
     assert first["valid"] is False
-    assert first["invalid_reasons"][0].startswith("worker2 (a survivor) marked DOWN at +")
+    assert first["invalid_reasons"][0].startswith("worker1 (a survivor) marked DOWN at +")
     assert "by a failed check (" in first["invalid_reasons"][0]
     assert second["valid"] is True and second["failed_total"] == 0
     (comparison,) = artifacts.glob("comparison-*.json")

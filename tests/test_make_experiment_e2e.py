@@ -133,6 +133,15 @@ def test_every_loss_is_explained_and_exposure_is_counted(runs: Runs) -> None:
         # client, the syslog collector) are a few ms apart
         assert f["phase"] in ("lb_detection", "after_lb_down"), f
         assert f["served_by"]["gateway_pod"] == current["terminated_pod"]
+    # HAProxy sits on worker1 (the inventory's `source`), as the homelab's: the victim
+    # is worker2's gateway, and requests HAProxy sends to worker1 reach it through
+    # worker1's NodePort (kube-proxy routes a node's own traffic cluster-wide), never
+    # the other way round (worker2's NodePort keeps an outside source node-local)
+    every_run = [summary(d) for d in [*dirs.values(), *runs.steady.values()]]
+    assert {s["terminated_pod"].rsplit("-", 1)[1] for s in every_run} == {"worker2"}
+    served_off = [s["served_off_lb_server"] for s in every_run]
+    assert all(set(off) <= {"worker1 -> worker2"} for off in served_off), served_off
+    assert sum(off.get("worker1 -> worker2", 0) for off in served_off) > 0, served_off
     joined = read_jsonl(dirs["current"] / "requests.jsonl")
     assert all(r["request_id"] and r["haproxy"] and r["envoy"] for r in joined)
     modes = comparison["scenarios"]["inflight"]["modes"]

@@ -56,6 +56,57 @@ def test_pilot_agent_drain_lines_and_noise() -> None:
     assert event_from_line("b-1", "backend", f"ts={TS} app=backend msg=request status=200") is None
 
 
+@pytest.mark.parametrize(
+    ("message", "kind", "fields"),
+    # the real pilot-agent's drain (istio pkg/envoy/agent.go), as onebox's logs carry it
+    [
+        ("There are still 3 active connections", "active_connections", {"active": "3"}),
+        (
+            "There are no more active connections. terminating proxy...",
+            "active_connections",
+            {"active": "0"},
+        ),
+        (
+            "Agent draining proxy for 3s, then waiting for active connections to terminate...",
+            "drain_listeners",
+            {},
+        ),
+        ("Agent draining Proxy for termination", "drain_listeners", {}),
+        (
+            "Graceful termination period complete, terminating remaining proxies.",
+            "killing_envoy",
+            {},
+        ),
+        ("Envoy aborted normally", "exit", {"how": "normally"}),
+    ],
+)
+def test_the_real_pilot_agent_s_drain_lines_are_the_stand_in_s_events(
+    message: str, kind: str, fields: dict[str, str]
+) -> None:
+    line = f"2026-11-22T10:00:00.250000Z\tinfo\t{message}\n"
+    assert event_from_line("igw-1", "istio-proxy", line) == {
+        "ts_ms": TS_MS,
+        "source": "pilot-agent",
+        "kind": kind,
+        "pod": "igw-1",
+        "container": "istio-proxy",
+        **fields,
+    }
+    scoped = f"2026-11-22T10:00:00.250000Z\tinfo\tenvoy\t{message}"
+    assert event_from_line("igw-1", "istio-proxy", scoped) == event_from_line(
+        "igw-1", "istio-proxy", line
+    )
+
+
+def test_other_istio_lines_are_noise() -> None:
+    for line in (
+        "2026-11-22T10:00:00.250000Z\tinfo\txdsproxy\tconnected to upstream XDS server",
+        "2026-11-22T10:00:00.250000Z\twarn\tThere are still many active connections",
+        "There are still 3 active connections",  # no time, no level: not Istio's line
+    ):
+        assert event_from_line("igw-1", "istio-proxy", line) is None, line
+
+
 def test_access_log_and_backend_lines_become_hop_events() -> None:
     access = json.dumps(
         {"igw_access_log": "1", "request_id": "ab-000001", "response_code": 503}

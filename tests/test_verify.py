@@ -24,8 +24,9 @@ import yaml
 from helpers import ROOT, VENV_BIN, free_port
 from runbook.analysis import checks
 from runbook.collectors import haproxy as haproxy_collector
-from runbook.collectors.haproxy_config import haproxy_settings
+from runbook.collectors.haproxy_config import haproxy_settings, haproxy_source
 from runbook.collectors.tls import tls_accepts
+from runbook.localcluster.topology import NODES, Topology
 from runbook.model import timing
 from runbook.model.durations import haproxy_seconds
 
@@ -85,6 +86,18 @@ def test_haproxy_settings_are_read_back() -> None:
     assert got["haproxy_timeout_server_s"] == 34 and got["haproxy_check_timeout_s"] == 0.5
     assert (got["haproxy_inter_s"], got["haproxy_fall"], got["haproxy_rise"]) == (0.5, 2, 2)
     assert got["pool_purge_delay_s"] == 5
+    assert haproxy_source(cfg) is None  # the kernel picks: the LB host's own address
+    placed = cfg.replace("backend b\n", "backend b\n    source 127.31.0.1\n")
+    assert haproxy_source(placed) == "127.31.0.1"
+    assert haproxy_source("defaults\n    source 10.0.0.5:0\n") == "10.0.0.5"  # a port too
+
+
+def test_a_lab_address_names_its_node() -> None:
+    lab = Topology(1)
+    assert [lab.node_at(lab.ip_of_node(n)) for n in NODES] == list(NODES)
+    assert lab.node_at(lab.haproxy_ip) is None  # an address of its own
+    assert lab.node_at(Topology(2).ip_of_node("worker1")) is None  # another lab's
+    assert lab.node_at(None) is None
 
 
 def test_the_tls_probe_can_offer_tls_1_1_so_a_refusal_is_the_server_s(tmp_path: Path) -> None:
@@ -181,6 +194,10 @@ def test_the_provisioned_lab_passes_every_check(lab: Path, tmp_path: Path) -> No
     assert code == 0, out
     assert all(c["result"] == "pass" for c in found.values()), out
     assert len(found) == 12 and "12 of 12 checks passed" in out
+    # the inventory places HAProxy on worker1 (its `source`): the check reads it back
+    assert found["lb_is_not_the_terminated_gateway_s_node"]["detail"].startswith(
+        "LB on node worker1;"
+    ), out
 
 
 def edit_yaml(path: Path, change) -> None:

@@ -1,5 +1,6 @@
-"""What an HAProxy config says of the experiment's timing: its timeouts, the check's
-interval, fall and rise, and how long an idle server connection may live. Read from
+"""What an HAProxy config says of the experiment's timing (its timeouts, the check's
+interval, fall and rise, how long an idle server connection may live) and of where its
+connections to the servers leave from. Read from
 the config the haproxy role wrote (the local lab's, or a worker's fetched by
 playbooks/verify.yml)."""
 
@@ -29,3 +30,10 @@ def haproxy_settings(cfg: str) -> dict[str, float]:
     m = re.search(r"^\s*pool-purge-delay\s+(\S+)", cfg, re.M)
     out["pool_purge_delay_s"] = haproxy_seconds(m.group(1)) if m else HAPROXY_POOL_PURGE_DELAY_S
     return out
+
+
+def haproxy_source(cfg: str) -> str | None:
+    """The address a `source` line makes HAProxy's server connections leave from
+    (the first such line: the role writes one, in the backend), or None."""
+    m = re.search(r"^\s*source\s+([^\s:]+)", cfg, re.M)
+    return m.group(1) if m else None

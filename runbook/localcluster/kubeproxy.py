@@ -43,9 +43,10 @@ class NodePort:
     - Traffic that starts on the node itself (source address = the node's) goes to any
       ready endpoint in the cluster: kube-proxy routes LOCAL-source traffic through the
       service's cluster-wide chain whatever the policy (pkg/proxy/iptables/proxier.go,
-      "route LOCAL traffic ... to external destinations"). An LB running on a gateway
-      node and checking its own NodePort would never see that node's gateway go away:
-      the lab's HAProxy has an address of its own, as the homelab's must.
+      "route LOCAL traffic ... to external destinations"). The lab's HAProxy sits on
+      worker1 as the homelab's does (its `source` is worker1's address): what it sends
+      to worker1's NodePort, checks included, may reach worker2's gateway, and it never
+      sees worker1's own gateway go away there (hence the victim is worker2's).
     """
 
     def __init__(

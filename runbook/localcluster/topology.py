@@ -32,6 +32,10 @@ class Topology:
         """A node's address by name (NODES order: worker1 .0.1, worker2 .0.2, master1 .0.3)."""
         return self.node_ip(NODES.index(node) + 1)
 
+    def node_at(self, ip: str | None) -> str | None:
+        """The node whose address `ip` is, or None (HAProxy's own address, or none)."""
+        return next((n for n in NODES if ip is not None and self.ip_of_node(n) == ip), None)
+
     @property
     def haproxy_ip(self) -> str:
         return f"{self.net}.0.100"

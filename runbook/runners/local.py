@@ -38,9 +38,11 @@ from ..artifacts.termination import Termination
 from ..artifacts.writes import WriteFailures, is_a_failed_write
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
+from ..collectors.haproxy_config import haproxy_source
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster
 from ..localcluster.haproxy_process import stop_lab_haproxy
+from ..localcluster.kubelet import Pod
 from ..localcluster.lablock import LabBusy, claim
 from ..localcluster.manifests import Manifests
 from ..localcluster.procfs import ancestors
@@ -172,6 +174,14 @@ async def stop_process(proc: asyncio.subprocess.Process | None, timeout: float =
         await proc.wait()
 
 
+def victim_pod(cluster: LabCluster, lb_source: str | None) -> Pod:
+    """The gateway pod to terminate: one on a node other than HAProxy's, as the homelab
+    runner chooses (HAProxy's own node reaches any gateway through its NodePort). The
+    lab's premise checks have made sure there is one."""
+    lb_node = cluster.topology.node_at(lb_source)
+    return next(p for p in cluster.gateway_pods if p.node != lb_node)
+
+
 async def run(args: argparse.Namespace) -> Path:
     progress = Progress()
     run_plan = plan_for(args)
@@ -211,7 +221,7 @@ async def run(args: argparse.Namespace) -> Path:
     cluster = LabCluster(
         topology, manifests, pods_dir(run_dir), collected, on_log_line, on_fault=stop
     )
-    victim = cluster.gateway_pods[0]
+    haproxy_config = Path(args.haproxy_socket).parent / "haproxy.cfg"
     background: list[asyncio.Task[Any]] = []
     status, term = "interrupted", None
     haproxy_proc = None
@@ -233,7 +243,7 @@ async def run(args: argparse.Namespace) -> Path:
             cluster,
             args.mode,
             Path(args.manifests),
-            Path(args.haproxy_socket).parent / "haproxy.cfg",
+            haproxy_config,
             args.haproxy_socket,
             urllib.parse.urlsplit(args.haproxy_url).netloc,
             args.profile,
@@ -248,6 +258,7 @@ async def run(args: argparse.Namespace) -> Path:
                 "the lab breaks the experiment's premise: "
                 + "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed)
             )
+        victim = victim_pod(cluster, haproxy_source(haproxy_config.read_text()))
         regex = envoy.active_stat_regex(manifests.gateway_port)
         fetchers = {
             p.name: envoy.http_fetcher(

@@ -25,7 +25,7 @@ from ..analysis.deployed import ENVOY_DEFAULT_IDLE_S, deployed_timing, raw_docs
 from ..artifacts.events import CollectedDir
 from ..collectors import envoy
 from ..collectors import haproxy as haproxy_collector
-from ..collectors.haproxy_config import haproxy_settings
+from ..collectors.haproxy_config import haproxy_settings, haproxy_source
 from ..collectors.tls import tls_accepts
 from ..localcluster.cluster import LabCluster
 from ..localcluster.manifests import Manifests
@@ -114,7 +114,10 @@ async def check_running_lab(
     mode = registry.mode(mode_name)
     manifests = cluster.manifests
     docs = raw_docs(manifests_dir, mode.manifest)
-    cfg = haproxy_settings(haproxy_config.read_text())
+    cfg_text = haproxy_config.read_text()
+    cfg = haproxy_settings(cfg_text)
+    # where HAProxy's server connections leave from: a node's address puts it on that node
+    lb_node = cluster.topology.node_at(haproxy_source(cfg_text))
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     found: list[checks.Check] = []
     try:
@@ -159,8 +162,7 @@ async def check_running_lab(
         )
         answers = dict(zip(NODES, statuses, strict=True))
         found.append(checks.node_local_check(answers, {p.node for p in gw}))
-        # the lab's HAProxy has an address of its own, not a node's
-        found.append(checks.lb_topology(None, {p.node for p in gw}))
+        found.append(checks.lb_topology(lb_node, {p.node for p in gw}))
         # master1 is untainted in the lab, as the untaint role leaves it
         found.append(rollout_check(docs["gateway"], len(NODES)))
         found.append(checks.timing_budget(profile, deployed_timing(docs, cfg), planned))
