@@ -214,7 +214,7 @@ def lb_topology(lb_host: str | None, nodes_with_pod: set[str]) -> Check:
     """kube-proxy sends traffic that starts on a node to any ready endpoint, whatever
     externalTrafficPolicy says: an LB on a gateway node never sees that node's gateway
     go away through its own NodePort. The experiment needs a gateway on a node that is
-    not the LB's (`lb_host` None: the LB has an address of its own, as in the lab)."""
+    not the LB's (`lb_host` None: the LB has an address of its own, on no node)."""
     others = sorted(n for n in nodes_with_pod if n != lb_host)
     where = "its own address" if lb_host is None else f"node {lb_host}"
     return _check(
