@@ -93,11 +93,11 @@ def test_haproxy_settings_are_read_back() -> None:
 
 
 def test_a_lab_address_names_its_node() -> None:
-    lab = Topology(1)
-    assert [lab.node_at(lab.ip_of_node(n)) for n in NODES] == list(NODES)
-    assert lab.node_at(lab.haproxy_ip) is None  # an address of its own
-    assert lab.node_at(Topology(2).ip_of_node("worker1")) is None  # another lab's
-    assert lab.node_at(None) is None
+    one = Topology(1)
+    assert [one.node_at(one.ip_of_node(n)) for n in NODES] == list(NODES)
+    assert one.node_at(one.haproxy_ip) is None  # an address of its own
+    assert one.node_at(Topology(2).ip_of_node("worker1")) is None  # another lab's
+    assert one.node_at(None) is None
 
 
 def test_the_tls_probe_can_offer_tls_1_1_so_a_refusal_is_the_server_s(tmp_path: Path) -> None:
