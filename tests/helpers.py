@@ -421,3 +421,14 @@ class ChartRepo:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def fill(folder: Path) -> None:
+    """Write a file in `folder` until its filesystem has no byte left."""
+    chunk = b"\0" * 65536
+    with contextlib.suppress(OSError), (folder / "filler").open("wb", buffering=0) as f:
+        while True:
+            f.write(chunk)
+    with contextlib.suppress(OSError), (folder / "filler-tail").open("wb", buffering=0) as f:
+        while True:
+            f.write(b"\0")

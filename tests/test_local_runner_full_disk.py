@@ -8,7 +8,6 @@ on unrecorded for seconds, finalize died with a traceback and the caller's resul
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -18,23 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import lab_leftovers, local_run
+from helpers import fill, lab_leftovers, local_run
 from runbook.artifacts.events import read_jsonl
 from runbook.artifacts.writes import WriteFailures, describe_write_failure
 from runbook.localcluster.topology import Topology
 
 LAB = Topology(184)
-
-
-def fill(folder: Path) -> None:
-    """Write a file in `folder` until its filesystem has no byte left."""
-    chunk = b"\0" * 65536
-    with contextlib.suppress(OSError), (folder / "filler").open("wb", buffering=0) as f:
-        while True:
-            f.write(chunk)
-    with contextlib.suppress(OSError), (folder / "filler-tail").open("wb", buffering=0) as f:
-        while True:
-            f.write(b"\0")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -50,6 +49,7 @@ from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
 from .premise_checks import check_running_lab
+from .runstop import RunStop
 from .signals import cancel_on_exit_signals, cancel_when_gone, exit_code
 
 #: The local lab's one HAProxy, as the collectors and the summary name it.
@@ -62,38 +62,6 @@ LOG_SETTLE_S = 0.3
 class RunFailed(RuntimeError):
     """The run stopped for a reason it names (a failed write, a lab address another
     process holds); cleaned up, its artifacts kept, its result `failed`."""
-
-
-class RunStop:
-    """The first reason this run must stop, from any thread or task: the run's task is
-    cancelled once, and never once its cleanup has begun (that must finish)."""
-
-    def __init__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._loop = asyncio.get_running_loop()
-        self._lock = threading.Lock()
-        self._cleaning_up = False
-        #: why the run stops; None while all is well
-        self.reason: str | None = None
-
-    def __call__(self, reason: str) -> None:
-        with self._lock:
-            if self.reason is not None:
-                return
-            self.reason = reason
-        self._loop.call_soon_threadsafe(self._cancel)
-
-    def _cancel(self) -> None:
-        if not self._cleaning_up:
-            self._task.cancel()
-
-    def cleanup_begins(self) -> None:
-        """From now on a reason is kept but stops nothing (call it from the run's task)."""
-        self._cleaning_up = True
-        if self.reason is not None:
-            self._task.uncancel()
 
 
 class Progress:
