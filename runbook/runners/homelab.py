@@ -17,29 +17,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from kubernetes import client, config
 
 from ..artifacts.events import CollectedDir, now_ms
-from ..artifacts.rundir import RAW_REQUESTS, write_json
+from ..artifacts.rundir import RAW_REQUESTS, write_json, write_result
 from ..artifacts.termination import Termination, write_termination
+from ..artifacts.writes import WriteFailures, is_a_failed_write
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
+from .runstop import RunStop
 
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
 BACKEND_SELECTOR = f"app={registry.OBJECTS.backend}"
 LOG_SETTLE_S = 3.0
-#: How often the run looks for gateway pods started since (their Envoy gauge is read
-#: from then on): the replacement runs within seconds of the deletion.
-NEW_POD_LOOK_S = 2.0
+#: How often the run lists the gateway's pods: to read the gauge of a pod started
+#: since (the replacement runs within seconds of the deletion), and to see the victim
+#: gone.
+POD_LOOK_S = 1.0
+
+
+class RunFailed(RuntimeError):
+    """The run stopped for the reason it names (a failed write to its artifacts); what
+    it wrote is kept, its result `failed`."""
+
+
+def pods_seen(pods: list[Any], followed: set[str], victim: str) -> tuple[list[str], bool]:
+    """From one listing of the gateway's pods: those now Running that are not yet
+    followed (in the listing's order), and whether the victim is still listed."""
+    new = [
+        p.metadata.name
+        for p in pods
+        if p.status.phase == "Running" and p.metadata.name not in followed
+    ]
+    return new, any(p.metadata.name == victim for p in pods)
 
 
 def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
@@ -60,6 +79,13 @@ def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
     return sorted(candidates, key=lambda p: p.metadata.name)[0]
 
 
+def fail(args: argparse.Namespace, run_dir: Path, why: str) -> NoReturn:
+    """End the run as `failed`, its result file (if any) saying why."""
+    if args.result_file:
+        write_result(Path(args.result_file), run_dir, "failed", why)
+    raise RunFailed(why)
+
+
 async def run(args: argparse.Namespace) -> None:
     started_ms = now_ms()
     config.load_kube_config(context=args.context)
@@ -67,8 +93,18 @@ async def run(args: argparse.Namespace) -> None:
     run_plan = plan_for(args)
     scenario = run_plan.load
     run_dir = Path(args.run_dir)
-    write_json(run_dir / "plan.json", run_plan.as_dict())
-    collected = CollectedDir(run_dir)
+    # the first failed write to the run's artifacts, from any collector's thread or
+    # the load's recorder, stops the run (runbook.artifacts.writes)
+    run_stop = RunStop()
+    failures = WriteFailures(run_stop)
+    try:
+        write_json(run_dir / "plan.json", run_plan.as_dict())
+    except OSError as exc:
+        if not is_a_failed_write(exc):
+            raise
+        failures.report(run_dir / "plan.json", exc)
+        fail(args, run_dir, f"{run_stop.reason}; the run did not start")
+    collected = CollectedDir(run_dir, failures)
     stop = threading.Event()
     selector = f"{registry.GATEWAY_POD_SELECTOR},mode={args.mode}"
     pods = core.list_namespaced_pod(args.namespace, label_selector=selector).items
@@ -113,21 +149,26 @@ async def run(args: argparse.Namespace) -> None:
 
     fetchers = {p.metadata.name: fetcher(p.metadata.name) for p in pods}
 
-    async def gauge_new_pods() -> None:
-        """A pod that starts during the run (the victim's replacement) gets its gauge
-        read too, once it runs."""
+    victim_gone = asyncio.Event()
+
+    async def follow_pods() -> None:
+        """One listing a second, off the event loop (the load driver's requests share
+        it): a pod that starts running gets its gauge read too; the victim no longer
+        listed sets `victim_gone`."""
         while True:
-            await asyncio.sleep(NEW_POD_LOOK_S)
             listed = await asyncio.to_thread(
                 core.list_namespaced_pod, args.namespace, label_selector=selector
             )
-            for p in listed.items:
-                if p.metadata.name not in fetchers and p.status.phase == "Running":
-                    fetchers[p.metadata.name] = fetcher(p.metadata.name)
+            new, still_there = pods_seen(listed.items, set(fetchers), victim.metadata.name)
+            for name in new:
+                fetchers[name] = fetcher(name)
+            if not still_there:
+                victim_gone.set()
+            await asyncio.sleep(POD_LOOK_S)
 
     gauge = asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers, 0.5))
-    new_pods = asyncio.create_task(gauge_new_pods())
-    recorder = Recorder(run_dir / RAW_REQUESTS)
+    pods_followed = asyncio.create_task(follow_pods())
+    recorder = Recorder(run_dir / RAW_REQUESTS, failures)
     driver = LoadDriver(args.url, args.ca, recorder, scenario)
     experiment = collected.log("experiment")
 
@@ -138,6 +179,7 @@ async def run(args: argparse.Namespace) -> None:
         return end
 
     started = step("start-collectors", started_ms, {"victim": victim.metadata.name})
+    load: asyncio.Task[Any] | None = None
     try:
         load = asyncio.create_task(driver.run())
         await asyncio.sleep(scenario.warmup_s + scenario.lead_s)
@@ -153,16 +195,8 @@ async def run(args: argparse.Namespace) -> None:
         )  # graceful: the pod's own terminationGracePeriodSeconds
         started = step("terminate-gateway-pod", started, {"pod": victim.metadata.name})
         grace = float(run_plan.budget["gateway_grace_s"])
-        deadline = time.monotonic() + grace + 30
-        while time.monotonic() < deadline:
-            # off the event loop: the load driver's requests share it
-            listed = await asyncio.to_thread(
-                core.list_namespaced_pod, args.namespace, label_selector=selector
-            )
-            names = {p.metadata.name for p in listed.items}
-            if victim.metadata.name not in names:
-                break
-            await asyncio.sleep(1)
+        with contextlib.suppress(TimeoutError):  # the journal's step says how long
+            await asyncio.wait_for(victim_gone.wait(), grace + 30)
         started = step("wait-for-pod-gone", started)
         await asyncio.sleep(scenario.tail_s)
         driver.stop()
@@ -171,16 +205,28 @@ async def run(args: argparse.Namespace) -> None:
         # (registry.ENVOY_ACCESS_LOG_FLUSH_MS) and the log streams behind it
         await asyncio.sleep(LOG_SETTLE_S)
         step("finish-load", started, {"requests": len(recorder.records)})
+    except asyncio.CancelledError:
+        if run_stop.reason is None:
+            raise  # an exit signal: interrupted, finalized as such by the caller
+    except OSError as exc:
+        if not is_a_failed_write(exc):
+            raise
+        failures.report(Path(str(exc.filename or run_dir)), exc)
     finally:
+        run_stop.cleanup_begins()
         stop.set()
-        gauge.cancel()
-        new_pods.cancel()
-        await asyncio.gather(gauge, new_pods, return_exceptions=True)
+        driver.stop()
+        background = [t for t in (gauge, pods_followed, load) if t is not None]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         recorder.close()
         for t in threads:
             if not t.daemon:
                 t.join(kube.WATCH_WINDOW_S + 5)
         collected.close()
+    if run_stop.reason is not None:
+        fail(args, run_dir, f"{run_stop.reason}; the run stopped, what it wrote is kept")
     print(json.dumps({"requests": len(recorder.records), "termination_ms": term.ms}), flush=True)
 
 
@@ -196,8 +242,15 @@ def main() -> int:
     add_budget_arguments(p)
     p.add_argument("--gateway-port", type=int, default=registry.PORTS.gateway)
     p.add_argument("--run-dir", required=True)
+    p.add_argument(
+        "--result-file", default="", help="where a failed run says why (make experiment's)"
+    )
     args = p.parse_args()
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except RunFailed as exc:
+        print(f"runbook.runners.homelab: failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
