@@ -247,6 +247,39 @@ def test_preflight_refuses_an_lb_that_is_not_a_worker(tmp_path: Path) -> None:
     assert code != 0 and "experiment_lb_host=master1 must be one of the workers" in out
 
 
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [{"scenario": "inflight"}, {"scenario": "soak"}],
+        [],
+        ["inflight"],
+        [{"result_file": "/tmp/r.json"}],
+    ],
+)
+def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: object) -> None:
+    """run-experiment.yml on the homelab inventory with a bad experiment_runs: refused
+    by its first play, naming the value and what is allowed (nothing reaches a host:
+    192.0.2.0/24 is not routed here)."""
+    result = subprocess.run(
+        [
+            PLAYBOOK,
+            *("-i", "inventory/homelab"),
+            "playbooks/run-experiment.yml",
+            *("-e", "mode=ordered"),
+            *("-e", json.dumps({"experiment_runs": runs})),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = " ".join(result.stdout.split())
+    assert result.returncode != 0, out[-2000:]
+    assert f"experiment_runs={json.dumps(runs)} must be a non-empty list" in out, out[-2000:]
+    assert "one of inflight, steady" in out
+    assert "PLAY [Flip the gateway" not in out
+
+
 def test_preflight_accepts_the_homelab_inventory() -> None:
     # the kube context check needs kubectl and the cluster's kubeconfig: cluster only
     result = subprocess.run(

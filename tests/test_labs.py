@@ -131,25 +131,38 @@ def test_a_target_is_an_inventory_and_a_cluster_s_profile_is_its_own() -> None:
         targets.target_for("nowhere", ROOT)
 
 
-def test_a_cluster_run_shows_its_plays_and_failures() -> None:
+def test_a_cluster_mode_shows_its_plays_runs_and_failures() -> None:
     onebox = targets.target_for("onebox", ROOT)
     console = targets.Console(onebox)
     output = [
         "PLAY [Run the experiment on the local lab] *****",
         "skipping: [localhost]",
-        "PLAY [Summarise and report] *****",
-        "TASK [Merge the events] *****",
+        "PLAY [Run each run asked, the controller and the workers in step] *****",
+        "TASK [Place a gateway pod on each worker, then start run 1 of 2 (inflight)] *****",
+        "skipping: [localhost]",
+        "TASK [Create the run directory] *****",
         "ok: [localhost]",
         "ok: [localhost]",
-        "PLAY [Fetch] *****",
+        "TASK [Place a gateway pod on each worker, then start run 2 of 2 (steady)] *****",
         "fatal: [worker1]: FAILED! => {}",
     ]
     shown = [s for line in output for s in console.shown(line)]
     # a play whose every task was skipped (the other target's) is not shown
-    assert shown == ["Summarise and report", "Fetch", "fatal: [worker1]: FAILED! => {}"]
+    assert shown == [
+        "Run each run asked, the controller and the workers in step",
+        "run 1 of 2 (inflight)",
+        "run 2 of 2 (steady)",
+        "fatal: [worker1]: FAILED! => {}",
+    ]
+    assert [targets.run_started(line) for line in output[2:4]] == [None, 1]
     local = targets.Console(targets.target_for("local", ROOT))
     assert local.shown("[  1.2s] load") == ["[  1.2s] load"] and local.shown("x") == []
-    assert targets.run_args(onebox, "steady", Path("/r.json")) == [
+    assert targets.run_args("steady", Path("/r.json")) == [
+        "--scenario=steady",
+        "--result-file=/r.json",
+    ]
+    assert targets.cluster_runs_args([("steady", Path("/r.json")), ("inflight", Path("/s"))]) == [
         "-e",
-        '{"scenario": "steady", "experiment_result_file": "/r.json"}',
+        '{"experiment_runs": [{"scenario": "steady", "result_file": "/r.json"}, '
+        '{"scenario": "inflight", "result_file": "/s"}]}',
     ]

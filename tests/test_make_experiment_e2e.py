@@ -260,6 +260,12 @@ def test_run_directories_are_never_reused(tmp_path: Path) -> None:
     [
         (["-e", "mode=fast"], "mode=fast must be one of current, improved"),
         (["-e", "mode=current", "-e", "scenario=soak"], "scenario=soak one of inflight"),
+        # a list of runs is a cluster's (one flip for several runs): the local lab's
+        # runs are make experiment's, each its own runner
+        (
+            ["-e", "mode=current", "-e", '{"experiment_runs": [{"scenario": "steady"}]}'],
+            "and only for a cluster (experiment_target homelab; this one is local",
+        ),
         (
             ["-e", "mode=current", "-e", "timing_profile=slow"],
             "timing_profile=slow one of seed, quick",

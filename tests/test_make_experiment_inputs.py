@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from runbook.runners.all import LABS_PER_CPU, default_labs_at_once, lab_plan, timing_overrides
+from runbook.runners.all import (
+    FAILED,
+    LABS_PER_CPU,
+    MAX_REPLACEMENTS,
+    NOT_REACHED,
+    RAN,
+    default_labs_at_once,
+    lab_plan,
+    runs_fate,
+    runs_wanted,
+    timing_overrides,
+)
 
 MODES = ["current", "improved", "ordered", "istio-native"]
 
@@ -67,6 +78,60 @@ def test_each_mode_converges_as_few_labs_as_its_slots_need(
     # every mode and scenario is run, once
     ran = sorted((m, sc) for m, scs in plan for sc in scs)
     assert ran == sorted((m, sc) for m in modes for sc in scenarios)
+
+
+BOTH = ("inflight", "steady")
+
+
+@pytest.mark.parametrize(
+    ("ran", "settled", "expected"),
+    [
+        # the first playbook: every scenario's repeats, in order
+        (
+            {"inflight": 0, "steady": 0},
+            {"inflight": 0, "steady": 0},
+            [("inflight", 1), ("inflight", 2), ("steady", 1), ("steady", 2)],
+        ),
+        # one steady run invalid: one more, numbered after it
+        ({"inflight": 2, "steady": 2}, {"inflight": 2, "steady": 1}, [("steady", 3)]),
+        # every replacement spent: no more, whatever is still unsettled
+        ({"inflight": 2, "steady": 2 + MAX_REPLACEMENTS}, {"inflight": 2, "steady": 0}, []),
+        # a failure left runs unreached: they come again under their numbers
+        (
+            {"inflight": 1, "steady": 0},
+            {"inflight": 1, "steady": 0},
+            [("inflight", 2), ("steady", 1), ("steady", 2)],
+        ),
+    ],
+)
+def test_a_cluster_mode_runs_what_is_still_wanted(
+    ran: dict[str, int], settled: dict[str, int], expected: list[tuple[str, int]]
+) -> None:
+    assert runs_wanted(BOTH, 2, ran, settled) == expected
+
+
+DONE = {"status": "completed", "run_dir": "/r"}
+STOPPED = {"status": "running", "run_dir": "/r"}
+
+
+@pytest.mark.parametrize(
+    ("code", "results", "expected"),
+    [
+        (0, [DONE, DONE], [RAN, RAN]),
+        # the second run failed: the third was never reached, the next playbook runs it
+        (2, [DONE, STOPPED, None], [RAN, FAILED, NOT_REACHED]),
+        # the flip failed before any run started: the failure is every run's
+        (2, [None, None], [FAILED, FAILED]),
+        # every run completed and the playbook failed after: the last one is blamed
+        (2, [DONE, DONE], [RAN, FAILED]),
+        # a run that started and never wrote its end is not a success, exit 0 or not
+        (0, [DONE, STOPPED], [RAN, FAILED]),
+    ],
+)
+def test_each_run_of_a_cluster_playbook_has_one_fate(
+    code: int, results: list[dict[str, str] | None], expected: list[str]
+) -> None:
+    assert runs_fate(code, results) == expected
 
 
 def test_timing_overrides_are_checked_by_the_model() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import ChartRepo
+from helpers import ChartRepo, fill
 from runbook.model import registry
 from runbook.onebox.build import module_source
 from runbook.onebox.images import BUSYBOX_IMAGE, ISTIO_IMAGES, agnhost_ref, e2e_images, istio_tag
@@ -1007,9 +1007,10 @@ def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
 def onebox_experiment(
     homelab_site: Path, onebox_logs: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """`make experiment TARGET=onebox SCENARIOS=inflight REPEATS=1`: site.yml converges
-    the cluster, then each mode in turn through run-experiment.yml on inventory/onebox,
-    the runs judged and compared as the local lab's are. Its artifacts folder."""
+    """`make experiment TARGET=onebox REPEATS=1`: site.yml converges the cluster, then
+    each mode in turn through one run-experiment.yml on inventory/onebox (the flip, then
+    its inflight and its steady run), the runs judged and compared as the local lab's
+    are. Its artifacts folder."""
     artifacts = tmp_path_factory.mktemp("onebox-artifacts")
     log = onebox_logs / "make-experiment-onebox.log"
     started = time.monotonic()
@@ -1020,7 +1021,6 @@ def onebox_experiment(
                 "--no-print-directory",
                 "experiment",
                 "TARGET=onebox",
-                "SCENARIOS=inflight",
                 "REPEATS=1",
                 f"ARTIFACTS={artifacts}",
             ],
@@ -1032,7 +1032,7 @@ def onebox_experiment(
         )
     took = time.monotonic() - started
     assert proc.returncode == 0, f"{log}:\n{log.read_text()[-5000:]}"
-    print(f"make experiment TARGET=onebox (4 runs): {took:.0f}s", file=sys.stderr)
+    print(f"make experiment TARGET=onebox (8 runs): {took:.0f}s", file=sys.stderr)
     return artifacts
 
 
@@ -1043,6 +1043,29 @@ def test_make_experiment_on_onebox_compares_every_mode(onebox_experiment: Path) 
     text = doc_path.with_suffix(".html").read_text()
     for mode in registry.MODES:
         assert mode in text
+
+
+@pytest.mark.parametrize("mode", list(registry.MODES))
+def test_a_mode_s_runs_share_one_flip_and_keep_their_own_records(
+    onebox_experiment: Path, mode: str
+) -> None:
+    """A mode's runs in one run-experiment.yml (experiment_runs): the mode flipped once,
+    then each run with its own HAProxy collectors: every request HAProxy logged in a
+    run's files is one that run sent."""
+    log = (ROOT / ".lab" / "onebox" / mode / "runs-1.log").read_text()
+    assert log.count("PLAY [Flip the gateway to the mode") == 1, log[-3000:]
+    assert "start run 1 of 2 (inflight)" in log and "start run 2 of 2 (steady)" in log
+    for scenario in registry.SCENARIOS:
+        (run_dir,) = onebox_experiment.glob(f"*-{scenario}-{mode}")
+        sent = {json.loads(line)["request_id"] for line in (run_dir / "requests.raw.jsonl").open()}
+        logged = {
+            e["rid"]
+            for worker in ("worker1", "worker2")
+            for e in map(json.loads, (run_dir / "collected" / f"haproxy-{worker}.jsonl").open())
+            if e["kind"] == "request_log" and e.get("rid")
+        }
+        assert logged and logged <= sent, sorted(logged - sent)[:5]
+        assert json.loads((run_dir / "summary.json").read_text())["valid"]
 
 
 @pytest.mark.parametrize("mode", list(registry.MODES))
@@ -1114,6 +1137,102 @@ def test_every_mode_s_experiment_runs_on_onebox_through_the_homelab_runner(
         # docs/modes.md)
         assert summary["lost_exposed"] == 0, summary["failed"]
         assert summary["failed_total"] == 0, summary["failed"]
+
+
+def test_a_homelab_run_that_cannot_write_stops_before_the_deletion_saying_why(
+    onebox_experiment: Path, tmp_path: Path
+) -> None:
+    """The homelab runner's writers (the API collectors, the log streams, the load's
+    records) report a failed write to the run, which stops at once: exit 1, one line
+    naming the file and the room left, its result file `failed` saying the same, the
+    victim not deleted. Its run directory is on a small tmpfs filled mid-load."""
+    # the last run's replacement is on master1: the gateway role's placement alone
+    # (tasks_from: place, as before each experiment run) puts one on each worker
+    play = tmp_path / "place.yml"
+    play.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [str(ROOT / "playbooks/vars/experiment-gateway.yml")],
+                    "tasks": [
+                        {
+                            "ansible.builtin.include_role": {
+                                "name": "gateway",
+                                "tasks_from": "place",
+                            }
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    placed = ansible_playbook(str(play), tmp_path / "place.log", "-e", "mode=unused")
+    assert placed.returncode == 0, (tmp_path / "place.log").read_text()[-3000:]
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        from kubernetes import client, config
+
+        config.load_kube_config(context=CONTEXT)
+        core = client.CoreV1Api()
+        running = [
+            p
+            for p in core.list_namespaced_pod(
+                HOMELAB_NAMESPACE, label_selector=registry.GATEWAY_POD_SELECTOR
+            ).items
+            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+        ]
+        mode = running[0].metadata.labels["mode"]
+        run_dir, result_file = mount / "run", tmp_path / "result.json"
+        run_dir.mkdir()
+        worker1 = HOSTS["workers"]["hosts"]["worker1"]["ansible_host"]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "runbook.runners.homelab"),
+                f"--context={CONTEXT}",
+                f"--namespace={HOMELAB_NAMESPACE}",
+                f"--url=https://{worker1}",
+                "--lb=worker1",
+                "--workers=worker1,worker2",
+                f"--mode={mode}",
+                "--scenario=steady",
+                "--profile=quick",
+                f"--run-dir={run_dir}",
+                f"--result-file={result_file}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # "victim <pod> on <node>": the load starts now
+        assert first.startswith("victim "), first + proc.stdout.read()[-3000:]
+        victim = first.split()[1]
+        time.sleep(1.5)
+        fill(mount)
+        filled = time.monotonic()
+        out = first + proc.stdout.read()
+        code = proc.wait(60)
+        ended = time.monotonic()
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
+    assert code == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    said = [ln for ln in out.splitlines() if ln.startswith("runbook.runners.homelab: failed: ")]
+    assert len(said) == 1, out[-3000:]
+    assert "cannot write " in said[0] and "No space left on device (" in said[0], said
+    assert " free of 8.0 MiB there)" in said[0], said
+    assert ended - filled < 15, ended - filled
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "failed" and result["reason"].startswith("cannot write ")
+    # stopped before the termination (5 s into the load): the victim was not deleted
+    pod = core.read_namespaced_pod(victim, HOMELAB_NAMESPACE)
+    assert pod.metadata.deletion_timestamp is None
 
 
 def leftovers() -> list[str]:

@@ -170,7 +170,7 @@ def timing_summary(wall_s: float, labs: dict[str, tuple[float, list[float]]]) ->
 
 def timing_line(t: dict[str, Any], cluster: str | None = None) -> str:
     """`timing_summary` in one line for the terminal. On a `cluster` the "labs" are its
-    modes, run one after the other, each run with an Ansible playbook of its own."""
+    modes, run one after the other, each mode's runs in one Ansible playbook."""
     if not t.get("labs"):
         return f"wall time: {t['wall_s']}s (no lab ran)"
     outside = list(t["outside_runs_s"].values())
@@ -180,8 +180,8 @@ def timing_line(t: dict[str, Any], cluster: str | None = None) -> str:
     else:
         labs, longest = f"{t['labs']} modes one after the other on {cluster}", "the longest"
         cost = (
-            "each mode's cost outside its runs (site.yml, each run's flip, HAProxy, "
-            "fetch and finalize)"
+            "each mode's cost outside its runs (site.yml, its flip, and each run's "
+            "placement, collectors, fetch and finalize)"
         )
     return (
         f"wall time: {t['wall_s']}s for {labs}; {longest} {t['longest_lab']['s']}s "

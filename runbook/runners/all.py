@@ -34,10 +34,11 @@ artifacts are, and only then does the command exit (128 + the signal's number).
 
 On a cluster (`--target onebox` or `homelab`: an inventory, runbook.runners.targets)
 there is one lab, the cluster: `site.yml` converges it once, then its modes run one
-after the other, each run a `playbooks/run-experiment.yml` on its inventory (the mode
-flipped, load, the deletion, the workers' HAProxy views fetched, finalize), with the
-same validity rules, replacements and comparison; the console shows each run's plays
-and its verdict (all its output in `.lab/<target>/<mode>/run-<scenario>-<n>.log`).
+after the other, each mode's runs one `playbooks/run-experiment.yml` on its inventory
+(the mode flipped once, then each run: load, the deletion, the workers' HAProxy views
+fetched, finalize), with the same validity rules, replacements (in a further playbook)
+and comparison; the console shows the plays, each run's start and its verdict (all
+the output in `.lab/<target>/<mode>/runs-<n>.log`).
 When the artifacts folder holds a comparison from the local lab, the two are set side
 by side (runbook.analysis.labs).
 
@@ -55,7 +56,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -162,6 +163,8 @@ class LabRun:
     elapsed_s: float = 0.0  # converge and runs
     #: whether its converge had started: a lab not yet begun has nothing to keep
     began: bool = False
+    #: a cluster's: the playbook log of each (scenario, repeat) it ran
+    logs: dict[tuple[str, int], Path] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -177,8 +180,10 @@ class LabRun:
         return self.lab_dir / f"result-{scenario}-{repeat}.json"
 
     def runner_log(self, scenario: str, repeat: int) -> Path:
-        kind = "run" if self.target.is_cluster else "runner"
-        return self.lab_dir / f"{kind}-{scenario}-{repeat}.log"
+        """The run's output: the local runner's, or the cluster playbook's it ran in."""
+        if self.target.is_cluster:
+            return self.logs.get((scenario, repeat), self.lab_dir / "runs-1.log")
+        return self.lab_dir / f"runner-{scenario}-{repeat}.log"
 
     def last_result(self) -> dict[str, Any] | None:
         return read_result(self.result_file(self.scenario, self.repeat)) if self.repeat else None
@@ -293,14 +298,15 @@ async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
 async def run_repeat(
     run: LabRun, argv: list[str], scenario: str, repeat: int
 ) -> tuple[int, dict[str, Any] | None]:
-    """One run of the lab's runner in `scenario` as a child, its output streamed to the
-    console (the mode and scenario in front) and to its runner log: (exit code, result)."""
+    """One run of the local lab's runner in `scenario` as a child, its output streamed to
+    the console (the mode and scenario in front) and to its runner log: (exit code,
+    result)."""
     result_file = run.result_file(scenario, repeat)
     run.scenario, run.repeat = scenario, repeat
     result_file.unlink(missing_ok=True)
     run.proc = await asyncio.create_subprocess_exec(
         *argv,
-        *targets.run_args(run.target, scenario, result_file),
+        *targets.run_args(scenario, result_file),
         cwd=CHECKOUT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -316,13 +322,130 @@ async def run_repeat(
                 print(f"[{run.now:>21}] {shown}", flush=True)
     code = await run.proc.wait()
     run.proc = None
-    result = read_result(result_file)
-    if run.target.is_cluster and result is not None:
-        # the local runner prints its own; a cluster's is in the playbook's output
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
-            print(f"[{run.now:>21}] == {verdict(summary)}", flush=True)
-    return code, result
+    return code, read_result(result_file)
+
+
+def show_verdict(run: LabRun, scenario: str, repeat: int) -> None:
+    """A cluster run's verdict on the console, from its summary (the local runner
+    prints its own; a cluster's is in the playbook's output)."""
+    result = read_result(run.result_file(scenario, repeat))
+    if result is None:
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
+        print(f"[{run.now:>21}] == {verdict(summary)}", flush=True)
+
+
+async def run_cluster_runs(
+    run: LabRun, argv: list[str], wanted: list[tuple[str, int]], number: int
+) -> tuple[int, list[dict[str, Any] | None]]:
+    """One run-experiment.yml for a cluster mode's `wanted` runs ((scenario, its number
+    among that scenario's runs), in order): the mode flipped once, then each run. Its
+    output streamed to the console (each run's start and verdict) and to
+    `runs-<number>.log`. (exit code, each run's result: None, it never started)."""
+    log_path = run.lab_dir / f"runs-{number}.log"
+    for key in wanted:
+        run.result_file(*key).unlink(missing_ok=True)
+        run.logs[key] = log_path
+    run.scenario, run.repeat = wanted[0]
+    run.proc = await asyncio.create_subprocess_exec(
+        *argv,
+        *targets.cluster_runs_args([(sc, run.result_file(sc, n)) for sc, n in wanted]),
+        cwd=CHECKOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # signalled by stop_runs only, once, however the command was stopped
+        start_new_session=True,
+    )
+    assert run.proc.stdout is not None
+    console = targets.Console(run.target)
+    going: int | None = None
+    with log_path.open("wb") as log:
+        async for raw in run.proc.stdout:
+            log.write(raw)
+            line = raw.decode(errors="replace").rstrip("\n")
+            started = targets.run_started(line)
+            if started is not None and 1 <= started <= len(wanted):
+                if going is not None:
+                    show_verdict(run, *wanted[going - 1])
+                going = started
+                run.scenario, run.repeat = wanted[started - 1]
+            for shown in console.shown(line):
+                print(f"[{run.now:>21}] {shown}", flush=True)
+    code = await run.proc.wait()
+    run.proc = None
+    if going is not None:
+        show_verdict(run, *wanted[going - 1])
+    return code, [read_result(run.result_file(sc, n)) for sc, n in wanted]
+
+
+def completed(result: dict[str, Any] | None) -> bool:
+    return result is not None and result["status"] == "completed"
+
+
+def runs_wanted(
+    scenarios: tuple[str, ...], repeats: int, ran: dict[str, int], settled: dict[str, int]
+) -> list[tuple[str, int]]:
+    """The next runs of a cluster mode, in order, as (scenario, its number): each
+    scenario's until `repeats` are settled (valid, or failed), no more than
+    MAX_REPLACEMENTS beyond `repeats` in all."""
+    wanted = []
+    for sc in scenarios:
+        room = min(repeats - settled[sc], repeats + MAX_REPLACEMENTS - ran[sc])
+        wanted += [(sc, ran[sc] + k) for k in range(1, room + 1)]
+    return wanted
+
+
+#: What became of each run a cluster playbook was given.
+RAN, FAILED, NOT_REACHED = "ran", "failed", "not reached"
+
+
+def runs_fate(code: int, results: list[dict[str, Any] | None]) -> list[str]:
+    """Each run's fate, from the playbook's exit code and the runs' results in order
+    (None: it never started): a run that completed RAN; on a failure the first run not
+    completed (else the last that started) FAILED, and those after it were NOT_REACHED,
+    or FAILED with it when none of the runs had started (the flip failed)."""
+    if code == 0:
+        return [RAN if completed(r) else FAILED for r in results]
+    started = [i for i, r in enumerate(results) if r is not None]
+    culprit = next((i for i, r in enumerate(results) if not completed(r)), max(started, default=0))
+    after = NOT_REACHED if started else FAILED
+    return [RAN if i < culprit else FAILED if i == culprit else after for i in range(len(results))]
+
+
+async def run_cluster_mode(run: LabRun, batch: Batch, argv: list[str]) -> list[Outcome]:
+    """A cluster mode's runs: every scenario's repeats in one run-experiment.yml (one
+    flip: a flip's rollout is about 30 s on onebox, and Ansible's setup of a playbook
+    about as much again), then, for the invalid or unreached ones, another (runs_wanted,
+    runs_fate)."""
+    repeats = batch.repeats
+    ran = dict.fromkeys(run.scenarios, 0)
+    settled = dict.fromkeys(run.scenarios, 0)
+    out: list[Outcome] = []
+    number = 0
+    while wanted := runs_wanted(run.scenarios, repeats, ran, settled):
+        number += 1
+        code, results = await run_cluster_runs(run, argv, wanted, number)
+        for (sc, n), result, fate in zip(wanted, results, runs_fate(code, results), strict=True):
+            if fate == NOT_REACHED:
+                continue  # the next playbook runs it under this number
+            ran[sc] = n
+            if fate == FAILED:  # an error, reported as such, not replaced
+                out.append((sc, code or 1, result))
+                settled[sc] += 1
+                continue
+            assert result is not None
+            out.append((sc, 0, result))
+            if is_valid(Path(result["run_dir"])):
+                settled[sc] += 1
+                continue
+            more = n < repeats + MAX_REPLACEMENTS
+            print(
+                f"[{run.mode + '/' + sc:>21}] run {n} invalid, kept in {result['run_dir']}; "
+                + ("another takes its place" if more else "no more replacements"),
+                flush=True,
+            )
+    return out
 
 
 async def stop_runs(runs: list[LabRun]) -> None:
@@ -444,6 +567,10 @@ async def run_lab(
     async with batch.slots:
         await asyncio.sleep(start_after_s)
         started = time.monotonic()
+        if run.target.is_cluster:
+            out = await run_cluster_mode(run, batch, argv)
+            run.elapsed_s += time.monotonic() - started
+            return out
         for scenario in run.scenarios:
             ran = valid = 0
             while valid < repeats and ran < repeats + MAX_REPLACEMENTS:
@@ -464,8 +591,7 @@ async def run_lab(
                         ),
                         flush=True,
                     )
-        if not run.target.is_cluster:
-            stop_lab_haproxy(run.lab_dir)
+        stop_lab_haproxy(run.lab_dir)
         run.elapsed_s += time.monotonic() - started
     return out
 
@@ -478,7 +604,7 @@ async def converge_cluster(runs: list[LabRun], batch: Batch) -> list[list[str] |
     for r in runs:
         r.began = True
         r.lab_dir.mkdir(parents=True, exist_ok=True)
-        for old in [*r.lab_dir.glob("result-*.json"), *r.lab_dir.glob("run-*.log")]:
+        for old in [*r.lab_dir.glob("result-*.json"), *r.lab_dir.glob("runs-*.log")]:
             old.unlink()
     common: dict[str, object] = {"timing_profile": batch.profile}
     if batch.timing_overrides:

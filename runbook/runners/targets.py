@@ -1,13 +1,15 @@
 """Where `make experiment` runs, named by an inventory folder (`inventory/<name>`): the
 local lab (`local`: labs side by side on this machine, each with its own HAProxy and
 stand-ins), or a cluster (`onebox`, `homelab`: the inventory's `experiment_target` is
-`homelab`). A cluster is one lab: its modes run one after the other, each run one
-`playbooks/run-experiment.yml` on its inventory, after one `site.yml` has converged it.
+`homelab`). A cluster is one lab: its modes run one after the other, each mode's runs
+one `playbooks/run-experiment.yml` on its inventory (the mode flipped once, then each
+run), after one `site.yml` has converged it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -89,20 +91,37 @@ def playbook_argv(
     ]
 
 
-def run_args(target: Target, scenario: str, result_file: Path) -> list[str]:
-    """What one run adds to its lab's command: the scenario, and where its result goes."""
-    if target.is_cluster:
-        doc = {"scenario": scenario, "experiment_result_file": str(result_file)}
-        return ["-e", json.dumps(doc)]
+def run_args(scenario: str, result_file: Path) -> list[str]:
+    """What one run adds to a local lab's runner command: the scenario, and where its
+    result goes."""
     return [f"--scenario={scenario}", f"--result-file={result_file}"]
+
+
+def cluster_runs_args(runs: list[tuple[str, Path]]) -> list[str]:
+    """What a cluster mode's runs add to its run-experiment.yml: each run's scenario and
+    where its result goes, in order (experiment-homelab.yml runs them one after the
+    other, after one flip)."""
+    doc = {"experiment_runs": [{"scenario": sc, "result_file": str(f)} for sc, f in runs]}
+    return ["-e", json.dumps(doc)]
+
+
+#: The banner of each cluster run's first task (playbooks/tasks/experiment-run.yml).
+RUN_MARKER = re.compile(r"^TASK \[.*start run (\d+) of (\d+) \(([^)]*)\)\]")
+
+
+def run_started(line: str) -> int | None:
+    """The number (from 1) of the cluster run a playbook output line starts, or None."""
+    found = RUN_MARKER.match(line)
+    return int(found.group(1)) if found else None
 
 
 @dataclass
 class Console:
     """What of one run's output a person follows on the console: the local runner's
-    progress (`[  12.3s] ...`) and verdict (`== ...`); a cluster run's plays (`PLAY
+    progress (`[  12.3s] ...`) and verdict (`== ...`); a cluster mode's plays (`PLAY
     [name] ***` as `name`, shown once one of its tasks ran: run-experiment.yml imports
-    the other target's plays, all skipped) and failures."""
+    the other target's plays, all skipped), the start of each of its runs (`run 2 of 6
+    (steady)`) and failures."""
 
     target: Target
     play: str | None = None
@@ -113,6 +132,13 @@ class Console:
         if line.startswith("PLAY ["):
             self.play = line[len("PLAY [") :].rstrip("* ").removesuffix("]")
             return []
+        marker = RUN_MARKER.match(line)
+        if marker:
+            # a run starting: its play is under way, whatever its first task does
+            number, total, scenario = marker.groups()
+            shown = [self.play] if self.play is not None else []
+            self.play = None
+            return [*shown, f"run {number} of {total} ({scenario})"]
         out = []
         if self.play is not None and line.startswith(("ok:", "changed:", "fatal:", "failed:")):
             out.append(self.play)
