@@ -112,8 +112,8 @@ def test_the_page_and_its_data_are_written_once_from_the_newest_local_comparison
     assert onebox is not None
     page = write_side_by_side(local, onebox, tmp_path / "labs-x.html")
     assert "Same answer in 0 of 1" in page.read_text()
-    # what the labs cannot share, and where the local lab's model departs, both said
-    assert "Where the local lab departs from a cluster" in page.read_text()
+    # what the labs cannot share, and what varies in both, both said
+    assert "What varies from run to run in both labs" in page.read_text()
     assert "There are still 1 active connections" in page.read_text()
     assert json.loads(page.with_suffix(".json").read_text())["labs"] == ["local", "onebox"]
     with pytest.raises(FileExistsError):
