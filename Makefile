@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 # chromium: the comparison page as a person sees it (a screenshot, headless).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv lint pytest molecule test experiment onebox onebox-down onebox-apt clean
+.PHONY: help setup apt venv gotools lint pytest molecule test experiment onebox onebox-down onebox-apt clean
 
 help:
 	@echo "make test        install (apt, .venv) then lint and pytest"
-	@echo "make setup       install only"
+	@echo "make setup       install only (apt, .venv, the Go tools the runs drive)"
 	@echo "make lint        ruff, shellcheck, yamllint, ansible-lint, import-linter (layers)"
 	@echo "make pytest      the test suite (PYTEST_ARGS='-m \"not e2e\"' for the fast loop)"
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
@@ -24,7 +24,7 @@ help:
 	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
 	@echo "make onebox-down remove it, leaving nothing behind but the build cache"
 
-setup: apt venv
+setup: apt venv gotools
 
 # $(call apt_ensure,COMMAND:PACKAGE ...): install the packages whose command is missing.
 define apt_ensure
@@ -51,6 +51,12 @@ $(STAMP): pyproject.toml apps/pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ./apps -e '.[dev]'
 	touch $(STAMP)
+
+# The Go tools the runs drive (vegeta: the busy scenario's pooled class), each pinned in
+# its own module under tools/go/ and built into a cache outside the checkout
+# (runbook.runners.gotools); a second run finds them built.
+gotools: venv
+	$(BIN)/python -m runbook.runners.gotools
 
 lint: venv
 	$(BIN)/ruff check .

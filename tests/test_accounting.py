@@ -247,3 +247,31 @@ def test_join_exposure_and_missing_hops() -> None:
     line = verdict(s)
     assert "lost 1 of 3 exposed requests (sleep 1/3)" in line
     assert "not tested: stream, short" in line
+
+
+def test_a_request_the_client_sent_twice_on_its_own_is_said() -> None:
+    """Go's Transport (vegeta's) re-sends a GET whose reused connection closed before any
+    response byte, and reports the last attempt only: HAProxy's two lines show it."""
+    records = [rec("a", 100, 200), rec("b", 100, 200)]
+    events = [
+        ha("a", st="-1", term="SC"), ha("a"), envoy("a"), backend("a"),
+        ha("b"), envoy("b"), backend("b"),
+    ]  # fmt: skip
+    joined, _ = account(records, events, TERM)
+    by_id = {r["request_id"]: r for r in joined}
+    assert by_id["a"]["resent_by_client"] == 1
+    assert "resent_by_client" not in by_id["b"]
+    s = summarize(
+        [r | {"class": "short_pooled"} for r in joined],
+        events,
+        {
+            "mode": "ordered",
+            "scenario": "busy",
+            "profile": "quick",
+            "termination_ms": T,
+            "terminated_pod": "gw-w1",
+            "terminated_node": "worker1",
+            "lb": "lb1",
+        },
+    )
+    assert s["resent_by_client"] == {"short_pooled": 1}

@@ -200,7 +200,8 @@ def test_websocket_echoes_each_message_directly_and_through_the_gateway(
     import asyncio
 
     from runbook.artifacts.events import now_ms
-    from runbook.load.driver import RequestRecord, new_session, websocket
+    from runbook.load.driver import new_session, websocket
+    from runbook.load.records import RequestRecord
 
     backend = procs.backend()
     base = procs.envoy(backend).url if through_envoy else backend.url

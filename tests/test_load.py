@@ -17,12 +17,12 @@ from helpers import free_port
 from runbook.load.driver import (
     LoadDriver,
     Recorder,
-    RequestRecord,
     classify,
     fetch,
     long_starts,
     new_session,
 )
+from runbook.load.records import RequestRecord
 from runbook.model.plan import plan
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

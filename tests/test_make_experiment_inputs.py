@@ -161,6 +161,10 @@ def test_timing_overrides_are_checked_by_the_model() -> None:
         ),
         (["--repeats=0"], "--repeats 0 must be 1..20"),
         (["--modes=seed"], "seed"),
+        (
+            ["--scenarios=inflight,busy", "--labs-at-once=2"],
+            "--labs-at-once 2: scenario busy takes the machine's CPUs alone",
+        ),
     ],
 )
 def test_a_bad_input_is_refused_before_anything_starts(

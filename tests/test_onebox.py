@@ -1055,7 +1055,7 @@ def test_a_mode_s_runs_share_one_flip_and_keep_their_own_records(
     log = (ROOT / ".lab" / "onebox" / mode / "runs-1.log").read_text()
     assert log.count("PLAY [Flip the gateway to the mode") == 1, log[-3000:]
     assert "start run 1 of 2 (inflight)" in log and "start run 2 of 2 (steady)" in log
-    for scenario in registry.SCENARIOS:
+    for scenario in registry.DEFAULT_SCENARIOS:
         (run_dir,) = onebox_experiment.glob(f"*-{scenario}-{mode}")
         sent = {json.loads(line)["request_id"] for line in (run_dir / "requests.raw.jsonl").open()}
         logged = {

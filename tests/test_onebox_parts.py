@@ -49,7 +49,7 @@ def test_pins_read_the_required_version_and_the_tools() -> None:
 
 def test_the_projects_modules_each_pin_their_upstream() -> None:
     found = pins.read_pins(ROOT / "onebox/modules")
-    assert set(found) == set(pins.UPSTREAM)
+    assert set(found) == set(pins.ONEBOX_COMPONENTS)
     assert found["kubernetes"].version.startswith("v1.34.")
     assert found["etcd"].version.startswith("v3.6.")
     assert "k8s.io/kubernetes/cmd/kubeadm" in found["kubernetes"].tools

@@ -129,6 +129,19 @@ def index_hops(events: list[dict[str, Any]], lb: str) -> dict[str, Hops]:
     return out
 
 
+def haproxy_lines(events: list[dict[str, Any]], lb: str) -> dict[str, int]:
+    """request id -> how many request lines the LB logged for it. More than one: the
+    client's HTTP stack sent it again on its own (Go's Transport re-sends a GET whose
+    reused connection closed before any response byte) and reported only the last."""
+    out: dict[str, int] = {}
+    for e in events:
+        if e.get("source") == "haproxy" and e.get("kind") == "request_log":
+            rid = e.get("rid")
+            if rid and rid != "-" and e.get("lb") in (None, lb):
+                out[rid] = out.get(rid, 0) + 1
+    return out
+
+
 def expected_hops(record: Record, hops: Hops) -> list[str]:
     """The hops that must have logged this request, from what the others say."""
     if record.get("error") in ("refused",) and "haproxy" not in hops:
@@ -300,6 +313,7 @@ def account(
     """Each record joined with its hops; failures with cause and phase."""
     ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
     hops_by_id = index_hops(events, term["lb"])
+    lines_by_id = haproxy_lines(events, term["lb"])
     pod_nodes = gateway_nodes(events)
     out = []
     for r in records:
@@ -317,6 +331,9 @@ def account(
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
         joined["exposed"] = exposed(r, joined["served_by"], term, ph.pod_gone)
+        resent = lines_by_id.get(r.get("request_id") or "", 0) - 1
+        if resent > 0:
+            joined["resent_by_client"] = resent  # its hops above are the last attempt's
         if r.get("error"):
             joined["rule"], joined["cause"] = explain(r, hops)
             node = joined["served_by"]["node"]

@@ -179,6 +179,9 @@ def summarize(
         # HAProxy's server named one node and a gateway on another served the request:
         # the LB's own node's NodePort (kube-proxy sends a node's own traffic anywhere)
         "served_off_lb_server": dict(Counter(off_server(r) for r in records if off_server(r))),
+        # requests the client's HTTP stack sent again unasked (accounting.haproxy_lines):
+        # a first attempt failed where the record shows only the last
+        "resent_by_client": dict(Counter(r["class"] for r in records if r.get("resent_by_client"))),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
             "termination_to_zero_in_flight": _offset_s(zero, t),

@@ -19,7 +19,6 @@ import itertools
 import secrets
 import ssl
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +26,11 @@ import aiohttp
 
 from ..artifacts.events import EventLog, now_ms
 from ..artifacts.writes import WriteFailures
+from ..model import registry
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
-
-ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    id: int
-    request_id: str  # sent with the request; every hop logs it (registry.REQUEST_ID_HEADER)
-    cls: str
-    path: str
-    start_ms: float
-    first_byte_ms: float | None = None
-    end_ms: float | None = None
-    status: int | None = None
-    bytes: int = 0
-    chunks: int = 0
-    expected_chunks: int | None = None
-    error: str | None = None
-    detail: str | None = None
-    planned_s: float = 0.0  # how long it lasts when nothing goes wrong
-
-    def as_dict(self, termination_ms: float | None) -> dict[str, Any]:
-        d = asdict(self)
-        d["class"] = d.pop("cls")
-        for key in ("start", "first_byte", "end"):
-            value = d[f"{key}_ms"]
-            d[f"{key}_offset_ms"] = (
-                None
-                if value is None or termination_ms is None
-                else round(value - termination_ms, 1)
-            )
-        return d
+from . import vegeta
+from .records import RequestRecord
 
 
 def classify(exc: BaseException | None, status: int | None, truncated: bool) -> str | None:
@@ -212,7 +182,10 @@ def long_starts(s: LoadShape) -> dict[str, float]:
     round robin splits a group only if nothing comes between its requests, so each
     class's groups fall midway between two short requests' starts and apart from the
     other classes' (a third of the interval on)."""
-    gap = 1 / max(s.short_rate_per_s, s.pooled_rate_per_s)
+    # vegeta's pooled requests come too close together to fall between: the short
+    # class's gap then, and the groups split as the round robin takes them
+    pooled = s.pooled_rate_per_s if s.pooled_tool == "aiohttp" else 0.0
+    gap = 1 / max(s.short_rate_per_s, pooled)
     interval = s.long_together / s.long_rate_per_s
     classes = ("sleep", "stream", "ws")
     return {
@@ -222,25 +195,37 @@ def long_starts(s: LoadShape) -> dict[str, float]:
 
 class LoadDriver:
     def __init__(
-        self, base_url: str, ca_file: str | None, recorder: Recorder, scenario: LoadShape
+        self,
+        base_url: str,
+        ca_file: str | None,
+        recorder: Recorder,
+        scenario: LoadShape,
+        vegeta_binary: Path | None = None,
     ) -> None:
+        if scenario.pooled_tool == "vegeta" and vegeta_binary is None:
+            raise ValueError(f"scenario {scenario.scenario!r} needs vegeta: no binary given")
         self.base_url = base_url
         self.ca_file = ca_file
         self.recorder = recorder
         self.scenario = scenario
+        self.vegeta_binary = vegeta_binary
         self._ids = itertools.count(1)
         # unique across runs and drivers: a run's ids never match another run's lines
         self._id_prefix = secrets.token_hex(4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
+    def _next_id(self) -> tuple[int, str]:
+        n = next(self._ids)
+        return n, f"{self._id_prefix}-{n:06d}"
+
     async def _run_one(self, session: aiohttp.ClientSession, cls: str) -> None:
         s = self.scenario
-        n = next(self._ids)
+        n, request_id = self._next_id()
         path, expected = s.request(cls)
         record = RequestRecord(
             n,
-            f"{self._id_prefix}-{n:06d}",
+            request_id,
             cls,
             path,
             now_ms(),
@@ -279,6 +264,20 @@ class LoadDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), max(0, next_at - time.monotonic()))
 
+    async def _with_vegeta(self, cls: str, rate: float, pool_size: int) -> None:
+        """`cls` at `rate` a second over `pool_size` keep-alive connections, by vegeta."""
+        assert self.vegeta_binary is not None
+        spec = vegeta.VegetaClass(
+            self.vegeta_binary,
+            self.base_url,
+            self.scenario.request(cls)[0],
+            rate,
+            pool_size,
+            timeout_s=10,
+            ca_file=self.ca_file,
+        )
+        await vegeta.attack(spec, cls, lambda: self._next_id()[1], self._stop, self.recorder.write)
+
     async def _burst(self, session: aiohttp.ClientSession, after_s: float) -> None:
         """inflight: the long requests, all at once, `after_s` after the load starts."""
         s = self.scenario
@@ -302,8 +301,13 @@ class LoadDriver:
             new_session(self.ca_file, long_timeout) as longs,
         ):
             loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
-            if s.scenario == "steady":
-                loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
+            if registry.scenario(s.scenario).continuous:
+                if s.pooled_tool == "vegeta":
+                    loops.append(
+                        self._with_vegeta("short_pooled", s.pooled_rate_per_s, s.pool_size)
+                    )
+                else:
+                    loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
                 loops += [
                     self._at_rate(longs, c, s.long_rate_per_s, s.long_together, after)
                     for c, after in long_starts(s).items()

@@ -154,11 +154,26 @@ class Mode:
     proxy_exit_on_zero: bool = False
 
 
+#: What drives a class: the load driver's own asyncio client, or vegeta (built from its
+#: pinned Go module) where a class's rate is more than that client holds on this machine.
+LOAD_TOOLS = ("aiohttp", "vegeta")
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     summary: str
     classes: tuple[str, ...]  # the request classes it drives (REQUEST_CLASSES)
+    #: every class keeps starting through the termination (else: a burst of long
+    #: requests in flight at it, short requests at a fixed rate)
+    continuous: bool = True
+    #: what drives the short_pooled class (one of LOAD_TOOLS)
+    pooled_tool: str = "aiohttp"
+    #: its runs take the machine's CPUs alone (on the local lab, one lab at a time):
+    #: beside other labs the LB and the gateways would share the CPUs with their runs
+    alone: bool = False
+    #: run by `make experiment` unless SCENARIOS= names others
+    by_default: bool = True
 
 
 MODES: dict[str, Mode] = {
@@ -221,6 +236,7 @@ SCENARIOS: dict[str, Scenario] = {
             summary="long /sleep and /stream requests in flight at the termination, short "
             "requests at a fixed rate before, during and after it",
             classes=("sleep", "stream", "short"),
+            continuous=False,
         ),
         Scenario(
             name="steady",
@@ -229,8 +245,20 @@ SCENARIOS: dict[str, Scenario] = {
             "WebSocket sessions",
             classes=("sleep", "stream", "ws", "short", "short_pooled"),
         ),
+        Scenario(
+            name="busy",
+            summary="steady's classes, with short requests over the keep-alive pool at a "
+            "thousand a second (vegeta): a loss of one in ten thousand shows",
+            classes=("sleep", "stream", "ws", "short", "short_pooled"),
+            pooled_tool="vegeta",
+            alone=True,
+            by_default=False,
+        ),
     )
 }
+
+#: What `make experiment` runs when SCENARIOS= names none.
+DEFAULT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.by_default)
 
 #: Every request class any scenario drives, in the order reports show them.
 REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .pins import Pin, PinError, read_pins
+from .pins import ONEBOX_COMPONENTS, Pin, PinError, read_pins
 
 #: Binaries whose package path does not end in the name people call them by.
 BINARY_NAMES = {"go.etcd.io/etcd/server/v3": "etcd"}
@@ -46,7 +46,8 @@ def version_ldflags(pin: Pin, source: Path | None = None) -> list[str]:
     (istiod reads each proxy's version to decide what config it may send; "unknown"
     would make every feature check guess): a build from a commit, not a release,
     gets the release line of its VERSION file plus "-dev", as Istio's own Makefile
-    gives one. etcd and CoreDNS carry their version in their source.
+    gives one. vegeta's main.Version, as its Makefile sets it. etcd and CoreDNS carry
+    their version in their source.
     """
     if pin.component == "istio":
         if source is None:
@@ -76,6 +77,8 @@ def version_ldflags(pin: Pin, source: Path | None = None) -> list[str]:
         ]
     if pin.component == "helm":
         return [f"-X helm.sh/helm/v3/internal/version.version={pin.version}"]
+    if pin.component == "vegeta":
+        return [f"-X main.Version={pin.version}"]
     return []
 
 
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("components", nargs="*", help="default: every component")
     args = parser.parse_args(argv)
     try:
-        pins = read_pins(args.modules)
+        # components named: checked below, by name; none: onebox's whole set
+        pins = read_pins(args.modules, () if args.components else ONEBOX_COMPONENTS)
     except PinError as e:
         print(f"onebox build: {e}", file=sys.stderr)
         return 2

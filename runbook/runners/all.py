@@ -849,7 +849,7 @@ def main() -> int:
     )
     parser.add_argument("--modes", default=",".join(registry.MODES))
     parser.add_argument("--profile", help="the timing profile (default: the target inventory's)")
-    parser.add_argument("--scenarios", default=",".join(registry.SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(registry.DEFAULT_SCENARIOS))
     parser.add_argument("--first-lab-index", type=int, help="the local lab's first (default 1)")
     parser.add_argument("--artifacts", help="default: the inventory's (artifacts/)")
     parser.add_argument(
@@ -902,7 +902,14 @@ def main() -> int:
             for sc in scenarios:
                 check_inputs(mode, sc, profile)
         pairs = len(modes) * len(scenarios)
-        if target.is_cluster:
+        alone = [sc for sc in scenarios if registry.scenario(sc).alone]
+        if alone and args.labs_at_once not in (None, 1):
+            raise ValueError(
+                f"--labs-at-once {args.labs_at_once}: scenario {alone[0]} takes the "
+                "machine's CPUs alone, one lab at a time (1); run it apart from the others "
+                "to keep theirs at once"
+            )
+        if target.is_cluster or alone:
             labs_at_once = 1
         elif args.labs_at_once is None:
             labs_at_once = default_labs_at_once(pairs, usable_cpus())

@@ -34,6 +34,7 @@ from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
+from . import gotools
 from .runstop import RunStop
 
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
@@ -169,7 +170,7 @@ async def run(args: argparse.Namespace) -> None:
     gauge = asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers, 0.5))
     pods_followed = asyncio.create_task(follow_pods())
     recorder = Recorder(run_dir / RAW_REQUESTS, failures)
-    driver = LoadDriver(args.url, args.ca, recorder, scenario)
+    driver = LoadDriver(args.url, args.ca, recorder, scenario, args.vegeta_binary)
     experiment = collected.log("experiment")
 
     def step(name: str, start_ms: float, output: Any = None) -> float:
@@ -246,6 +247,11 @@ def main() -> int:
         "--result-file", default="", help="where a failed run says why (make experiment's)"
     )
     args = p.parse_args()
+    try:
+        args.vegeta_binary = gotools.for_scenario(args.scenario)
+    except gotools.ToolMissing as exc:
+        print(f"runbook.runners.homelab: {exc}; nothing was started", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run(args))
     except RunFailed as exc:

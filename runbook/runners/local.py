@@ -48,6 +48,7 @@ from ..localcluster.procfs import ancestors
 from ..localcluster.topology import Topology, pods_dir
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
+from . import gotools
 from .premise_checks import check_running_lab
 from .runstop import RunStop
 from .signals import cancel_on_exit_signals, cancel_when_gone, exit_code
@@ -240,7 +241,7 @@ async def run(args: argparse.Namespace) -> Path:
 
         t_term = now_ms() + (scenario.warmup_s + scenario.lead_s) * 1000
         recorder.termination_ms = t_term
-        driver = LoadDriver(args.haproxy_url, args.ca, recorder, scenario)
+        driver = LoadDriver(args.haproxy_url, args.ca, recorder, scenario, args.vegeta_binary)
         step = now_ms()
         load = asyncio.create_task(driver.run())
         offered = ", ".join(f"{c} {r:g}/s" for c, r in scenario.offered_per_s().items())
@@ -346,6 +347,11 @@ def main() -> int:
         "first (Ansible passes SIGINT and SIGTERM on to its commands, not SIGHUP)",
     )
     args = p.parse_args()
+    try:
+        args.vegeta_binary = gotools.for_scenario(args.scenario)
+    except gotools.ToolMissing as exc:
+        print(f"runbook.runners.local: {exc}; nothing was started", file=sys.stderr)
+        return 2
     # the lab's addresses are the machine's (runbook.localcluster.lablock): refused
     # before anything is written when another command has them; `make experiment`
     # holds its labs' locks for its runs
