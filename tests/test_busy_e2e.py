@@ -42,7 +42,15 @@ def test_ordered_loses_none_of_ten_thousand_requests_a_run(tmp_path: Path) -> No
     pooled = [r for r in records if r["class"] == "short_pooled"]
     assert len(pooled) >= 10_000
     # one record per request sent, each joined across every hop, none sent twice
-    assert len({r["request_id"] for r in records}) == len(records)
+    ids = {r["request_id"] for r in records}
+    assert len(ids) == len(records)
+    (haproxy,) = (run / "collected").glob("haproxy-*.jsonl")
+    logged = [
+        e["rid"]
+        for e in map(json.loads, haproxy.open())
+        if e["kind"] == "request_log" and e.get("rid")
+    ]
+    assert len(logged) == len(set(logged)) and set(logged) == ids
     assert summary["missing_hops"] == {} and summary["resent_by_client"] == {}
     assert not summary["rates"]["short_pooled"]["shortfall"], summary["rates"]
     assert summary["exposure"]["short_pooled"]["exposed"] > 100
