@@ -87,6 +87,14 @@ def rec(rid: str, start: float, end: float | None, error: str | None = None) -> 
             {"haproxy": ha("r", st="200"), "envoy": envoy("r", flags="DC")},
             "gateway_downstream_reset",
         ),
+        (
+            {
+                "haproxy": ha("r", st="101"),
+                "envoy": envoy("r", code=101) | {"response_code_details": "on_drain_deadline"},
+                "backend": backend("r", "client_disconnected", "499"),
+            },
+            "gateway_closed_at_drain_deadline",
+        ),
         ({"envoy": envoy("r", code=200)}, "lb_cut_forwarded_request_unlogged"),
         ({}, "client_could_not_reach_lb"),
     ],
@@ -107,6 +115,7 @@ def test_every_rule_is_covered_above() -> None:
         "gateway_closed_connection_before_answering",
         "gateway_aborted_response",
         "gateway_downstream_reset",
+        "gateway_closed_at_drain_deadline",
         "lb_cut_forwarded_request_unlogged",
         "client_could_not_reach_lb",
     }

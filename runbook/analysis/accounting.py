@@ -270,6 +270,19 @@ RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], 
         ),
     ),
     (
+        # Seen on onebox (improved, busy): a WebSocket session HAProxy sent to the victim
+        # while it drained, upgraded (101 at every hop, no flag), then closed cleanly by
+        # Istio's Envoy mid-session: its access log says on_drain_deadline, the backend
+        # client_disconnected, HAProxy `--`. A close, not a reset: no other rule sees it.
+        "gateway_closed_at_drain_deadline",
+        lambda r, h: h.get("envoy", {}).get("response_code_details") == "on_drain_deadline",
+        lambda r, h: (
+            f"Envoy {h['envoy'].get('response_code')}, details on_drain_deadline: the "
+            "draining gateway closed the connection at its drain deadline, mid-response "
+            "(an upgraded WebSocket session is one response)"
+        ),
+    ),
+    (
         # Seen on the local lab (improved, steady): a pooled request sent 7 ms before
         # the DOWN, answered 200 by Envoy and the backend, reset at the client, and
         # no HAProxy line. HAProxy closes a reused client connection without a
