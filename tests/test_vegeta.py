@@ -10,13 +10,14 @@ import json
 import os
 import socket
 import struct
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from helpers import free_port
+from helpers import ROOT, free_port
 from runbook.load import vegeta
 from runbook.load.records import RequestRecord
 from runbook.model.registry import REQUEST_ID_HEADER
@@ -252,3 +253,33 @@ def test_a_result_without_a_request_id_is_not_a_request() -> None:
     assert target["header"][REQUEST_ID_HEADER] == ["ab-000007"]
     assert vegeta.request_id_of(target["url"]) == "ab-000007"
     assert vegeta.target_line("https://lb", "/x?a=1", "r").decode().count("?") == 1
+
+
+def test_a_tool_not_built_is_named_with_the_command_that_builds_it(tmp_path: Path) -> None:
+    with pytest.raises(gotools.ToolMissing, match=r"vegeta is not built at its pin .*make setup"):
+        gotools.binary("vegeta", cache=tmp_path)
+    # a scenario that does not need it asks for nothing
+    assert gotools.for_scenario("steady") is None
+    assert gotools.for_scenario("busy") == gotools.binary("vegeta")
+
+
+def test_a_busy_run_without_vegeta_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    """The validate role asks gotools first: no mode flipped, no lab, no artifacts."""
+    artifacts = tmp_path / "artifacts"
+    result = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "playbooks/run-experiment.yml",
+            *("-e", "mode=ordered", "-e", "scenario=busy", "-e", "lab_index=177"),
+            *("-e", f"experiment_artifacts={artifacts}", "-e", f"lab_root={tmp_path / 'lab'}"),
+        ],
+        cwd=ROOT,
+        env=os.environ | {"IGW_TOOLS_CACHE": str(tmp_path / "no-tools")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    said = " ".join(result.stdout.split())
+    assert "scenario busy: vegeta is not built at its pin" in said, result.stdout[-2000:]
+    assert not artifacts.exists() and not (tmp_path / "lab").exists()

@@ -2,12 +2,16 @@
 built like onebox's components (runbook.onebox.build), into a cache outside the checkout.
 
     python -m runbook.runners.gotools          # build what is not built yet (make setup)
+    python -m runbook.runners.gotools --check busy steady   # exit 2 naming a tool that
+                                               # a scenario needs and is not built
 
 vegeta drives the `busy` scenario's high-rate class (runbook.load.vegeta).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: the project's modules for the tools (each one folder, like onebox/modules/)
 MODULES = ROOT / "tools" / "go"
 #: machine-wide, as onebox's is: a second clone with the same pins finds them built
-CACHE = Path("/var/cache/igw-tools")
+#: (IGW_TOOLS_CACHE moves it: a test's empty cache, a machine's other disk)
+CACHE = Path(os.environ.get("IGW_TOOLS_CACHE") or "/var/cache/igw-tools")
 TOOLS = ("vegeta",)
 
 
@@ -48,7 +53,24 @@ def for_scenario(scenario: str) -> Path | None:
     return binary("vegeta") if registry.scenario(scenario).pooled_tool == "vegeta" else None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check",
+        nargs="+",
+        metavar="SCENARIO",
+        help="build nothing: refuse (exit 2) when a scenario's tool is not built",
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        try:
+            for scenario in args.check:
+                for_scenario(scenario)
+        except (ToolMissing, registry.UnknownName) as e:
+            print(f"scenario {scenario}: {e}", file=sys.stderr)
+            return 2
+        return 0
+
     def log(msg: str) -> None:
         print(f"gotools {msg}", flush=True)
 
