@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from runbook.artifacts.writes import WriteFailures, written
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +58,23 @@ def test_verify_s_lb_folder_is_new_each_time(tmp_path: Path) -> None:
         text=True,
     )
     assert refused.returncode == 2 and "--name" in refused.stderr
+
+
+def test_a_write_that_fails_for_want_of_room_is_reported_not_raised(tmp_path: Path) -> None:
+    said: list[str] = []
+    failures = WriteFailures(said.append)
+    target = tmp_path / "plan.json"
+    assert written(lambda: target.write_text("{}"), target, failures)
+    assert said == []
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert not written(full, target, failures)
+    assert len(said) == 1 and str(target) in said[0]
+
+    def other() -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        written(other, target, WriteFailures())

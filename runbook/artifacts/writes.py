@@ -72,6 +72,19 @@ class WriteFailures:
             on_first(self.first)
 
 
+def written(write: Callable[[], None], path: Path, failures: WriteFailures) -> bool:
+    """Run `write` (of `path`): False when it failed for want of room or rights, which
+    `failures` is told (the run stops); any other error is raised."""
+    try:
+        write()
+    except OSError as exc:
+        if not is_a_failed_write(exc):
+            raise
+        failures.report(path, exc)
+        return False
+    return True
+
+
 def write_lines_new(path: Path, lines: Iterable[str]) -> None:
     """A new file of `lines`, whole or not at all: written beside it, then linked into
     place (never over an existing one); a failed write leaves nothing half-written."""

@@ -217,6 +217,21 @@ async def start_playbook(
     )
 
 
+async def start_child(run: LabRun, argv: list[str]) -> asyncio.StreamReader:
+    """A lab's runner (or a cluster mode's playbook) from the checkout, its output piped
+    back to be streamed, in a process group of its own: stop_runs signals it, once,
+    however the command was stopped. Its process is `run.proc`."""
+    run.proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=CHECKOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert run.proc.stdout is not None
+    return run.proc.stdout
+
+
 def shared_manifests_dir(profile: str) -> Path:
     """Where `make experiment` renders every mode's manifests once for all its labs."""
     return CHECKOUT / ".lab" / f"manifests-{profile}"
@@ -304,19 +319,10 @@ async def run_repeat(
     result_file = run.result_file(scenario, repeat)
     run.scenario, run.repeat = scenario, repeat
     result_file.unlink(missing_ok=True)
-    run.proc = await asyncio.create_subprocess_exec(
-        *argv,
-        *targets.run_args(scenario, result_file),
-        cwd=CHECKOUT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        # signalled by stop_runs only, once, however the command was stopped
-        start_new_session=True,
-    )
-    assert run.proc.stdout is not None
+    stdout = await start_child(run, [*argv, *targets.run_args(scenario, result_file)])
     console = targets.Console(run.target)
     with run.runner_log(scenario, repeat).open("wb") as log:
-        async for raw in run.proc.stdout:
+        async for raw in stdout:
             log.write(raw)
             for shown in console.shown(raw.decode(errors="replace").rstrip("\n")):
                 print(f"[{run.now:>21}] {shown}", flush=True)
@@ -348,20 +354,12 @@ async def run_cluster_runs(
         run.result_file(*key).unlink(missing_ok=True)
         run.logs[key] = log_path
     run.scenario, run.repeat = wanted[0]
-    run.proc = await asyncio.create_subprocess_exec(
-        *argv,
-        *targets.cluster_runs_args([(sc, run.result_file(sc, n)) for sc, n in wanted]),
-        cwd=CHECKOUT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        # signalled by stop_runs only, once, however the command was stopped
-        start_new_session=True,
-    )
-    assert run.proc.stdout is not None
+    runs = targets.cluster_runs_args([(sc, run.result_file(sc, n)) for sc, n in wanted])
+    stdout = await start_child(run, [*argv, *runs])
     console = targets.Console(run.target)
     going: int | None = None
     with log_path.open("wb") as log:
-        async for raw in run.proc.stdout:
+        async for raw in stdout:
             log.write(raw)
             line = raw.decode(errors="replace").rstrip("\n")
             started = targets.run_started(line)

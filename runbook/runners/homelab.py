@@ -29,7 +29,7 @@ from kubernetes import client, config
 from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.rundir import RAW_REQUESTS, write_json, write_result
 from ..artifacts.termination import Termination, write_termination
-from ..artifacts.writes import WriteFailures, is_a_failed_write
+from ..artifacts.writes import WriteFailures, is_a_failed_write, written
 from ..collectors import envoy, kube
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
@@ -98,12 +98,8 @@ async def run(args: argparse.Namespace) -> None:
     # the load's recorder, stops the run (runbook.artifacts.writes)
     run_stop = RunStop()
     failures = WriteFailures(run_stop)
-    try:
-        write_json(run_dir / "plan.json", run_plan.as_dict())
-    except OSError as exc:
-        if not is_a_failed_write(exc):
-            raise
-        failures.report(run_dir / "plan.json", exc)
+    plan_json = run_dir / "plan.json"
+    if not written(lambda: write_json(plan_json, run_plan.as_dict()), plan_json, failures):
         fail(args, run_dir, f"{run_stop.reason}; the run did not start")
     collected = CollectedDir(run_dir, failures)
     stop = threading.Event()

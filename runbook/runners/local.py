@@ -34,7 +34,7 @@ from ..artifacts.events import CollectedDir, now_ms
 from ..artifacts.journal import Journal
 from ..artifacts.rundir import RAW_REQUESTS, new_run_dir, write_json, write_result
 from ..artifacts.termination import Termination
-from ..artifacts.writes import WriteFailures, is_a_failed_write
+from ..artifacts.writes import WriteFailures, is_a_failed_write, written
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..collectors.haproxy_config import haproxy_source
@@ -166,12 +166,8 @@ async def run(args: argparse.Namespace) -> Path:
     # task or thread
     stop = RunStop()
     failures = WriteFailures(stop)
-    try:
-        write_json(run_dir / "plan.json", run_plan.as_dict())
-    except OSError as exc:
-        if not is_a_failed_write(exc):
-            raise
-        failures.report(run_dir / "plan.json", exc)
+    plan_json = run_dir / "plan.json"
+    if not written(lambda: write_json(plan_json, run_plan.as_dict()), plan_json, failures):
         if result_file:
             write_result(result_file, run_dir, "failed", stop.reason)
         raise RunFailed(f"{stop.reason}; the run did not start") from None
