@@ -19,7 +19,8 @@ help:
 	@echo "make molecule    the molecule scenarios (roles converged on this machine)"
 	@echo "make experiment  every termination mode in every scenario on the local lab, side by side,"
 	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose);"
-	@echo "                 TARGET=onebox: the same on onebox, then both labs' verdicts side by side"
+	@echo "                 TARGET=onebox: the same on onebox, then both labs' verdicts side by side;"
+	@echo "                 RETRY=once: the client retries a failed request once, as many do"
 	@echo "make onebox      the homelab's three-node kubeadm cluster on this machine, built from the pinned"
 	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
 	@echo "make onebox-down remove it, leaving nothing behind but the build cache"
@@ -81,6 +82,7 @@ test: setup lint pytest molecule
 # LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU). TARGET=
 # names an inventory: local (the default), onebox or homelab (a cluster: its modes run
 # one after the other; onebox's lock is held, so make onebox-down waits its turn).
+# RETRY=once: the client sends a failed request once more (registry.CLIENT_RETRIES).
 # A value reaches the runner through the environment, as typed (never expanded by make
 # nor pasted into the shell's command line), and only when it was given: one given
 # empty is refused there like any other bad value. The lower-case spellings are the same.
@@ -93,8 +95,10 @@ export IGW_ARTIFACTS = $(call typed,ARTIFACTS)
 export IGW_FIRST_LAB = $(call typed,FIRST_LAB)
 export IGW_LABS_AT_ONCE = $(call typed,LABS_AT_ONCE)
 export IGW_TARGET = $(call typed,TARGET)
+export IGW_CLIENT_RETRY = $(call typed,RETRY,retry)
 # make would export the variables themselves to every recipe, expanded
-unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE TARGET
+unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE TARGET \
+	RETRY retry
 experiment: setup
 	$(BIN)/python -m runbook.runners.all \
 	  $(if $(call given,TARGET),--target="$$IGW_TARGET") \
@@ -104,7 +108,8 @@ experiment: setup
 	  $(if $(call given,REPEATS,repeats),--repeats="$$IGW_REPEATS") \
 	  $(if $(call given,ARTIFACTS),--artifacts="$$IGW_ARTIFACTS") \
 	  $(if $(call given,FIRST_LAB),--first-lab-index="$$IGW_FIRST_LAB") \
-	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE")
+	  $(if $(call given,LABS_AT_ONCE),--labs-at-once="$$IGW_LABS_AT_ONCE") \
+	  $(if $(call given,RETRY,retry),--client-retry="$$IGW_CLIENT_RETRY")
 
 # onebox: nodes under systemd-nspawn, root filesystems by mmdebstrap, images by buildah,
 # nsenter (util-linux), ssh to the nodes, cc for Kubernetes' pause.c. Go comes with the

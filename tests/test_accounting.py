@@ -284,3 +284,48 @@ def test_a_request_the_client_sent_twice_on_its_own_is_said() -> None:
         },
     )
     assert s["resent_by_client"] == {"short_pooled": 1}
+
+
+def test_a_retried_request_is_one_record_with_both_attempts_accounted() -> None:
+    """The first attempt has its own id and hops: served by the victim and cut, its
+    retry served by the survivor. One request, exposed (its first attempt was), not
+    lost (its retry succeeded), and the verdict says what the retry hid."""
+    first = {"request_id": "a", "start_ms": T - 500, "end_ms": T + 1000, "error": "reset"}
+    records = [
+        rec("a.2", -500, 1500) | {"first_attempt": first, "class": "short"},
+        rec("b", 100, 200) | {"class": "short"},
+    ]
+    events = [
+        ha("a", st="-1", term="DH"), envoy("a", flags="DC"),
+        ha("a.2", srv="worker2"), envoy("a.2", pod="gw-w2"), backend("a.2"),
+        ha("b", srv="worker2"), envoy("b", pod="gw-w2"), backend("b"),
+    ]  # fmt: skip
+    joined, _ = account(records, events, TERM)
+    by_id = {r["request_id"]: r for r in joined}
+    retried = by_id["a.2"]
+    assert retried["served_by"]["gateway_pod"] == "gw-w2"
+    assert retried["first_attempt"]["served_by"]["gateway_pod"] == "gw-w1"
+    assert retried["first_attempt"]["rule"] == "lb_killed_session_at_down"
+    assert retried["exposed"] is True and by_id["b"]["exposed"] is False
+    s = summarize(
+        joined,
+        events,
+        {
+            "mode": "istio-native",
+            "scenario": "steady",
+            "profile": "quick",
+            "load": {"long_s": 1, "scenario": "steady", "client_retry": "once"},
+            "termination_ms": T,
+            "terminated_pod": "gw-w1",
+            "terminated_node": "worker1",
+            "lb": "lb1",
+        },
+    )
+    assert s["client_retry"] == {
+        "policy": "once",
+        "first_attempts_failed": {"short": 1},
+        "failed_after_retry": {},
+        "first_attempt_causes": {"lb_killed_session_at_down": 1},
+    }
+    assert s["exposure"]["short"]["lost"] == 0
+    assert "client retry once: 1 first attempts failed, 0 after one retry" in verdict(s)

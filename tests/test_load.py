@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,7 +25,7 @@ from runbook.load.driver import (
     new_session,
 )
 from runbook.load.records import RequestRecord
-from runbook.model.plan import plan
+from runbook.model.plan import LoadShape, plan
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -228,3 +230,80 @@ def test_long_groups_start_midway_between_short_requests_and_apart() -> None:
         assert abs(t / gap - round(t / gap)) == pytest.approx(0.5)
     times = sorted(starts.values())
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5  # a 2 s interval
+
+
+def _retry_server(first: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> tuple[Handler, list]:
+    """A server that treats each request id's first attempt with `first` and answers
+    200 to the rest; what it saw, in order: (request id, path)."""
+    seen: list[tuple[str, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        rid = next(
+            line.split(": ", 1)[1]
+            for line in head.split("\r\n")
+            if line.lower().startswith("x-igw-request-id:")
+        )
+        seen.append((rid, head.split(" ")[1]))
+        if not rid.endswith(".2"):
+            await first(writer)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    return handler, seen
+
+
+async def unavailable(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def not_found(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def reset(writer: asyncio.StreamWriter) -> None:
+    rst(writer)
+
+
+@pytest.mark.parametrize(
+    ("first", "retry", "attempts", "final", "first_error"),
+    [
+        (reset, "once", 2, (200, None), "reset"),
+        (unavailable, "once", 2, (200, None), "5xx"),
+        (not_found, "once", 1, (404, "4xx"), None),  # an answer: not retried
+        (reset, "none", 1, (None, "reset"), None),  # the default: every failure shows
+    ],
+    ids=["reset", "503", "404", "no-retry"],
+)
+def test_a_client_retry_sends_once_more_and_keeps_both_outcomes(
+    tmp_path: Path, first, retry: str, attempts: int, final: tuple, first_error: str | None
+) -> None:
+    handler, seen = _retry_server(first)
+
+    async def run(url: str) -> list[dict]:
+        shape = LoadShape(long_s=1, client_retry=retry)
+        recorder = Recorder(tmp_path / "requests.raw.jsonl")
+        driver = LoadDriver(url, None, recorder, shape)
+        async with new_session(None, 5) as session:
+            await driver._run_one(session, "short")
+        recorder.close()
+        return [json.loads(line) for line in (tmp_path / "requests.raw.jsonl").open()]
+
+    (record,) = asyncio.run(with_server(handler, run))
+    assert len(seen) == attempts
+    assert (record["status"], record["error"]) == final
+    if first_error is None:
+        assert record["first_attempt"] is None
+        return
+    fa = record["first_attempt"]
+    assert fa["error"] == first_error and fa["request_id"] == seen[0][0]
+    # the second attempt has its own id (its hops are its own), the record starts at
+    # the first attempt's start
+    assert record["request_id"] == seen[0][0] + ".2" == seen[1][0]
+    assert record["start_ms"] == fa["start_ms"] <= fa["end_ms"] <= record["end_ms"]

@@ -270,6 +270,14 @@ def test_run_directories_are_never_reused(tmp_path: Path) -> None:
             ["-e", "mode=current", "-e", "timing_profile=slow"],
             "timing_profile=slow one of seed, quick",
         ),
+        (
+            ["-e", "mode=current", "-e", "client_retry=twice"],
+            "client_retry=twice one of none, once",
+        ),
+        (
+            ["-e", "mode=current", "-e", "scenario=busy", "-e", "client_retry=once"],
+            "client_retry=once is the load driver's own, and scenario(s) busy drive",
+        ),
         # make experiment's shared render: a folder without the mode's Deployment, and
         # a render that cannot carry the run's timing overrides
         (

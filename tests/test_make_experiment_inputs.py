@@ -165,6 +165,11 @@ def test_timing_overrides_are_checked_by_the_model() -> None:
             ["--scenarios=inflight,busy", "--labs-at-once=2"],
             "--labs-at-once 2: scenario busy takes the machine's CPUs alone",
         ),
+        (["--client-retry=twice"], "client retry 'twice' is not one of: none, once"),
+        (
+            ["--scenarios=busy", "--client-retry=once"],
+            "client retry 'once' is the load driver's own: scenario 'busy' drives short_pooled",
+        ),
     ],
 )
 def test_a_bad_input_is_refused_before_anything_starts(
@@ -208,6 +213,8 @@ def test_a_bad_input_is_refused_before_anything_starts(
         (["MODES=bogus", "ARTIFACTS="], "--artifacts is empty"),
         (["MODES=bogus", "FIRST_LAB="], "argument --first-lab-index: invalid int value: ''"),
         (["MODES=bogus", "LABS_AT_ONCE="], "argument --labs-at-once: invalid int value: ''"),
+        (["MODES=bogus", "RETRY="], "client retry '' is not one of: none, once"),
+        (["MODES=bogus", "retry=twice"], "client retry 'twice' is not one of"),
     ],
 )
 def test_make_experiment_passes_each_value_as_typed(

@@ -99,3 +99,15 @@ def test_the_converged_lab_hands_its_runner_the_deployed_budget(tmp_path: Path) 
         if d and d["kind"] == "Deployment"
     ]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
+
+
+def test_a_client_retry_is_in_the_plan_and_refused_where_no_tool_makes_it() -> None:
+    once = plan_for(runner_args(["--mode=improved", "--scenario=steady", "--client-retry=once"]))
+    assert once.load.client_retry == "once"
+    assert any("retries once" in note for note in once.notes)
+    assert plan("quick", "improved", "steady").load.client_retry == "none"
+    # busy's pooled class is vegeta's, which has no retry of the driver's
+    with pytest.raises(registry.UnknownName, match="client retry 'once' is the load driver's"):
+        plan("quick", "ordered", "busy", client_retry="once")
+    with pytest.raises(registry.UnknownName, match="client retry 'twice' is not one of"):
+        plan("quick", "ordered", "steady", client_retry="twice")

@@ -344,6 +344,12 @@ def account(
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
         joined["exposed"] = exposed(r, joined["served_by"], term, ph.pod_gone)
+        if r.get("first_attempt"):
+            joined["first_attempt"] = first = first_attempt(
+                r, hops_by_id, pod_nodes, term, ph.pod_gone
+            )
+            # a retried request is exposed when either attempt was
+            joined["exposed"] = _either(joined["exposed"], first["exposed"])
         resent = lines_by_id.get(r.get("request_id") or "", 0) - 1
         if resent > 0:
             joined["resent_by_client"] = resent  # its hops above are the last attempt's
@@ -359,6 +365,32 @@ def account(
             )
         out.append(joined)
     return out, ph
+
+
+def _either(a: bool | None, b: bool | None) -> bool | None:
+    """Exposed if either was; not if neither was; unknown otherwise."""
+    if a or b:
+        return True
+    return None if a is None or b is None else False
+
+
+def first_attempt(
+    record: Record,
+    hops_by_id: dict[str, Hops],
+    pod_nodes: dict[str, str],
+    term: dict[str, Any],
+    pod_gone: float | None,
+) -> Record:
+    """A retried request's first attempt joined with its own hops (its own id), with
+    where it was served, whether it was exposed and, failed, its cause."""
+    fa = dict(record["first_attempt"])
+    hops = hops_by_id.get(fa.get("request_id") or "", {})
+    attempt = {**record, **fa}
+    fa["served_by"] = served_by(hops, pod_nodes, term["lb"])
+    fa["exposed"] = exposed(attempt, fa["served_by"], term, pod_gone)
+    if fa.get("error"):
+        fa["rule"], fa["cause"] = explain(attempt, hops)
+    return fa
 
 
 def in_flight_during(record: Record, start_ms: float, end_ms: float | None) -> bool:

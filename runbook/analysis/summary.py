@@ -39,6 +39,32 @@ def rates(records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, dict
     return out
 
 
+def client_retry(records: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Per class, how many first attempts failed and how many of those failed again;
+    the first attempts' causes. None when the run's client did not retry."""
+    retry = (meta.get("load") or {}).get("client_retry", "none")
+    if retry == "none":
+        return None
+    retried = [r for r in records if r.get("first_attempt")]
+    return {
+        "policy": retry,
+        "first_attempts_failed": dict(Counter(r["class"] for r in retried)),
+        "failed_after_retry": dict(Counter(r["class"] for r in retried if r.get("error"))),
+        "first_attempt_causes": dict(
+            Counter(r["first_attempt"].get("rule") or "unknown" for r in retried)
+        ),
+    }
+
+
+def retry_words(retry: dict[str, Any] | None) -> str:
+    """ "12 first attempts failed, 0 after one retry" (empty: no retry)."""
+    if retry is None:
+        return ""
+    first = sum(retry["first_attempts_failed"].values())
+    again = sum(retry["failed_after_retry"].values())
+    return f"{first} first attempts failed, {again} after one retry"
+
+
 def _first(events: list[dict[str, Any]], after_ms: float, **match: Any) -> dict[str, Any] | None:
     for e in sorted(events, key=lambda e: e["ts_ms"]):
         if e["ts_ms"] >= after_ms and all(
@@ -182,6 +208,8 @@ def summarize(
         # requests the client's HTTP stack sent again unasked (accounting.haproxy_lines):
         # a first attempt failed where the record shows only the last
         "resent_by_client": dict(Counter(r["class"] for r in records if r.get("resent_by_client"))),
+        # the client retry's work (registry.CLIENT_RETRIES once); None: it did not retry
+        "client_retry": client_retry(records, meta),
         "timings_s": {
             "termination_to_lb_down": _offset_s(ph.lb_down, t),
             "termination_to_zero_in_flight": _offset_s(zero, t),
@@ -246,6 +274,8 @@ def verdict(summary: dict[str, Any]) -> str:
         )
     untested = [c for c, e in exposure.items() if not e["tested"]]
     tail = f"; not tested: {', '.join(untested)}" if untested else ""
+    if retried := retry_words(summary.get("client_retry")):
+        tail += f"; client retry once: {retried}"
     return (
         f"{summary['mode']}: {word} of {exposed} exposed requests ({per}){tail}; "
         f"{failed} failed in all{warn}"

@@ -30,7 +30,7 @@ from ..model import registry
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
 from . import vegeta
-from .records import RequestRecord
+from .records import RequestRecord, worth_a_retry
 
 
 def classify(exc: BaseException | None, status: int | None, truncated: bool) -> str | None:
@@ -236,7 +236,26 @@ class LoadDriver:
             done = await websocket(session, self.base_url, record, s.ws_interval_ms)
         else:
             done = await fetch(session, self.base_url, record, cls == "stream")
+            if s.client_retry == "once" and worth_a_retry(done):
+                done = await self._again(session, done)
         self.recorder.write(done)
+
+    async def _again(self, session: aiohttp.ClientSession, first: RequestRecord) -> RequestRecord:
+        """The request sent once more, under its own id (`<id>.2`: each attempt's hops
+        are its own); one record, started when the first attempt was."""
+        second = RequestRecord(
+            first.id,
+            f"{first.request_id}.2",
+            first.cls,
+            first.path,
+            now_ms(),
+            expected_chunks=first.expected_chunks,
+            planned_s=first.planned_s,
+        )
+        done = await fetch(session, self.base_url, second, first.cls == "stream")
+        done.first_attempt = first.attempt()
+        done.start_ms = first.start_ms
+        return done
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

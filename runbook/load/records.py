@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..model.registry import RETRIED_STATUSES
+
 ERROR_KINDS = ("refused", "reset", "timeout", "truncated", "5xx", "4xx", "other")
+#: The errors a client retry (registry.CLIENT_RETRIES `once`) sends again: the request
+#: got no response at all, so sending it again cannot do it twice.
+RETRIED_ERRORS = ("refused", "reset")
 
 
 @dataclass(slots=True)
@@ -25,6 +30,20 @@ class RequestRecord:
     error: str | None = None
     detail: str | None = None
     planned_s: float = 0.0  # how long it lasts when nothing goes wrong
+    #: a retried request's first attempt (its id, times, status, error, detail); the
+    #: fields above are the final attempt's, its start the first's
+    first_attempt: dict[str, Any] | None = None
+
+    def attempt(self) -> dict[str, Any]:
+        """This attempt's outcome, as a first_attempt."""
+        return {
+            "request_id": self.request_id,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "status": self.status,
+            "error": self.error,
+            "detail": self.detail,
+        }
 
     def as_dict(self, termination_ms: float | None) -> dict[str, Any]:
         d = asdict(self)
@@ -37,3 +56,10 @@ class RequestRecord:
                 else round(value - termination_ms, 1)
             )
         return d
+
+
+def worth_a_retry(record: RequestRecord) -> bool:
+    """A request a client retry sends again: no response at all, or a 502, 503, 504."""
+    return record.error in RETRIED_ERRORS or (
+        record.error == "5xx" and record.status in RETRIED_STATUSES
+    )

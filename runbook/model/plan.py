@@ -12,6 +12,7 @@ included. A runner started without it derives the budget from `--profile` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,8 @@ class LoadShape:
     pooled_rate_per_s: float = 0.0
     pool_size: int = 4
     pooled_tool: str = "aiohttp"
+    #: registry.CLIENT_RETRIES: what the driver's own classes do with a failed request
+    client_retry: str = "none"
     long_rate_per_s: float = 0.0
     # steady: HAProxy's round robin sends requests started back to back to different
     # gateways, so a pair of each long class at a time keeps every class on the
@@ -144,13 +147,28 @@ def add_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
     parser.add_argument("--mode", required=True, choices=list(registry.MODES))
     parser.add_argument("--scenario", default="inflight", choices=list(registry.SCENARIOS))
     parser.add_argument("--profile", default=profile, choices=list(timing.PROFILES))
+    parser.add_argument(
+        "--client-retry",
+        default="none",
+        choices=list(registry.CLIENT_RETRIES),
+        help="once: the client sends a request that failed before any response (or got "
+        "502, 503, 504) once more, as many clients do; the record keeps both outcomes",
+    )
 
 
-def check_inputs(mode: str, scenario: str, profile: str) -> None:
-    """Refuse a bad mode, scenario or profile (registry.UnknownName) before anything changes."""
+def check_inputs(mode: str, scenario: str, profile: str, client_retry: str = "none") -> None:
+    """Refuse a bad mode, scenario, profile or client retry (registry.UnknownName), or a
+    retry the scenario's tools cannot make, before anything changes."""
     registry.require("mode", mode, list(registry.MODES))
     registry.require("scenario", scenario, list(registry.SCENARIOS))
     registry.require("profile", profile, list(timing.PROFILES))
+    registry.require("client retry", client_retry, list(registry.CLIENT_RETRIES))
+    if client_retry != "none" and registry.scenario(scenario).pooled_tool != "aiohttp":
+        raise registry.UnknownName(
+            f"client retry {client_retry!r} is the load driver's own: scenario {scenario!r} "
+            f"drives short_pooled with {registry.scenario(scenario).pooled_tool}, which "
+            "retries nothing of its own accord (only Go's re-send, counted apart)"
+        )
 
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,24 +192,30 @@ def plan_for(args: argparse.Namespace) -> RunPlan:
             raise ValueError(
                 f"--budget is profile {budget.get('profile')!r}, --profile is {args.profile!r}"
             )
-        return plan_from_budget(budget, args.mode, args.scenario)
+        return plan_from_budget(budget, args.mode, args.scenario, args.client_retry)
     overrides = json.loads(args.overrides) if args.overrides else None
-    return plan(args.profile, args.mode, args.scenario, overrides)
+    return plan(args.profile, args.mode, args.scenario, overrides, args.client_retry)
 
 
 def plan(
-    profile: str, mode: str, scenario: str = "inflight", overrides: Mapping[str, Any] | None = None
+    profile: str,
+    mode: str,
+    scenario: str = "inflight",
+    overrides: Mapping[str, Any] | None = None,
+    client_retry: str = "none",
 ) -> RunPlan:
     """Size the long requests from what the best gateway path protects (timing model)."""
-    check_inputs(mode, scenario, profile)
-    return plan_from_budget(timing.report(profile, overrides), mode, scenario)
+    check_inputs(mode, scenario, profile, client_retry)
+    return plan_from_budget(timing.report(profile, overrides), mode, scenario, client_retry)
 
 
-def plan_from_budget(budget: Mapping[str, Any], mode: str, scenario: str = "inflight") -> RunPlan:
+def plan_from_budget(
+    budget: Mapping[str, Any], mode: str, scenario: str = "inflight", client_retry: str = "none"
+) -> RunPlan:
     """The plan from a derived budget (timing.report's shape: profile, numbers,
     protected)."""
     profile = str(budget["profile"])
-    check_inputs(mode, scenario, profile)
+    check_inputs(mode, scenario, profile, client_retry)
     protected = budget["protected"]
     mine = float(protected[registry.mode(mode).protected_path]["longest_s"])
     known = registry.scenario(scenario)
@@ -237,5 +261,12 @@ def plan_from_budget(budget: Mapping[str, Any], mode: str, scenario: str = "infl
         notes.append(
             f"The {mode} path protects {mine:g}s: these requests are longer than it can carry "
             "by design, to show what it cuts."
+        )
+    if client_retry != "none":
+        load = dataclasses.replace(load, client_retry=client_retry)
+        notes.append(
+            "The client retries once what failed before any response or got "
+            f"{', '.join(map(str, registry.RETRIED_STATUSES))}, as many clients do; each "
+            "record keeps its first attempt's outcome beside the final one."
         )
     return RunPlan(mode, scenario, profile, load, mine, notes, dict(budget["numbers"]))

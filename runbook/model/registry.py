@@ -154,6 +154,14 @@ class Mode:
     proxy_exit_on_zero: bool = False
 
 
+#: What the client does with a failed idempotent request, as many clients do:
+#: none - each request once (the experiment's default: every failure shows)
+#: once - a connection refused or reset before any response, or a 502, 503 or 504, is
+#:        sent once more; the record keeps both outcomes (`first_attempt`, the final)
+CLIENT_RETRIES = ("none", "once")
+#: The statuses `once` retries (the errors: records.RETRIED_ERRORS).
+RETRIED_STATUSES = (502, 503, 504)
+
 #: What drives a class: the load driver's own asyncio client, or vegeta (built from its
 #: pinned Go module) where a class's rate is more than that client holds on this machine.
 LOAD_TOOLS = ("aiohttp", "vegeta")
@@ -292,6 +300,7 @@ def as_dict() -> dict[str, object]:
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
         "lb_check_targets": list(LB_CHECK_TARGETS),
+        "client_retries": list(CLIENT_RETRIES),
         "haproxy_backend": HAPROXY_BACKEND,
         "request_id_header": REQUEST_ID_HEADER,
         "haproxy_request_log_tag": HAPROXY_REQUEST_LOG_TAG,

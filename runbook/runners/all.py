@@ -275,6 +275,8 @@ class Batch:
     #: with timing overrides: a shared folder cannot carry them)
     manifests: Path | None
     timing_overrides: dict[str, float]
+    #: registry.CLIENT_RETRIES: what every run's client does with a failed request
+    client_retry: str
     #: labs that may run at once; the others wait for a slot
     slots: asyncio.Semaphore
 
@@ -291,6 +293,7 @@ async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
         "lab_index": run.index,
         "timing_profile": batch.profile,
         "experiment_converge_only": True,
+        "client_retry": batch.client_retry,
     }
     if batch.manifests:
         extra["experiment_manifests"] = batch.manifests
@@ -604,7 +607,10 @@ async def converge_cluster(runs: list[LabRun], batch: Batch) -> list[list[str] |
         r.lab_dir.mkdir(parents=True, exist_ok=True)
         for old in [*r.lab_dir.glob("result-*.json"), *r.lab_dir.glob("runs-*.log")]:
             old.unlink()
-    common: dict[str, object] = {"timing_profile": batch.profile}
+    common: dict[str, object] = {
+        "timing_profile": batch.profile,
+        "client_retry": batch.client_retry,
+    }
     if batch.timing_overrides:
         common["timing_overrides"] = batch.timing_overrides
     log_path = runs[0].lab_dir.parent / "site.log"
@@ -849,6 +855,12 @@ def main() -> int:
     parser.add_argument("--profile", help="the timing profile (default: the target inventory's)")
     parser.add_argument("--scenarios", default=",".join(registry.DEFAULT_SCENARIOS))
     parser.add_argument("--first-lab-index", type=int, help="the local lab's first (default 1)")
+    parser.add_argument(
+        "--client-retry",
+        default="none",
+        help=f"what each run's client does with a failed request: "
+        f"{', '.join(registry.CLIENT_RETRIES)} (runbook.model.registry)",
+    )
     parser.add_argument("--artifacts", help="default: the inventory's (artifacts/)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each mode, one after the other (1..20)"
@@ -892,13 +904,14 @@ def main() -> int:
             raise ValueError("--modes names no mode")
         if not scenarios:
             raise ValueError("--scenarios names no scenario")
+        registry.require("client retry", args.client_retry, registry.CLIENT_RETRIES)
         if args.artifacts == "":
             raise ValueError("--artifacts is empty: name a folder (default: artifacts/)")
         if not 1 <= args.repeats <= 20:
             raise ValueError(f"--repeats {args.repeats} must be 1..20")
         for mode in modes:
             for sc in scenarios:
-                check_inputs(mode, sc, profile)
+                check_inputs(mode, sc, profile, args.client_retry)
         pairs = len(modes) * len(scenarios)
         alone = [sc for sc in scenarios if registry.scenario(sc).alone]
         if alone and args.labs_at_once not in (None, 1):
@@ -990,6 +1003,7 @@ def main() -> int:
                     "repeats": args.repeats,
                     "artifacts": Path(args.artifacts).resolve() if args.artifacts else None,
                     "timing_overrides": overrides,
+                    "client_retry": args.client_retry,
                 },
                 stopped_by,
             )
