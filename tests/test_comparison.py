@@ -182,3 +182,21 @@ def test_invalid_runs_are_listed_with_their_mode_and_scenario() -> None:
     assert invalid_runs(scenarios)[0][2]["reasons"] == [
         "worker2 (a survivor) marked DOWN at +0.56 s"
     ]
+
+
+def test_what_the_client_retry_hid_is_summed_over_the_valid_runs() -> None:
+    def retried(first: int, again: int, valid: bool = True) -> dict:
+        return run(valid=valid) | {
+            "client_retry": {
+                "policy": "once",
+                "first_attempts_failed": {"short": first},
+                "failed_after_retry": {"short": again} if again else {},
+                "first_attempt_causes": {"lb_killed_session_at_down": first},
+            }
+        }
+
+    doc = compare({"istio-native": [retried(7, 0), retried(5, 1), retried(40, 9, valid=False)]})
+    m = doc["modes"]["istio-native"]
+    assert m["client_retry"] == {"first_attempts_failed": 12, "failed_after_retry": 1}
+    assert "client retry once: 12 first attempts failed, 1 after one retry" in m["verdict"]
+    assert compare({"ordered": [run()]})["modes"]["ordered"]["client_retry"] is None

@@ -53,7 +53,13 @@ def compare(
         causes: Counter[str] = Counter()
         failed_all = 0
         held = 0
+        first_failed = again = 0
+        retried = False
         for s in runs:
+            if retry := s.get("client_retry"):
+                retried = True
+                first_failed += sum(retry["first_attempts_failed"].values())
+                again += sum(retry["failed_after_retry"].values())
             exposure = s.get("exposure", {})
             for cls in classes:
                 e = exposure.get(cls, {"exposed": 0, "lost": 0, "tested": False})
@@ -91,11 +97,23 @@ def compare(
                 sum(beyond.values()),
             )
             + (
+                f"; client retry once: {first_failed} first attempts failed, "
+                f"{again} after one retry"
+                if retried
+                else ""
+            )
+            + (
                 f"; INCOMPLETE: {n} valid runs of the {valid_runs_asked} asked"
                 if valid_runs_asked is not None and n < valid_runs_asked
                 else ""
             ),
             "complete": valid_runs_asked is None or n >= valid_runs_asked,
+            # summed over the valid runs; None: their client did not retry
+            "client_retry": (
+                {"first_attempts_failed": first_failed, "failed_after_retry": again}
+                if retried
+                else None
+            ),
         }
     return {"modes": modes}
 
