@@ -432,3 +432,22 @@ def fill(folder: Path) -> None:
     with contextlib.suppress(OSError), (folder / "filler-tail").open("wb", buffering=0) as f:
         while True:
             f.write(b"\0")
+
+
+def make_experiment(artifacts: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`make experiment`'s runner (runbook.runners.all) with `args`, into `artifacts`,
+    one repeat; its exit code is the caller's to check."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runbook.runners.all",
+            "--repeats=1",
+            f"--artifacts={artifacts}",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

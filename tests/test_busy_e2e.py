@@ -5,34 +5,19 @@ record and every hop's line, and `ordered` losing none of them."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import make_experiment
 
 pytestmark = pytest.mark.e2e
 
 
 def test_ordered_loses_none_of_ten_thousand_requests_a_run(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runbook.runners.all",
-            "--modes=ordered",
-            "--scenarios=busy",
-            "--repeats=1",
-            "--first-lab-index=174",
-            f"--artifacts={artifacts}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = make_experiment(
+        artifacts, "--modes=ordered", "--scenarios=busy", "--first-lab-index=174"
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = artifacts.glob("*-busy-ordered")

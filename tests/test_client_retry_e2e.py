@@ -5,35 +5,23 @@ its own id, and the accounting joins each attempt with its own hops."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import make_experiment
 
 pytestmark = pytest.mark.e2e
 
 
 def test_current_s_first_attempts_fail_and_their_retries_are_accounted(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runbook.runners.all",
-            "--modes=current",
-            "--scenarios=steady",
-            "--repeats=1",
-            "--client-retry=once",
-            "--first-lab-index=173",
-            f"--artifacts={artifacts}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = make_experiment(
+        artifacts,
+        "--modes=current",
+        "--scenarios=steady",
+        "--client-retry=once",
+        "--first-lab-index=173",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = artifacts.glob("*-steady-current")
