@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 # iproute2 (network namespaces for the hc source check), openssl (a test certificate);
 # buildah, containerd and mmdebstrap: the images built and loaded for real (molecule images).
 # chromium: the comparison page as a person sees it (a screenshot, headless).
+# wrk: the benchmarks' reference load beside the driver and vegeta (benchmarks/).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup apt venv gotools lint pytest molecule test experiment onebox onebox-down onebox-apt clean
@@ -42,7 +43,8 @@ endef
 
 apt:
 	$(call apt_ensure,haproxy:haproxy curl:curl ip:iproute2 openssl:openssl \
-	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap chromium:chromium)
+	    buildah:buildah containerd:containerd ctr:containerd mmdebstrap:mmdebstrap chromium:chromium \
+	    wrk:wrk)
 
 venv: $(STAMP)
 
