@@ -111,9 +111,14 @@ def _marks_out(e: dict[str, Any], node: str) -> bool:
     )
 
 
-def index_hops(events: list[dict[str, Any]], lb: str) -> dict[str, Hops]:
-    """request id -> {"haproxy": line, "envoy": line, "backend": line} (those present)."""
+def index_hops(events: list[dict[str, Any]], lb: str) -> tuple[dict[str, Hops], dict[str, int]]:
+    """request id -> {"haproxy": line, "envoy": line, "backend": line} (those present),
+    and request id -> how many request lines the LB logged for it. More than one: the
+    client's HTTP stack sent it again on its own (Go's Transport re-sends a GET whose
+    reused connection closed before any response byte) and reported only the last,
+    whose line the hops keep."""
     out: dict[str, Hops] = {}
+    lb_lines: dict[str, int] = {}
     for e in events:
         src, kind = e.get("source"), e.get("kind")
         if src == "haproxy" and kind == "request_log" and e.get("lb") in (None, lb):
@@ -126,20 +131,9 @@ def index_hops(events: list[dict[str, Any]], lb: str) -> dict[str, Hops]:
             continue
         if rid and rid != "-":
             out.setdefault(rid, {})[hop] = e
-    return out
-
-
-def haproxy_lines(events: list[dict[str, Any]], lb: str) -> dict[str, int]:
-    """request id -> how many request lines the LB logged for it. More than one: the
-    client's HTTP stack sent it again on its own (Go's Transport re-sends a GET whose
-    reused connection closed before any response byte) and reported only the last."""
-    out: dict[str, int] = {}
-    for e in events:
-        if e.get("source") == "haproxy" and e.get("kind") == "request_log":
-            rid = e.get("rid")
-            if rid and rid != "-" and e.get("lb") in (None, lb):
-                out[rid] = out.get(rid, 0) + 1
-    return out
+            if hop == "haproxy":
+                lb_lines[rid] = lb_lines.get(rid, 0) + 1
+    return out, lb_lines
 
 
 def expected_hops(record: Record, hops: Hops) -> list[str]:
@@ -325,8 +319,7 @@ def account(
 ) -> tuple[list[Record], Phases]:
     """Each record joined with its hops; failures with cause and phase."""
     ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
-    hops_by_id = index_hops(events, term["lb"])
-    lines_by_id = haproxy_lines(events, term["lb"])
+    hops_by_id, lines_by_id = index_hops(events, term["lb"])
     pod_nodes = gateway_nodes(events)
     out = []
     for r in records:

@@ -205,7 +205,7 @@ def summarize(
         # HAProxy's server named one node and a gateway on another served the request:
         # the LB's own node's NodePort (kube-proxy sends a node's own traffic anywhere)
         "served_off_lb_server": dict(Counter(off_server(r) for r in records if off_server(r))),
-        # requests the client's HTTP stack sent again unasked (accounting.haproxy_lines):
+        # requests the client's HTTP stack sent again unasked (accounting.index_hops):
         # a first attempt failed where the record shows only the last
         "resent_by_client": dict(Counter(r["class"] for r in records if r.get("resent_by_client"))),
         # the client retry's work (registry.CLIENT_RETRIES once); None: it did not retry

@@ -293,7 +293,6 @@ class LoadDriver:
             rate,
             pool_size,
             timeout_s=10,
-            ca_file=self.ca_file,
         )
         await vegeta.attack(spec, cls, lambda: self._next_id()[1], self._stop, self.recorder.write)
 
