@@ -117,9 +117,22 @@ def test_every_rule_is_covered_above() -> None:
         "gateway_downstream_reset",
         "gateway_closed_at_drain_deadline",
         "lb_cut_forwarded_request_unlogged",
+        "lb_refused_stream_unlogged",  # test_a_refused_stream_with_no_lb_line_is_the_lb_s
         "client_could_not_reach_lb",
     }
     assert {name for name, _, _ in RULES} == covered
+
+
+def test_a_refused_stream_with_no_lb_line_is_the_lb_s() -> None:
+    """HAProxy refuses an h2 stream, unlogged, when the reused server connection closed
+    before any response: the client's RST_STREAM code tells it from a refused connection."""
+    refused = {**rec("r", -1, 1, "refused"), "h2_error": "RST_STREAM REFUSED_STREAM"}
+    name, words = explain(refused, {})
+    assert name == "lb_refused_stream_unlogged" and "REFUSED_STREAM" in words
+    # the same error kind with no RST_STREAM: a connection refused before HAProxy
+    assert explain(rec("r", -1, 1, "refused"), {})[0] == "client_could_not_reach_lb"
+    # and with HAProxy's line, HAProxy's own word comes first
+    assert explain(refused, {"haproxy": ha("r", st="503", srv="<NOSRV>")})[0] == "lb_no_server"
 
 
 def test_nothing_known_is_unexplained_with_the_facts() -> None:

@@ -28,18 +28,23 @@ def play_on_localhost(playbook: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    ("haproxy_mode", "shutdown_sessions", "disable_on_404", "source"),
+    ("haproxy_mode", "shutdown_sessions", "disable_on_404", "source", "protocol"),
     # the switches are set against the mode's settings: a mode's must win
     [
-        ("current", True, False, ""),
-        ("improved", True, False, "127.0.0.9"),
-        ("ordered", True, True, ""),
-        ("istio-native", True, False, ""),
-        ("", False, True, "127.0.0.9"),
+        ("current", True, False, "", "h1"),
+        ("improved", True, False, "127.0.0.9", "h2"),
+        ("ordered", True, True, "", "h2"),
+        ("istio-native", True, False, "", "h1"),
+        ("", False, True, "127.0.0.9", "h2"),
     ],
 )
 def test_haproxy_config_takes_the_mode_s_lb_settings(
-    tmp_path: Path, haproxy_mode: str, shutdown_sessions: bool, disable_on_404: bool, source: str
+    tmp_path: Path,
+    haproxy_mode: str,
+    shutdown_sessions: bool,
+    disable_on_404: bool,
+    source: str,
+    protocol: str,
 ) -> None:
     if haproxy_mode:
         lb = registry.MODES[haproxy_mode].lb
@@ -55,6 +60,7 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
         "haproxy_disable_on_404": True,
         "haproxy_servers": [{"name": "worker1", "address": "127.0.0.1"}],
         "haproxy_source_address": source,
+        "haproxy_server_protocol": protocol,
     }
     template = {"src": str(role / "templates" / "haproxy.cfg.j2"), "dest": str(out)}
     playbook = tmp_path / "render.yml"
@@ -82,6 +88,11 @@ def test_haproxy_config_takes_the_mode_s_lb_settings(
     assert f"check port {port} " in cfg and f"uri {uri} " in cfg
     # where the server connections leave from, as the lab's premise check reads it back
     assert haproxy_source(cfg) == (source or None)
+    # HTTP/2 to the gateways: the traffic only; WebSockets and the checks stay HTTP/1.1
+    servers = [line for line in cfg.splitlines() if line.strip().startswith("server ")]
+    assert servers and all(
+        line.endswith(" proto h2 ws h1 check-proto h1") is (protocol == "h2") for line in servers
+    )
 
 
 def test_recorded_image_tags_reach_the_rendered_manifests(tmp_path: Path) -> None:

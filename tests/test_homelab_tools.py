@@ -280,6 +280,29 @@ def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: objec
     assert "PLAY [Flip the gateway" not in out
 
 
+def test_runs_that_want_two_protocols_to_the_gateways_are_refused() -> None:
+    """One flip, one HAProxy config: runs whose scenarios have HAProxy speak HTTP/1.1 and
+    HTTP/2 to the gateways are refused by the first play, naming both."""
+    runs = [{"scenario": "steady"}, {"scenario": "h2"}]
+    result = subprocess.run(
+        [
+            PLAYBOOK,
+            *("-i", "inventory/homelab"),
+            "playbooks/run-experiment.yml",
+            *("-e", "mode=ordered"),
+            *("-e", json.dumps({"experiment_runs": runs})),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = " ".join(result.stdout.split())
+    assert result.returncode != 0, out[-2000:]
+    assert '["steady", "h2"] mix scenarios whose HAProxy speaks h1 and h2' in out, out[-2000:]
+    assert "PLAY [Flip the gateway" not in out
+
+
 def test_preflight_accepts_the_homelab_inventory() -> None:
     # the kube context check needs kubectl and the cluster's kubeconfig: cluster only
     result = subprocess.run(

@@ -68,6 +68,13 @@ def test_labs_at_once_follow_the_usable_cpus(pairs: int, cpus: int, expected: in
         ),
         # three modes, four slots: a fourth lab would leave two modes with one
         (MODES[:3], ["inflight", "steady"], 4, [(m, ("inflight", "steady")) for m in MODES[:3]]),
+        # h2 has HAProxy speak HTTP/2 to the gateways: never in a lab with an HTTP/1.1 one
+        (
+            ["ordered"],
+            ["inflight", "h2", "steady"],
+            1,
+            [("ordered", ("inflight", "steady")), ("ordered", ("h2",))],
+        ),
     ],
 )
 def test_each_mode_converges_as_few_labs_as_its_slots_need(

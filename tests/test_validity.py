@@ -166,3 +166,29 @@ def test_the_lb_s_own_node_out_by_the_victim_s_hc_is_the_termination_s() -> None
     starved = [*base, on_worker1(check_failed(180, "worker1", "Layer7 timeout")), on_worker1(
         state(190, "worker1", "DOWN"))]  # fmt: skip
     assert not validity(starved, failed, term).valid
+
+
+def access(protocol: str, path: str = "/") -> dict:
+    return {
+        "ts_ms": T,
+        "source": "envoy",
+        "kind": "access_log",
+        "path": path,
+        "protocol": protocol,
+    }
+
+
+def test_a_run_whose_lb_spoke_another_protocol_than_its_scenario_s_is_invalid() -> None:
+    h2_lines = [access("HTTP/2"), access("HTTP/2"), access("HTTP/1.1", "/ws")]
+    # WebSockets stay HTTP/1.1 to the gateway whatever HAProxy speaks (ws h1)
+    assert validity(STEADY + h2_lines, [], TERM, "h2").valid
+    v = validity(STEADY + h2_lines + [access("HTTP/1.1")], [], TERM, "h2")
+    assert not v.valid
+    assert v.reasons == [
+        "1 gateway access-log lines came over HTTP/1.1 x1, and the scenario has HAProxy "
+        "speak h2 to the gateways (HTTP/2): the LB was not configured for the scenario"
+    ]
+    assert not validity(STEADY + h2_lines, [], TERM, "h1").valid
+    # not asked (an unknown scenario), or lines without a protocol: nothing said
+    assert validity(STEADY + h2_lines, [], TERM).valid
+    assert validity([*STEADY, access("-")], [], TERM, "h2").valid

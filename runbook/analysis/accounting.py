@@ -291,6 +291,18 @@ RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], 
         ),
     ),
     (
+        # HAProxy answers an HTTP/2 stream so, and logs nothing, when the reused server
+        # connection it sent the request on closed before any response: "the client
+        # knows it can safely retry" (haproxy/haproxy#3414, a maintainer's words)
+        "lb_refused_stream_unlogged",
+        lambda r, h: "haproxy" not in h and r.get("h2_error") == "RST_STREAM REFUSED_STREAM",
+        lambda r, h: (
+            "the client got RST_STREAM REFUSED_STREAM and HAProxy logged nothing: the "
+            "reused connection to the gateway HAProxy had sent the stream on closed "
+            "before any response; unprocessed, safe to send again"
+        ),
+    ),
+    (
         "client_could_not_reach_lb",
         lambda r, h: "haproxy" not in h and r.get("error") in ("refused", "timeout", "reset"),
         lambda r, h: f"the client got '{r.get('error')}' and HAProxy logged no request",
@@ -329,9 +341,14 @@ def account(
         joined["served_by"] = served_by(hops, pod_nodes, term["lb"])
         joined["missing_hops"] = [h for h in want if h not in hops]
         ha, env, be = hops.get("haproxy", {}), hops.get("envoy", {}), hops.get("backend", {})
-        joined["haproxy"] = {k: ha.get(k) for k in ("st", "term", "srv", "Ta")} if ha else None
+        joined["haproxy"] = (
+            {k: ha.get(k) for k in ("st", "term", "srv", "Ta", "hv", "bh")} if ha else None
+        )
         joined["envoy"] = (
-            {k: env.get(k) for k in ("response_code", "response_flags", "upstream_host")}
+            {
+                k: env.get(k)
+                for k in ("response_code", "response_flags", "upstream_host", "protocol")
+            }
             if env
             else None
         )

@@ -165,8 +165,12 @@ def summarize(
         for r in sorted(records, key=lambda r: r.get("end_ms") or r["start_ms"])
         if r["error"]
     ]
+    known = registry.SCENARIOS.get(meta["scenario"])
     run_validity = validity(
-        events, failed, {"ms": t, "pod": pod, "node": node, "lb": meta.get("lb", "")}
+        events,
+        failed,
+        {"ms": t, "pod": pod, "node": node, "lb": meta.get("lb", "")},
+        known.lb_protocol if known else None,
     )
     return {
         "mode": meta["mode"],

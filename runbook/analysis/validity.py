@@ -8,6 +8,9 @@ A run is valid when, from the lab's bring-up to the run's end:
 - every failure is the termination's: its cause has a rule, and it was served by the
   victim's node or gateway pod (a session HAProxy killed on the survivor, or a request
   that found no server left at all, says nothing about the order).
+- HAProxy spoke the scenario's protocol to the gateways (registry.Scenario.lb_protocol):
+  every gateway access-log line says so (WebSockets stay HTTP/1.1), else the run tested
+  another path than it names.
 
 An invalid run is shown and never counted (runbook.analysis.comparison); each reason is a
 sentence naming what happened, to whom, when, and what it cost.
@@ -102,15 +105,44 @@ def servers_out(
     return out
 
 
+#: Envoy's %PROTOCOL% for each registry.LB_PROTOCOLS value.
+ENVOY_PROTOCOL = {"h1": "HTTP/1.1", "h2": "HTTP/2"}
+#: The path whose requests stay HTTP/1.1 to the gateway whatever the LB speaks (`ws h1`).
+WEBSOCKET_PATH = "/ws"
+
+
+def off_protocol(events: list[dict[str, Any]], lb_protocol: str) -> Counter[str]:
+    """The gateway access-log lines (WebSockets aside) that came over another protocol
+    than `lb_protocol`, by the protocol they came over. Lines without one (artifacts
+    from before Envoy logged it) say nothing."""
+    want = ENVOY_PROTOCOL[lb_protocol]
+    return Counter(
+        str(e["protocol"])
+        for e in events
+        if e.get("source") == "envoy"
+        and e.get("kind") == "access_log"
+        and e.get("protocol") not in (None, "", "-", want)
+        and str(e.get("path", "")).split("?")[0] != WEBSOCKET_PATH
+    )
+
+
 def validity(
     events: list[dict[str, Any]],
     failed: list[dict[str, Any]],
     term: dict[str, Any],
+    lb_protocol: str | None = None,
 ) -> Validity:
     """`failed`: the summary's failed requests (at_s from the termination, rule,
-    served_by); `term`: the termination (ms, pod, node, lb)."""
+    served_by); `term`: the termination (ms, pod, node, lb); `lb_protocol`: what the
+    scenario has HAProxy speak to the gateways (None: not checked)."""
     t, node, pod = term["ms"], term["node"], term["pod"]
     reasons, notes = [], []
+    if lb_protocol is not None and (wrong := off_protocol(events, lb_protocol)):
+        reasons.append(
+            f"{sum(wrong.values())} gateway access-log lines came over {_counts(wrong)}, "
+            f"and the scenario has HAProxy speak {lb_protocol} to the gateways "
+            f"({ENVOY_PROTOCOL[lb_protocol]}): the LB was not configured for the scenario"
+        )
     out_of_rotation = servers_out(events, term["lb"], node, t)
     own = [o for o in out_of_rotation if own_node_out(o, term["lb"], t)]
     for out in own:

@@ -23,14 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 
 from ..artifacts.events import EventLog, now_ms
 from ..artifacts.writes import WriteFailures
 from ..model import registry
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
-from . import vegeta
+from . import h2client, vegeta
 from .records import RequestRecord, worth_a_retry
+
+#: What a class's requests go out on: an aiohttp session, or h2_short's HTTP/2 client.
+Session = aiohttp.ClientSession | httpx.AsyncClient
 
 
 def classify(exc: BaseException | None, status: int | None, truncated: bool) -> str | None:
@@ -185,7 +189,8 @@ def long_starts(s: LoadShape) -> dict[str, float]:
     # vegeta's pooled requests come too close together to fall between: the short
     # class's gap then, and the groups split as the round robin takes them
     pooled = s.pooled_rate_per_s if s.pooled_tool == "aiohttp" else 0.0
-    gap = 1 / max(s.short_rate_per_s, pooled)
+    # h2_short's rate is a multiple of the short class's: its starts fall on theirs
+    gap = 1 / max(s.short_rate_per_s, pooled, s.h2_rate_per_s)
     interval = s.long_together / s.long_rate_per_s
     classes = ("sleep", "stream", "ws")
     return {
@@ -219,7 +224,7 @@ class LoadDriver:
         n = next(self._ids)
         return n, f"{self._id_prefix}-{n:06d}"
 
-    async def _run_one(self, session: aiohttp.ClientSession, cls: str) -> None:
+    async def _run_one(self, session: Session, cls: str) -> None:
         s = self.scenario
         n, request_id = self._next_id()
         path, expected = s.request(cls)
@@ -233,14 +238,20 @@ class LoadDriver:
             planned_s=s.planned_s(cls),
         )
         if cls == "ws":
+            assert isinstance(session, aiohttp.ClientSession)
             done = await websocket(session, self.base_url, record, s.ws_interval_ms)
         else:
-            done = await fetch(session, self.base_url, record, cls == "stream")
+            done = await self._send(session, record)
             if s.client_retry == "once" and worth_a_retry(done):
                 done = await self._again(session, done)
         self.recorder.write(done)
 
-    async def _again(self, session: aiohttp.ClientSession, first: RequestRecord) -> RequestRecord:
+    async def _send(self, session: Session, record: RequestRecord) -> RequestRecord:
+        if isinstance(session, httpx.AsyncClient):
+            return await h2client.fetch(session, self.base_url, record)
+        return await fetch(session, self.base_url, record, record.cls == "stream")
+
+    async def _again(self, session: Session, first: RequestRecord) -> RequestRecord:
         """The request sent once more, under its own id (`<id>.2`: each attempt's hops
         are its own); one record, started when the first attempt was."""
         second = RequestRecord(
@@ -252,7 +263,7 @@ class LoadDriver:
             expected_chunks=first.expected_chunks,
             planned_s=first.planned_s,
         )
-        done = await fetch(session, self.base_url, second, first.cls == "stream")
+        done = await self._send(session, second)
         done.first_attempt = first.attempt()
         done.start_ms = first.start_ms
         return done
@@ -264,7 +275,7 @@ class LoadDriver:
 
     async def _at_rate(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         cls: str,
         rate: float,
         together: int = 1,
@@ -317,6 +328,7 @@ class LoadDriver:
             new_session(self.ca_file, 10) as fresh,
             new_session(self.ca_file, 10, pool_size=s.pool_size) as pooled,
             new_session(self.ca_file, long_timeout) as longs,
+            h2client.new_client(self.ca_file, 10, POOL_KEEPALIVE_S) as h2,
         ):
             loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
             if registry.scenario(s.scenario).continuous:
@@ -326,6 +338,8 @@ class LoadDriver:
                     )
                 else:
                     loops.append(self._at_rate(pooled, "short_pooled", s.pooled_rate_per_s))
+                if s.h2_rate_per_s:
+                    loops.append(self._at_rate(h2, "h2_short", s.h2_rate_per_s))
                 loops += [
                     self._at_rate(longs, c, s.long_rate_per_s, s.long_together, after)
                     for c, after in long_starts(s).items()

@@ -33,6 +33,11 @@ class RequestRecord:
     #: a retried request's first attempt (its id, times, status, error, detail); the
     #: fields above are the final attempt's, its start the first's
     first_attempt: dict[str, Any] | None = None
+    #: HTTP/2: how the peer ended the stream (`RST_STREAM <code>`, `GOAWAY <code>`)
+    h2_error: str | None = None
+    #: HTTP/2: the sends the client's HTTP stack made again on its own (a stream a
+    #: GOAWAY left unprocessed goes out on a new connection); the record is the last's
+    resent_by_stack: int = 0
 
     def attempt(self) -> dict[str, Any]:
         """This attempt's outcome, as a first_attempt."""
@@ -43,6 +48,7 @@ class RequestRecord:
             "status": self.status,
             "error": self.error,
             "detail": self.detail,
+            "h2_error": self.h2_error,
         }
 
     def as_dict(self, termination_ms: float | None) -> dict[str, Any]:

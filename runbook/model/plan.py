@@ -25,6 +25,9 @@ from . import registry, timing
 #: (fortio's 50 connections there).
 BUSY_RATE_PER_S = 1000.0
 BUSY_POOL = 50
+#: h2's h2_short class: twice the short classes' rate, so its starts fall on theirs
+#: and the long classes' groups still fall between two starts (driver.long_starts)
+H2_RATE_PER_S = 16.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class LoadShape:
     `long_together` back to back.
     busy: steady's, with the pooled class at `pooled_rate_per_s` in the thousand a
     second, driven by `pooled_tool` (registry.LOAD_TOOLS) over `pool_size` connections.
+    h2: steady's, and h2_short at `h2_rate_per_s` over one HTTP/2 connection.
     """
 
     long_s: int
@@ -54,6 +58,8 @@ class LoadShape:
     pooled_rate_per_s: float = 0.0
     pool_size: int = 4
     pooled_tool: str = "aiohttp"
+    #: h2_short: short requests over one HTTP/2 connection to the LB, at this rate
+    h2_rate_per_s: float = 0.0
     #: registry.CLIENT_RETRIES: what the driver's own classes do with a failed request
     client_retry: str = "none"
     long_rate_per_s: float = 0.0
@@ -81,6 +87,7 @@ class LoadShape:
             return {
                 "short": self.short_rate_per_s,
                 "short_pooled": self.pooled_rate_per_s,
+                **({"h2_short": self.h2_rate_per_s} if self.h2_rate_per_s else {}),
                 **dict.fromkeys(("sleep", "stream", "ws"), self.long_rate_per_s),
             }
         return {"short": self.short_rate_per_s}
@@ -91,6 +98,7 @@ class LoadShape:
         return {
             "short": ("/", None),
             "short_pooled": ("/", None),
+            "h2_short": ("/", None),
             "sleep": (f"/sleep?seconds={self.long_s}", None),
             "stream": (
                 f"/stream?chunks={self.stream_chunks}&interval_ms={self.stream_interval_ms}",
@@ -232,6 +240,7 @@ def plan_from_budget(
             pooled_rate_per_s=BUSY_RATE_PER_S if busy else 8.0,
             pool_size=BUSY_POOL if busy else 4,
             pooled_tool=known.pooled_tool,
+            h2_rate_per_s=H2_RATE_PER_S if "h2_short" in known.classes else 0.0,
             long_rate_per_s=1.0,
             long_together=2,
             ws_interval_ms=250,
@@ -242,6 +251,11 @@ def plan_from_budget(
             f"{long_s}s, half the {window:g}s the ordered path protects for a request "
             "that starts just before the LB stops sending.",
         ]
+        if load.h2_rate_per_s:
+            notes.append(
+                f"Short requests over one HTTP/2 connection to HAProxy at {H2_RATE_PER_S:g}/s "
+                f"(h2_short); HAProxy speaks {known.lb_protocol} to the gateways."
+            )
         if busy:
             notes.append(
                 f"Short requests over {BUSY_POOL} keep-alive connections at "

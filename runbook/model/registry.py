@@ -99,6 +99,8 @@ ENVOY_ACCESS_LOG_FORMAT: dict[str, str] = {
     "duration_ms": "%DURATION%",
     "bytes_sent": "%BYTES_SENT%",
     "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    # HTTP/1.1 or HTTP/2: what HAProxy spoke to the gateway (registry LB_PROTOCOLS)
+    "protocol": "%PROTOCOL%",
 }
 
 #: How often Envoy writes its buffered access log to stdout, in both labs (Envoy's
@@ -166,6 +168,15 @@ RETRIED_STATUSES = (502, 503, 504)
 #: pinned Go module) where a class's rate is more than that client holds on this machine.
 LOAD_TOOLS = ("aiohttp", "vegeta")
 
+#: What HAProxy speaks to the gateways on its server lines:
+#: h1 - HTTP/1.1, a connection per request in flight (the seed's)
+#: h2 - HTTP/2 in cleartext with prior knowledge (`proto h2`): the streams of many
+#:      clients share a few connections, and a draining gateway ends one with GOAWAY.
+#:      Both labs' gateway listeners take either (Istio's gateway HTTP connection
+#:      manager has codec AUTO, the local lab's Envoy the same). WebSockets stay
+#:      HTTP/1.1 (`ws h1`): Istio's gateway does not offer RFC 8441's extended CONNECT.
+LB_PROTOCOLS = ("h1", "h2")
+
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
@@ -182,6 +193,9 @@ class Scenario:
     alone: bool = False
     #: run by `make experiment` unless SCENARIOS= names others
     by_default: bool = True
+    #: what HAProxy speaks to the gateways (one of LB_PROTOCOLS): the lab's HAProxy is
+    #: configured for its scenarios' protocol
+    lb_protocol: str = "h1"
 
 
 MODES: dict[str, Mode] = {
@@ -262,6 +276,15 @@ SCENARIOS: dict[str, Scenario] = {
             alone=True,
             by_default=False,
         ),
+        Scenario(
+            name="h2",
+            summary="steady's classes, short requests over one HTTP/2 connection to HAProxy "
+            "as well (h2_short), and HAProxy speaking HTTP/2 to the gateways: streams share "
+            "connections, a drain ends one with GOAWAY",
+            classes=("sleep", "stream", "ws", "short", "short_pooled", "h2_short"),
+            by_default=False,
+            lb_protocol="h2",
+        ),
     )
 }
 
@@ -269,7 +292,7 @@ SCENARIOS: dict[str, Scenario] = {
 DEFAULT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.by_default)
 
 #: Every request class any scenario drives, in the order reports show them.
-REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled")
+REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled", "h2_short")
 
 
 class UnknownName(ValueError):
@@ -301,6 +324,7 @@ def as_dict() -> dict[str, object]:
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
         "lb_check_targets": list(LB_CHECK_TARGETS),
         "client_retries": list(CLIENT_RETRIES),
+        "lb_protocols": list(LB_PROTOCOLS),
         "haproxy_backend": HAPROXY_BACKEND,
         "request_id_header": REQUEST_ID_HEADER,
         "haproxy_request_log_tag": HAPROXY_REQUEST_LOG_TAG,

@@ -114,10 +114,26 @@ def lab_plan(
 ) -> list[tuple[str, tuple[str, ...]]]:
     """The labs to converge, as (mode, the scenarios it runs in order): one per mode, or
     as many per mode as the slots allow, up to one per scenario, the scenarios dealt out
-    among them. Each lab converged is Ansible's CPU spent; each slot left idle is runs
-    waiting."""
-    per_mode = max(1, min(len(scenarios), labs_at_once // len(modes)))
-    return [(m, tuple(scenarios[k::per_mode])) for m in modes for k in range(per_mode)]
+    among them; scenarios whose HAProxy speaks another protocol to the gateways
+    (by_lb_protocol) never share a lab. Each lab converged is Ansible's CPU spent; each
+    slot left idle is runs waiting."""
+    groups = by_lb_protocol(scenarios)
+    out = []
+    for m in modes:
+        for group in groups:
+            per = max(1, min(len(group), labs_at_once // (len(modes) * len(groups))))
+            out += [(m, group[k::per]) for k in range(per)]
+    return out
+
+
+def by_lb_protocol(scenarios: list[str] | tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The scenarios grouped by what HAProxy speaks to the gateways in them
+    (registry.Scenario.lb_protocol), in order of first appearance: one HAProxy config
+    serves a group (a lab's, or a cluster's between two flips)."""
+    groups: dict[str, list[str]] = {}
+    for sc in scenarios:
+        groups.setdefault(registry.scenario(sc).lb_protocol, []).append(sc)
+    return [tuple(g) for g in groups.values()]
 
 
 class Busy(RuntimeError):
@@ -294,6 +310,8 @@ async def converge_lab(run: LabRun, batch: Batch) -> list[str]:
         "timing_profile": batch.profile,
         "experiment_converge_only": True,
         "client_retry": batch.client_retry,
+        # the lab's HAProxy speaks its scenarios' protocol to the gateways (lab_plan)
+        "scenario": run.scenarios[0],
     }
     if batch.manifests:
         extra["experiment_manifests"] = batch.manifests
@@ -419,12 +437,28 @@ async def run_cluster_mode(run: LabRun, batch: Batch, argv: list[str]) -> list[O
     flip: a flip's rollout is about 30 s on onebox, and Ansible's setup of a playbook
     about as much again), then, for the invalid or unreached ones, another (runs_wanted,
     runs_fate)."""
-    repeats = batch.repeats
-    ran = dict.fromkeys(run.scenarios, 0)
-    settled = dict.fromkeys(run.scenarios, 0)
     out: list[Outcome] = []
     number = 0
-    while wanted := runs_wanted(run.scenarios, repeats, ran, settled):
+    # one playbook's HAProxy config serves its runs: a protocol to the gateways apiece
+    for scenarios in by_lb_protocol(run.scenarios):
+        number = await run_cluster_group(run, batch, argv, scenarios, number, out)
+    return out
+
+
+async def run_cluster_group(
+    run: LabRun,
+    batch: Batch,
+    argv: list[str],
+    scenarios: tuple[str, ...],
+    number: int,
+    out: list[Outcome],
+) -> int:
+    """run_cluster_mode's runs of `scenarios` (one protocol to the gateways), their
+    outcomes added to `out`; returns the last playbook's number."""
+    repeats = batch.repeats
+    ran = dict.fromkeys(scenarios, 0)
+    settled = dict.fromkeys(scenarios, 0)
+    while wanted := runs_wanted(scenarios, repeats, ran, settled):
         number += 1
         code, results = await run_cluster_runs(run, argv, wanted, number)
         for (sc, n), result, fate in zip(wanted, results, runs_fate(code, results), strict=True):
@@ -446,7 +480,7 @@ async def run_cluster_mode(run: LabRun, batch: Batch, argv: list[str]) -> list[O
                 + ("another takes its place" if more else "no more replacements"),
                 flush=True,
             )
-    return out
+    return number
 
 
 async def stop_runs(runs: list[LabRun]) -> None:
