@@ -141,7 +141,13 @@ class Procs:
             {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
         )
 
-    def envoy(self, upstream: Proc, route_timeout_s: float = 30, drain_time_s: int = 30) -> Proc:
+    def envoy(
+        self,
+        upstream: Proc,
+        route_timeout_s: float = 30,
+        drain_time_s: int = 30,
+        upstream_idle_s: float | None = None,
+    ) -> Proc:
         port, admin = free_port(), free_port()
         config = gateway_bootstrap(
             listen_host="127.0.0.1",
@@ -150,6 +156,7 @@ class Procs:
             admin_port=admin,
             upstreams=[Upstream(upstream.host, upstream.port)],
             route_timeout_s=route_timeout_s,
+            upstream_idle_s=upstream_idle_s,
         )
         path = self.tmp / f"envoy-{port}.json"
         path.write_text(json.dumps(config))

@@ -5,6 +5,8 @@ tests/test_failure_causes.py.)"""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from runbook.analysis.accounting import RULES, Phases, account, expected_hops, explain, phases
@@ -118,9 +120,41 @@ def test_every_rule_is_covered_above() -> None:
         "gateway_closed_at_drain_deadline",
         "lb_cut_forwarded_request_unlogged",
         "lb_refused_stream_unlogged",  # test_a_refused_stream_with_no_lb_line_is_the_lb_s
+        "backend_closed_idle_connection",  # test_a_reset_on_a_connection_the_backend_closed
         "client_could_not_reach_lb",
     }
     assert {name for name, _, _ in RULES} == covered
+
+
+def test_a_reset_on_a_connection_the_backend_closed_for_idleness_is_the_backend_s() -> None:
+    """Envoy's UC with no backend line, and the backend's idle close of the very
+    connection Envoy sent it on (its upstream local address) as it did: the backend's
+    keep-alive timeout, not the gateway's termination."""
+    start = "1970-01-01T00:16:40.000Z"  # T (ms) as Envoy's %START_TIME%
+    assert datetime.fromisoformat(start).timestamp() * 1000 == T
+    uc = envoy("r", pod="gw-w2", code=503, flags="UC") | {
+        "upstream_local": "10.244.2.5:40000",
+        "start_time": start,
+    }
+    close = {
+        "ts_ms": T + 3,
+        "source": "backend",
+        "kind": "idle_close",
+        "pod": "b-1",
+        "peer": "10.244.2.5:40000",
+        "idle_s": "75.1",
+    }
+    failed = rec("r", 0, 5, "5xx")
+    events = [ha("r", srv="worker2", st="503"), uc, close]
+    (joined,), _ = account([failed], events, TERM)
+    assert joined["rule"] == "backend_closed_idle_connection"
+    assert "10.244.2.5:40000, idle 75.1 s" in joined["cause"]
+    assert joined["missing_hops"] == []  # the request never reached the backend
+    # another connection's close, or the same one's a minute before, explains nothing
+    for other in ({**close, "peer": "10.244.2.5:40001"}, {**close, "ts_ms": T - 60_000}):
+        (joined,), _ = account([failed], [ha("r", srv="worker2", st="503"), uc, other], TERM)
+        assert joined["rule"] == "gateway_upstream_failure"
+        assert joined["missing_hops"] == ["backend"]
 
 
 def test_a_refused_stream_with_no_lb_line_is_the_lb_s() -> None:
@@ -133,6 +167,11 @@ def test_a_refused_stream_with_no_lb_line_is_the_lb_s() -> None:
     assert explain(rec("r", -1, 1, "refused"), {})[0] == "client_could_not_reach_lb"
     # and with HAProxy's line, HAProxy's own word comes first
     assert explain(refused, {"haproxy": ha("r", st="503", srv="<NOSRV>")})[0] == "lb_no_server"
+    # a stream HAProxy killed at the DOWN while still connecting: its rule, and what the
+    # client was told (seen on the local lab, istio-native, h2)
+    name, words = explain(refused, {"haproxy": ha("r", st="-1", term="D-", Tc="-1")})
+    assert name == "lb_killed_session_at_down"
+    assert words.endswith("RST_STREAM REFUSED_STREAM: unprocessed, safe to send again")
 
 
 def test_nothing_known_is_unexplained_with_the_facts() -> None:

@@ -179,11 +179,16 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_s() -> None:
     async def answer(_: Request, response: Response) -> None:
         response.send(200, b"ok\n")
 
-    async def scenario() -> float:
-        connections = Connections(answer, keepalive_s=0.5)
+    told: list[tuple[str, float]] = []
+
+    async def scenario() -> tuple[float, str]:
+        connections = Connections(
+            answer, keepalive_s=0.5, on_idle_close=lambda peer, s: told.append((peer, s))
+        )
         server = await asyncio.get_running_loop().create_server(connections.factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        me = "{}:{}".format(*writer.get_extra_info("sockname"))
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"ok\n")
         answered = time.monotonic()
@@ -192,11 +197,15 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_s() -> None:
         writer.close()
         server.close()
         assert len(connections) == 0
-        return idle
+        return idle, me
 
-    idle = asyncio.run(scenario())
+    idle, me = asyncio.run(scenario())
     # closed by the sweep (every keepalive_s here), not before keepalive_s
     assert 0.45 <= idle <= 1.6, idle
+    # and said, naming the client's own address and port (what Envoy logs as its
+    # upstream local address), with how long it had been idle
+    ((peer, idle_s),) = told
+    assert peer == me and 0.45 <= idle_s <= 1.6
 
 
 def test_garbage_behind_a_running_request_waits_for_its_answer(procs: Procs) -> None:

@@ -466,3 +466,31 @@ def test_bind_failure_reads_the_address_from_the_log(
     tail: str, found: tuple[str, int] | None
 ) -> None:
     assert bind_failure(tail) == found
+
+
+def _idle_timeouts(envoy_proc) -> int:
+    """How many upstream connections the gateway's Envoy closed for idleness."""
+    _, _, body = http("GET", envoy_proc.extra["admin"] + "/stats?filter=upstream_cx_idle_timeout")
+    return sum(int(line.split(": ")[1]) for line in body.decode().splitlines() if ": " in line)
+
+
+def test_the_gateway_lets_go_of_an_idle_backend_connection_before_the_backend(
+    procs: Procs,
+) -> None:
+    """The timing model's gateway_upstream_idle_s < backend_keepalive_s, in the real
+    processes: with the lab's upstream idle timeout Envoy closes the connection first
+    and the backend never has to; without it (Envoy's hour) the backend closes it and
+    says so, naming Envoy's end of it (what Envoy logs as its upstream local address)."""
+    backend = procs.backend({"KEEPALIVE_TIMEOUT": "2"})
+    gateway = procs.envoy(backend, upstream_idle_s=0.5)
+    assert http("GET", f"http://127.0.0.1:{gateway.port}/")[0] == 200
+    time.sleep(3.5)  # past both idle timeouts, and the backend's 1 s sweep
+    assert _idle_timeouts(gateway) == 1
+    assert backend.logfmt_lines("idle_connection_closed") == []
+
+    bare = procs.envoy(backend)  # no upstream idle timeout: Envoy's default hour
+    assert http("GET", f"http://127.0.0.1:{bare.port}/")[0] == 200
+    time.sleep(4.5)  # the sweep runs every 2 s here: idle 2 s, seen at the next one
+    assert _idle_timeouts(bare) == 0
+    (closed,) = backend.logfmt_lines("idle_connection_closed")
+    assert closed["peer"].startswith("127.0.0.1:") and 2 <= float(closed["idle_s"]) < 4.5

@@ -18,6 +18,7 @@ from helpers import render_manifests as render
 #: The Kubernetes version the manifests are validated against (kubeadm homelab).
 K8S_VERSION = "1.34.0"
 ISTIO_CRDS = ROOT / "tests" / "data" / "istio" / "gateway-virtualservice-crds.yaml"
+DESTINATIONRULE_CRD = ROOT / "tests" / "data" / "istio" / "destinationrule-crd.yaml"
 SEED_FILES = [
     "00-namespace.yaml",
     "10-backend.yaml",
@@ -108,13 +109,15 @@ def closed(schema: Any) -> Any:
 @pytest.fixture(scope="module")
 def istio_schemas() -> dict[str, dict[str, Any]]:
     schemas = {}
-    for crd in yaml.safe_load_all(ISTIO_CRDS.read_text()):
+    crds = [*yaml.safe_load_all(ISTIO_CRDS.read_text())]
+    for crd in [*crds, *yaml.safe_load_all(DESTINATIONRULE_CRD.read_text())]:
         if not crd or crd.get("kind") != "CustomResourceDefinition":
             continue
         spec = crd["spec"]
         if spec["group"] != "networking.istio.io" or spec["names"]["kind"] not in (
             "Gateway",
             "VirtualService",
+            "DestinationRule",
         ):
             continue
         for version in spec["versions"]:
@@ -122,18 +125,22 @@ def istio_schemas() -> dict[str, dict[str, Any]]:
                 root = closed(version["schema"]["openAPIV3Schema"])
                 # apiVersion/kind/metadata are the API server's; we check spec
                 schemas[spec["names"]["kind"]] = root["properties"]["spec"]
-    assert set(schemas) == {"Gateway", "VirtualService"}
+    assert set(schemas) == {"Gateway", "VirtualService", "DestinationRule"}
     return schemas
 
 
 @pytest.mark.parametrize("profile", ["seed", "quick"])
-def test_gateway_and_virtualservice_match_istio_crds(
+def test_gateway_virtualservice_and_destinationrule_match_istio_crds(
     rendered: dict[str, Path], istio_schemas: dict[str, dict[str, Any]], profile: str
 ) -> None:
+    kinds = []
     for name in ("30-gateway.yaml", "31-virtualservice.yaml"):
-        (d,) = docs(rendered[profile] / name)
-        assert d["apiVersion"] == "networking.istio.io/v1"
-        jsonschema.validate(d["spec"], istio_schemas[d["kind"]])
+        for d in docs(rendered[profile] / name):
+            assert d["apiVersion"] == "networking.istio.io/v1"
+            jsonschema.validate(d["spec"], istio_schemas[d["kind"]])
+            kinds.append(d["kind"])
+    # the route, and the gateway's idle timeout toward the backend beside it
+    assert kinds == ["Gateway", "VirtualService", "DestinationRule"]
 
 
 def test_the_istio_check_catches_a_typo(istio_schemas: dict[str, dict[str, Any]]) -> None:

@@ -107,6 +107,21 @@ def test_other_istio_lines_are_noise() -> None:
         assert event_from_line("igw-1", "istio-proxy", line) is None, line
 
 
+def test_the_backend_s_idle_close_becomes_an_event_naming_the_peer() -> None:
+    line = (
+        f"ts={TS} level=info app=backend msg=idle_connection_closed peer=10.244.1.7:41234 "
+        "hostname=backend-1 idle_s=75.2"
+    )
+    e = event_from_line("backend-1", "backend", line)
+    assert e is not None
+    assert (e["source"], e["kind"], e["peer"], e["idle_s"]) == (
+        "backend",
+        "idle_close",
+        "10.244.1.7:41234",
+        "75.2",
+    )
+
+
 def test_access_log_and_backend_lines_become_hop_events() -> None:
     access = json.dumps(
         {"igw_access_log": "1", "request_id": "ab-000001", "response_code": 503}

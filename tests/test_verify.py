@@ -330,6 +330,14 @@ def test_the_committed_seed_manifests_read_back_through_the_checker(mode_file: s
     # Debian's default `timeout server 50s`, as an untouched haproxy.cfg would have it
     broken = checks.timing_budget("seed", deployed | {"haproxy_timeout_server_s": 50})
     assert broken.result == "fail" and "haproxy_timeout_server_covers_vs_timeout" in broken.detail
+    # the gateway lets go of an idle backend connection before the backend does
+    assert (deployed["gateway_upstream_idle_s"], deployed["backend_keepalive_s"]) == (60, 75)
+    # no DestinationRule: Envoy's hour, longer than the backend's 75 s
+    bare = deployed_timing({**docs, "destinationrule": {}}, cfg)
+    assert bare["gateway_upstream_idle_s"] == 3600
+    idle = checks.timing_budget("seed", bare)
+    assert idle.result == "fail"
+    assert "gateway_lets_idle_backend_connections_go_first" in idle.detail
 
 
 def test_an_experiment_run_refuses_a_lab_that_breaks_the_premise(lab: Path, tmp_path: Path) -> None:

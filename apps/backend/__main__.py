@@ -7,6 +7,8 @@ the seed's Go server, which reads the first signal and no other, the backend log
 and keeps draining; SIGKILL is the way to force. Exit 0 when every in-flight request
 finished, 1 when some were cut at the deadline. Idle keep-alive connections close at
 the signal, busy ones after their answer (`Connection: close`): Go's Server.Shutdown.
+An idle keep-alive connection closes after KEEPALIVE_TIMEOUT seconds (default 75,
+aiohttp's), with a line naming its peer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import uvloop
 from applog import LineBuffer
 
 from .http1 import Connections
-from .server import build_handler, refusal_log
+from .server import build_handler, idle_close_log, refusal_log
 
 
 def _raise_fd_limit() -> None:
@@ -91,6 +93,7 @@ def main() -> int:
     try:
         port = _env_int("PORT", 8080, 1, 65535)
         shutdown_timeout = _env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
+        keepalive = _env_int("KEEPALIVE_TIMEOUT", 75, 1, 86_400)
     except ConfigError as exc:
         print(f"backend: {exc}", file=sys.stderr)
         return 2
@@ -101,7 +104,10 @@ def main() -> int:
     lines = LineBuffer("backend")
     _raise_fd_limit()
     connections = Connections(
-        build_handler(hostname, lines), on_refused=refusal_log(hostname, lines)
+        build_handler(hostname, lines),
+        keepalive_s=keepalive,
+        on_refused=refusal_log(hostname, lines),
+        on_idle_close=idle_close_log(hostname, lines),
     )
     # uvloop: the event loop in C (libuv), about 15% more requests per second than
     # asyncio's own loop here (benchmarks/RESULTS.md)

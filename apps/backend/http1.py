@@ -172,12 +172,16 @@ class Connections:
         handler: Handler,
         keepalive_s: float = 75.0,
         on_refused: Callable[[str, int, str], None] | None = None,
+        on_idle_close: Callable[[str, float], None] | None = None,
     ) -> None:
         self.handler = handler
         self.keepalive_s = keepalive_s
         #: told (remote address, status, reason) of each head refused before any
         #: handler saw it: the server's one record of such a request
         self._on_refused = on_refused
+        #: told (the peer's address:port, seconds idle) of each connection the idle
+        #: sweep closes: a client that sends on it then loses the race with the close
+        self._on_idle_close = on_idle_close
         self.draining = False
         self._open: set[HttpConnection] = set()
         self._all_closed: asyncio.Event | None = None
@@ -219,9 +223,12 @@ class Connections:
 
     def _close_stale(self) -> None:
         self._sweep = None
-        oldest = time.monotonic() - self.keepalive_s
+        now = time.monotonic()
+        oldest = now - self.keepalive_s
         for conn in list(self._open):
             if conn.idle_since is not None and conn.idle_since <= oldest:
+                if self._on_idle_close is not None:
+                    self._on_idle_close(conn.peer, round(now - conn.idle_since, 3))
                 conn.close()
         if self._open:
             self._schedule_sweep()
@@ -266,6 +273,8 @@ class HttpConnection(asyncio.Protocol):
         self.idle_since: float | None = time.monotonic()
         self._parser = httptools.HttpRequestParser(self)
         self._remote = ""
+        #: the peer as `address:port` (Envoy's %UPSTREAM_LOCAL_ADDRESS% names the same)
+        self.peer = ""
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -287,6 +296,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple) else ""
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         self._connections.opened(self)
 
     def data_received(self, data: bytes) -> None:

@@ -129,6 +129,20 @@ def refusal_log(hostname: str, lines: LineBuffer) -> Callable[[str, int, str], N
     return log
 
 
+def idle_close_log(hostname: str, lines: LineBuffer) -> Callable[[str, float], None]:
+    """The line for each keep-alive connection the server closes for idleness: a
+    client (the gateway's Envoy) that sends on it at that moment gets a reset with no
+    backend line for its request, and this line is the backend's word on it."""
+
+    def log(peer: str, idle_s: float) -> None:
+        lines.write(
+            "idle_connection_closed",
+            {"peer": peer, "hostname": hostname, "idle_s": f"{idle_s:.3f}"},
+        )
+
+    return log
+
+
 def build_handler(hostname: str, lines: LineBuffer) -> Handler:
     """Every request: routed, answered, and logged in one logfmt line, including those
     the client cut (499) and those the shutdown deadline cut (503)."""

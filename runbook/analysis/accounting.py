@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 Record = dict[str, Any]
@@ -136,6 +137,47 @@ def index_hops(events: list[dict[str, Any]], lb: str) -> tuple[dict[str, Hops], 
     return out, lb_lines
 
 
+#: How far apart the backend's idle close and Envoy's request on that connection may
+#: be for the one to explain the other: the race is milliseconds wide, the lines'
+#: stamps are the pods' own clocks (one machine in both labs' runs so far).
+IDLE_CLOSE_WINDOW_MS = 1000.0
+
+
+def backend_idle_closes(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """peer (Envoy's address:port) -> the backend's idle closes of its connection."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("source") == "backend" and e.get("kind") == "idle_close" and e.get("peer"):
+            out.setdefault(str(e["peer"]), []).append(e)
+    return out
+
+
+def idle_close_of(hops: Hops, closes: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The backend's idle close of the connection Envoy sent this request on, at the
+    moment it did (IDLE_CLOSE_WINDOW_MS), or None."""
+    env = hops.get("envoy")
+    started = _started_ms(env) if env else None
+    if env is None or started is None or not env.get("upstream_local"):
+        return None
+    return next(
+        (
+            c
+            for c in closes.get(str(env["upstream_local"]), [])
+            if abs(c["ts_ms"] - started) <= IDLE_CLOSE_WINDOW_MS
+        ),
+        None,
+    )
+
+
+def _started_ms(env: dict[str, Any]) -> float | None:
+    """When Envoy began the request (%START_TIME%, its own clock), in ms; the line's
+    `ts_ms` is when the collector read it, a flush and a log stream later."""
+    try:
+        return datetime.fromisoformat(str(env.get("start_time"))).timestamp() * 1000
+    except ValueError:
+        return None
+
+
 def expected_hops(record: Record, hops: Hops) -> list[str]:
     """The hops that must have logged this request, from what the others say."""
     if record.get("error") in ("refused",) and "haproxy" not in hops:
@@ -145,7 +187,12 @@ def expected_hops(record: Record, hops: Hops) -> list[str]:
     if ha is None or (ha.get("srv") not in (None, "<NOSRV>") and ha.get("Tc") != "-1"):
         want.append("envoy")  # HAProxy connected to a gateway (or we cannot tell)
     env = hops.get("envoy")
-    if "envoy" in want and (env is None or env.get("upstream_host") not in (None, "-", "")):
+    if (
+        "envoy" in want
+        and (env is None or env.get("upstream_host") not in (None, "-", ""))
+        # the backend closed the connection before the request reached it
+        and "backend_idle_close" not in hops
+    ):
         want.append("backend")
     return want
 
@@ -198,6 +245,17 @@ def _term(hops: Hops) -> str:
     return str(_ha(hops).get("term", ""))
 
 
+def _h2_words(record: Record) -> str:
+    """What an HTTP/2 client was told, when the stream's end had a code."""
+    if record.get("h2_error") == "RST_STREAM REFUSED_STREAM":
+        # seen on the local lab (istio-native, h2): a stream whose server connection
+        # HAProxy was still opening when the DOWN killed it (Tc -1)
+        return "; the client got RST_STREAM REFUSED_STREAM: unprocessed, safe to send again"
+    if record.get("h2_error"):
+        return f"; the client got {record['h2_error']}"
+    return ""
+
+
 RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], str]]] = [
     (
         # HAProxy's termination state D?: "killed by haproxy because the server was
@@ -207,6 +265,7 @@ RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], 
         lambda r, h: (
             f"HAProxy {_ha(h).get('st')}, termination state {_term(h)}: HAProxy "
             "killed the session when it marked the server DOWN (on-marked-down shutdown-sessions)"
+            + _h2_words(r)
         ),
     ),
     (
@@ -228,6 +287,22 @@ RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], 
         "backend_cut_at_shutdown",
         lambda r, h: h.get("backend", {}).get("msg") == "cancelled_at_shutdown_timeout",
         lambda r, h: "the backend cut it at its shutdown deadline (SHUTDOWN_TIMEOUT)",
+    ),
+    (
+        # Seen on onebox (improved, busy): a 503 UC from the survivor's Envoy,
+        # upstream_reset_before_response_started{connection_termination}, no backend
+        # line. The backend closes a keep-alive connection idle for its keepalive_s
+        # (75 s); Envoy keeps idle upstream connections for an hour unless told
+        # otherwise, and may send on one as the backend closes it.
+        "backend_closed_idle_connection",
+        lambda r, h: "backend_idle_close" in h,
+        lambda r, h: (
+            f"Envoy {h['envoy'].get('response_code')} {h['envoy'].get('response_flags')}: "
+            f"the backend closed the keep-alive connection Envoy sent it on "
+            f"({h['backend_idle_close'].get('peer')}, idle "
+            f"{h['backend_idle_close'].get('idle_s')} s) as the request went out: the "
+            "backend's idle timeout ended a connection the gateway still held"
+        ),
     ),
     (
         "gateway_upstream_failure",
@@ -333,9 +408,12 @@ def account(
     ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
     hops_by_id, lines_by_id = index_hops(events, term["lb"])
     pod_nodes = gateway_nodes(events)
+    closes = backend_idle_closes(events)
     out = []
     for r in records:
         hops = hops_by_id.get(r.get("request_id") or "", {})
+        if r.get("error") and (close := idle_close_of(hops, closes)) is not None:
+            hops = {**hops, "backend_idle_close": close}
         joined = dict(r)
         want = expected_hops(r, hops)
         joined["served_by"] = served_by(hops, pod_nodes, term["lb"])

@@ -11,8 +11,9 @@ import yaml
 
 from ..model.durations import duration_seconds
 
-#: Envoy's HTTP connection manager closes idle downstream connections after this unless
-#: configured (common_http_protocol_options.idle_timeout: 1 h).
+#: Envoy closes an idle connection, downstream (the HTTP connection manager's) or
+#: upstream (a cluster's), after this unless configured
+#: (common_http_protocol_options.idle_timeout: 1 h).
 ENVOY_DEFAULT_IDLE_S = 3600.0
 
 
@@ -21,7 +22,9 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> dict[str, float]:
-    """The timing model's inputs as deployed: read back from the manifests and HAProxy."""
+    """The timing model's inputs as deployed: read back from the manifests and HAProxy
+    (`docs`: the gateway and backend Deployments, the VirtualService and, if there is
+    one, the backend's DestinationRule)."""
     gw, backend, vs = docs["gateway"], docs["backend"], docs["virtualservice"]
     gw_pod, be_pod = gw["spec"]["template"]["spec"], backend["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in gw_pod["containers"]}
@@ -35,6 +38,15 @@ def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> d
         "backend_grace_s": be_pod["terminationGracePeriodSeconds"],
         "backend_shutdown_timeout_s": float(_env(be_pod["containers"][0])["SHUTDOWN_TIMEOUT"]),
     }
+    backend_env = _env(be_pod["containers"][0])
+    if "KEEPALIVE_TIMEOUT" in backend_env:
+        out["backend_keepalive_s"] = float(backend_env["KEEPALIVE_TIMEOUT"])
+    # no DestinationRule (or none that sets it): Envoy keeps idle upstream connections
+    # for its default hour
+    rule = docs.get("destinationrule") or {}
+    idle = rule.get("spec", {}).get("trafficPolicy", {}).get("connectionPool", {})
+    idle = idle.get("http", {}).get("idleTimeout")
+    out["gateway_upstream_idle_s"] = duration_seconds(idle) if idle else ENVOY_DEFAULT_IDLE_S
     if "MINIMUM_DRAIN_DURATION" in proxy_env:
         out["minimum_drain_s"] = duration_seconds(proxy_env["MINIMUM_DRAIN_DURATION"])
     hc_env = _env(containers["hc"]) if "hc" in containers else {}
@@ -60,4 +72,7 @@ def raw_docs(directory: Path, mode_file: str) -> dict[str, dict[str, Any]]:
         "gateway": next(d for d in load(mode_file) if d["kind"] == "Deployment"),
         "backend": next(d for d in load("10-backend.yaml") if d["kind"] == "Deployment"),
         "virtualservice": load("31-virtualservice.yaml")[0],
+        "destinationrule": next(
+            (d for d in load("31-virtualservice.yaml") if d["kind"] == "DestinationRule"), {}
+        ),
     }

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 
 from ..artifacts.events import read_jsonl
 from ..artifacts.rundir import utc_stamp
-from ..model.registry import MODES, SCENARIOS
+from ..model.registry import MODES, SCENARIOS, SHORT_CLASSES
 from .comparison import VERDICT_KINDS, comparison_doc, invalid_runs, verdict_matrix
 from .summary import verdict
 
@@ -60,7 +60,7 @@ def figure(
     )
     ax_long, ax_short, ax_hc, ax_lb, ax_envoy = axes
     longs = sorted(
-        (r for r in records if not r["class"].startswith("short")), key=lambda r: r["start_ms"]
+        (r for r in records if r["class"] not in SHORT_CLASSES), key=lambda r: r["start_ms"]
     )
     for i, r in enumerate(longs):
         end = r["end_ms"] if r.get("end_ms") is not None else r["start_ms"]
@@ -87,7 +87,7 @@ def figure(
         ax_long.set_ylabel("long requests, by start")
     ax_long.set_title(verdict(summary))
 
-    shorts = [r for r in records if r["class"].startswith("short")]
+    shorts = [r for r in records if r["class"] in SHORT_CLASSES]
     if shorts:
         lo = int(min(_s(r["start_ms"], t_ms) for r in shorts)) - 1
         hi = int(max(_s(r["start_ms"], t_ms) for r in shorts)) + 1

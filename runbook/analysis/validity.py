@@ -112,15 +112,20 @@ WEBSOCKET_PATH = "/ws"
 
 
 def off_protocol(events: list[dict[str, Any]], lb_protocol: str) -> Counter[str]:
-    """The gateway access-log lines (WebSockets aside) that came over another protocol
-    than `lb_protocol`, by the protocol they came over. Lines without one (artifacts
-    from before Envoy logged it) say nothing."""
+    """The gateway access-log lines of the run's requests (WebSockets aside) that came
+    over another protocol than `lb_protocol`, by the protocol they came over. A line
+    with no request id is no request of ours (seen on onebox at the DOWN: a 400
+    http1.codec_error with no method, from HAProxy's address, as HAProxy killed a
+    session still connecting to the victim: a connection cut before Envoy read a
+    request), and lines without a protocol (artifacts from before Envoy logged it)
+    say nothing."""
     want = ENVOY_PROTOCOL[lb_protocol]
     return Counter(
         str(e["protocol"])
         for e in events
         if e.get("source") == "envoy"
         and e.get("kind") == "access_log"
+        and e.get("request_id") not in (None, "", "-")
         and e.get("protocol") not in (None, "", "-", want)
         and str(e.get("path", "")).split("?")[0] != WEBSOCKET_PATH
     )

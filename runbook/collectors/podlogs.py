@@ -60,6 +60,11 @@ def event_from_line(pod: str, container: str, line: str) -> dict[str, Any] | Non
     if app == "backend" and f.get("request_id"):
         fields = {k: f.get(k) for k in BACKEND_FIELDS}
         return event("backend", "request", ts, pod=pod, msg=msg, **fields)
+    if app == "backend" and msg == "idle_connection_closed":
+        # no request: the keep-alive connection it closed names its peer (Envoy's side)
+        return event(
+            "backend", "idle_close", ts, pod=pod, peer=f.get("peer"), idle_s=f.get("idle_s")
+        )
     if app == "pilot-agent" and msg in PILOT_AGENT_KINDS:
         fields = {k: v for k, v in f.items() if k not in ("ts", "msg", "level", "app")}
         return event("pilot-agent", msg, ts, pod=pod, container=container, **fields)

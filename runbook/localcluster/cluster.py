@@ -149,6 +149,7 @@ class LabCluster:
             admin_port=registry.PORTS.envoy_admin,
             upstreams=[Upstream(p.ip, m.backend_port) for p in self.backend_pods],
             route_timeout_s=m.route_timeout_s,
+            upstream_idle_s=m.upstream_idle_s,
             with_listener=self.selected_by_gateway(pod),
         )
         path = self.work_dir / f"envoy-{pod.name}.json"

@@ -35,6 +35,7 @@ def gateway_bootstrap(
     admin_port: int,
     upstreams: Sequence[Upstream],
     route_timeout_s: float,
+    upstream_idle_s: float | None = None,
     cluster_name: str = (
         f"outbound|{PORTS.backend}||{OBJECTS.backend}.{OBJECTS.namespace}.svc.cluster.local"
     ),
@@ -98,7 +99,7 @@ def gateway_bootstrap(
             }
         ],
     }
-    cluster = {
+    cluster: dict[str, object] = {
         "name": cluster_name,
         "type": "STATIC",
         "connect_timeout": "5s",
@@ -114,6 +115,16 @@ def gateway_bootstrap(
             ],
         },
     }
+    if upstream_idle_s is not None:
+        # what Istio renders from a DestinationRule's connectionPool.http.idleTimeout
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "common_http_protocol_options": {"idle_timeout": f"{upstream_idle_s}s"},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
     return {
         "admin": {"address": _address(admin_host, admin_port)},
         "static_resources": {

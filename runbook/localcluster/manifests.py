@@ -92,6 +92,9 @@ class Manifests:
     # the Gateway's selector: istiod gives a proxy the Gateway's listeners only if its
     # pod's labels match it
     gateway_selector: dict[str, str] | None = None
+    # the backend DestinationRule's connectionPool.http.idleTimeout: how long the
+    # gateway keeps an idle connection to the backend (None: Envoy's hour)
+    upstream_idle_s: float | None = None
 
     @classmethod
     def load(cls, directory: Path, mode_file: str) -> Manifests:
@@ -114,6 +117,14 @@ class Manifests:
         gw_svc = one("Service", lambda d: d["spec"].get("type") == "NodePort")
         gateway = one("Gateway")
         vs = one("VirtualService")
+        rules = [d for d in docs if d["kind"] == "DestinationRule"]
+        idle = (
+            (
+                rules[0]["spec"].get("trafficPolicy", {}).get("connectionPool", {}).get("http", {})
+            ).get("idleTimeout")
+            if rules
+            else None
+        )
         proxy = next(
             c
             for c in gw_deploy["spec"]["template"]["spec"]["containers"]
@@ -133,4 +144,5 @@ class Manifests:
             proxy_config=proxy_config,
             traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
             gateway_selector=dict(gateway["spec"].get("selector") or {}),
+            upstream_idle_s=None if idle is None else duration_seconds(idle),
         )

@@ -95,6 +95,9 @@ ENVOY_ACCESS_LOG_FORMAT: dict[str, str] = {
     "response_flags": "%RESPONSE_FLAGS%",
     "response_code_details": "%RESPONSE_CODE_DETAILS%",
     "upstream_host": "%UPSTREAM_HOST%",
+    # Envoy's side of its connection to the backend: the backend logs the same address
+    # as the peer of a keep-alive connection it closed for idleness
+    "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
     "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     "duration_ms": "%DURATION%",
     "bytes_sent": "%BYTES_SENT%",
@@ -293,6 +296,9 @@ DEFAULT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.by_default)
 
 #: Every request class any scenario drives, in the order reports show them.
 REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled", "h2_short")
+#: The classes of short requests (each one response, in milliseconds): the reports
+#: count them per second, the long ones each on a lane of its own.
+SHORT_CLASSES = ("short", "short_pooled", "h2_short")
 
 
 class UnknownName(ValueError):

@@ -56,6 +56,13 @@ PROFILES: dict[str, dict[str, float]] = {
         "hc_readiness_failure_threshold": 2,
         "hc_liveness_period_s": 10,
         "hc_liveness_failure_threshold": 3,
+        # How long the backend keeps an idle keep-alive connection (aiohttp's 75 s, which
+        # the backend took), and how long the gateway's Envoy keeps an idle connection to
+        # it (a DestinationRule's idleTimeout; Envoy's own default is an hour): the
+        # gateway must let go first, or it may send on a connection as the backend
+        # closes it (a 503 UC on onebox; docs/modes.md)
+        "backend_keepalive_s": 75,
+        "gateway_upstream_idle_s": 60,
         "backend_readiness_period_s": 5,
         "backend_readiness_failure_threshold": 3,
     },
@@ -87,6 +94,8 @@ PROFILES: dict[str, dict[str, float]] = {
         "hc_readiness_failure_threshold": 2,
         "hc_liveness_period_s": 2,
         "hc_liveness_failure_threshold": 3,
+        "backend_keepalive_s": 75,
+        "gateway_upstream_idle_s": 60,
         "backend_readiness_period_s": 1,
         "backend_readiness_failure_threshold": 3,
     },
@@ -123,6 +132,8 @@ WHOLE = {
     "hc_liveness_failure_threshold",
     "backend_readiness_period_s",
     "backend_readiness_failure_threshold",
+    "backend_keepalive_s",
+    "gateway_upstream_idle_s",
     *OVERRIDABLE,
 }
 
@@ -167,6 +178,15 @@ CONSUMER_LIMITS: dict[str, tuple[str, float, float, str]] = {
     # apps/backend/__main__.py reads SHUTDOWN_TIMEOUT as whole seconds 0..86400 and
     # refuses to start beyond: its pods would crash-loop
     "backend_shutdown_timeout_s": ("the backend's SHUTDOWN_TIMEOUT", 0, 86_400, "s"),
+    # the same for KEEPALIVE_TIMEOUT; at least 1 s, the idle sweep's resolution
+    "backend_keepalive_s": ("the backend's KEEPALIVE_TIMEOUT", 1, 86_400, "s"),
+    # a DestinationRule's connectionPool.http.idleTimeout, rendered as whole seconds
+    "gateway_upstream_idle_s": (
+        "the backend DestinationRule's idleTimeout",
+        1,
+        2**31 - 1,
+        "s",
+    ),
     "haproxy_timeout_server_s": (
         "HAProxy's `timeout server`, `client` and `tunnel`",
         *HAPROXY_TIMER_S,
@@ -448,6 +468,14 @@ def check(b: Budget) -> list[Violation]:
         f"backend SHUTDOWN_TIMEOUT {b.backend_shutdown_timeout_s:g}s must be at least the "
         f"longest request {i['longest_request_s']:g}s and below its grace "
         f"{b.backend_grace_s:g}s, so requests finish and the process exits before SIGKILL",
+    )
+    rule(
+        "gateway_lets_idle_backend_connections_go_first",
+        i["gateway_upstream_idle_s"] < i["backend_keepalive_s"],
+        f"the gateway keeps an idle connection to the backend {i['gateway_upstream_idle_s']:g}s "
+        f"and the backend closes one after {i['backend_keepalive_s']:g}s: Envoy may send a "
+        "request on a connection as the backend closes it (503 UC, no backend line); set "
+        "gateway_upstream_idle_s below backend_keepalive_s",
     )
     rule(
         "envoy_readiness_has_time_for_xds",

@@ -268,7 +268,20 @@ def gather_homelab(args: argparse.Namespace) -> list[checks.Check]:
         and not any(t.effect in ("NoSchedule", "NoExecute") for t in n.spec.taints or [])
     ]
     found.append(rollout_check(deployment, len(schedulable)))
-    docs = {"gateway": deployment, "backend": backend, "virtualservice": vs}
+    try:
+        rule = custom.get_namespaced_custom_object(
+            "networking.istio.io", "v1", ns, "destinationrules", args.backend
+        )
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        rule = {}  # none: Envoy's default idle timeout, which the timing check judges
+    docs = {
+        "gateway": deployment,
+        "backend": backend,
+        "virtualservice": vs,
+        "destinationrule": rule,
+    }
     found.append(checks.timing_budget(args.profile, deployed_timing(docs, cfg)))
     # Istio leaves the gateway's HTTP idle_timeout at Envoy's default unless a
     # DestinationRule or EnvoyFilter changes it

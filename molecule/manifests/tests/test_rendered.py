@@ -14,10 +14,8 @@ import yaml
 from runbook.model import registry
 
 OUT = Path("/tmp/molecule-manifests")
-CRDS = (
-    Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    / "tests/data/istio/gateway-virtualservice-crds.yaml"
-)
+ISTIO_DATA = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "tests/data/istio"
+CRDS = (ISTIO_DATA / "gateway-virtualservice-crds.yaml", ISTIO_DATA / "destinationrule-crd.yaml")
 
 
 def objects(profile: str) -> list[dict]:
@@ -30,7 +28,7 @@ def objects(profile: str) -> list[dict]:
 
 
 def istio_spec_schema(kind: str) -> dict:
-    for crd in yaml.safe_load_all(CRDS.read_text()):
+    for crd in (d for path in CRDS for d in yaml.safe_load_all(path.read_text())):
         if (
             crd
             and crd["spec"]["names"]["kind"] == kind
