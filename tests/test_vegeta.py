@@ -221,6 +221,40 @@ def test_a_cancelled_attack_leaves_no_process(binary: Path) -> None:
     assert asyncio.run(main()) == []
 
 
+def test_an_encoder_that_cannot_start_leaves_no_attack_behind(
+    binary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack starts (the real vegeta) and the encoder's start fails (as with no
+    file descriptor or process left): the error is the caller's, and the attack just
+    started does not keep sending with no one reading its results."""
+    real_exec = asyncio.create_subprocess_exec
+
+    async def second_fails(*argv: str, **kw: object) -> asyncio.subprocess.Process:
+        if "encode" in argv:
+            raise OSError(24, "Too many open files")
+        return await real_exec(*argv, **kw)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", second_fails)
+
+    async def main() -> None:
+        listener = await asyncio.start_server(Server(ok).handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            await vegeta.attack(
+                spec(binary, f"http://127.0.0.1:{port}"),
+                "t",
+                iter(f"t-{n:06d}" for n in range(1, 10**6)).__next__,
+                asyncio.Event(),
+                lambda _: None,
+            )
+        finally:
+            listener.close()
+
+    with pytest.raises(OSError, match="Too many open files"):
+        asyncio.run(main())
+    assert vegeta_children() == []
+
+
 @pytest.mark.parametrize(
     ("error", "code", "kind"),
     [

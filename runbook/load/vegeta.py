@@ -199,14 +199,21 @@ async def attack(
             # the terminal reaches it, and it stops or kills these
             start_new_session=True,
         )
-        encoder = await asyncio.create_subprocess_exec(
-            str(spec.binary),
-            "encode",
-            "--to=json",
-            stdin=read_fd,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        try:
+            encoder = await asyncio.create_subprocess_exec(
+                str(spec.binary),
+                "encode",
+                "--to=json",
+                stdin=read_fd,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            # the attack just started has no reader: it must not outlive the failure
+            with contextlib.suppress(ProcessLookupError):
+                attacker.kill()
+            await attacker.wait()
+            raise
     finally:
         os.close(read_fd)
         os.close(write_fd)
