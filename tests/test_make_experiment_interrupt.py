@@ -135,6 +135,49 @@ def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -
     assert again.returncode == 0, out[-2000:] + err[-2000:]
 
 
+def vegeta_processes() -> list[str]:
+    """Any vegeta attack or encode alive on the machine (only the busy runs start one)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"/vegeta") and argv[1:2] in ([b"attack"], [b"encode"]):
+            found.append(f"{proc.name}: {b' '.join(argv).decode()[:120]}")
+    return found
+
+
+def test_ctrl_c_on_a_busy_run_leaves_no_vegeta_behind(tmp_path: Path) -> None:
+    """busy's pooled class is vegeta's own processes (a session of their own, so that
+    the terminal's signal is the runner's to pass on): Ctrl-C mid-load stops them with
+    the rest, and what they had sent is recorded."""
+    artifacts = tmp_path / "artifacts"
+    proc = run_all(artifacts, "--modes=ordered", "--scenarios=busy")
+    try:
+        wait_for_terminations(proc, 1)
+        assert vegeta_processes(), "the busy run drives no vegeta"
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert vegeta_processes() == []
+    assert lab_leftovers(artifacts, [Topology(FIRST_LAB)]) == []
+    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
+    assert len(said) == 1, stderr[-3000:]
+    assert_interrupted(artifacts, said)
+    (run_dir,) = artifacts.iterdir()
+    pooled = [
+        r
+        for r in map(json.loads, (run_dir / "requests.raw.jsonl").open())
+        if r["class"] == "short_pooled"
+    ]
+    assert len(pooled) > 1000  # ten seconds at a thousand a second, before the signal
+
+
 def test_a_second_make_experiment_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     first = run_all(tmp_path / "first", "--modes=improved")
     try:
