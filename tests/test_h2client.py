@@ -85,6 +85,25 @@ async def h2_server(behaviour: Behaviour) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
+async def together(behaviour: Behaviour, count: int, warm: bool = False) -> list[RequestRecord]:
+    """`count` requests at once on one client; `warm`: after one alone, which learns
+    the server's SETTINGS (until then the client sends one stream at a time)."""
+    server, url = await h2_server(behaviour)
+    try:
+        async with h2client.new_client(None, 5, 4.0) as client:
+            if warm:
+                first = RequestRecord(0, "t-0", "h2_short", "/", 0)
+                assert (await h2client.fetch(client, url, first)).error is None
+            return await asyncio.gather(
+                *(
+                    h2client.fetch(client, url, RequestRecord(i, f"t-{i}", "h2_short", "/", 0))
+                    for i in range(1, count + 1)
+                )
+            )
+    finally:
+        server.close()
+
+
 async def one(behaviour: Behaviour) -> RequestRecord:
     server, url = await h2_server(behaviour)
     try:
@@ -117,24 +136,8 @@ def test_each_way_a_stream_ends(behaviour, error, h2_error, status) -> None:
 
 
 def test_a_stream_a_goaway_left_unprocessed_is_sent_again_and_counted() -> None:
-    async def run() -> list[RequestRecord]:
-        server, url = await h2_server(GoawayAfterSecondStream())
-        try:
-            async with h2client.new_client(None, 5, 4.0) as client:
-                # the first stream learns the server's SETTINGS: the two after it go
-                # out together on the connection
-                warm = RequestRecord(0, "t-0", "h2_short", "/", 0)
-                assert (await h2client.fetch(client, url, warm)).error is None
-                return await asyncio.gather(
-                    *(
-                        h2client.fetch(client, url, RequestRecord(i, f"t-{i}", "h2_short", "/", 0))
-                        for i in range(2)
-                    )
-                )
-        finally:
-            server.close()
-
-    records = asyncio.run(run())
+    # the two after the first go out together on the connection
+    records = asyncio.run(together(GoawayAfterSecondStream(), 2, warm=True))
     assert [(r.error, r.status) for r in records] == [(None, 200), (None, 200)]
     assert sorted(r.resent_by_stack for r in records) == [0, 1]
 
@@ -160,19 +163,6 @@ def test_streams_share_one_connection() -> None:
         seen.add(n)
         answer(conn, stream_id, n)
 
-    async def run() -> list[RequestRecord]:
-        server, url = await h2_server(counting)
-        try:
-            async with h2client.new_client(None, 5, 4.0) as client:
-                return await asyncio.gather(
-                    *(
-                        h2client.fetch(client, url, RequestRecord(i, f"t-{i}", "h2_short", "/", 0))
-                        for i in range(20)
-                    )
-                )
-        finally:
-            server.close()
-
-    records = asyncio.run(run())
+    records = asyncio.run(together(counting, 20))
     assert [r.error for r in records] == [None] * 20
     assert seen == {1}

@@ -256,10 +256,10 @@ def test_preflight_refuses_an_lb_that_is_not_a_worker(tmp_path: Path) -> None:
         [{"result_file": "/tmp/r.json"}],
     ],
 )
-def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: object) -> None:
-    """run-experiment.yml on the homelab inventory with a bad experiment_runs: refused
-    by its first play, naming the value and what is allowed (nothing reaches a host:
-    192.0.2.0/24 is not routed here)."""
+def refused_runs(runs: object) -> str:
+    """run-experiment.yml on the homelab inventory with `runs` as experiment_runs,
+    which must fail: its output on one line (nothing reaches a host: 192.0.2.0/24 is
+    not routed here)."""
     result = subprocess.run(
         [
             PLAYBOOK,
@@ -275,6 +275,13 @@ def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: objec
     )
     out = " ".join(result.stdout.split())
     assert result.returncode != 0, out[-2000:]
+    return out
+
+
+def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: object) -> None:
+    """run-experiment.yml on the homelab inventory with a bad experiment_runs: refused
+    by its first play, naming the value and what is allowed."""
+    out = refused_runs(runs)
     assert f"experiment_runs={json.dumps(runs)} must be a non-empty list" in out, out[-2000:]
     assert "one of inflight, steady" in out
     assert "PLAY [Flip the gateway" not in out
@@ -283,22 +290,7 @@ def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: objec
 def test_runs_that_want_two_protocols_to_the_gateways_are_refused() -> None:
     """One flip, one HAProxy config: runs whose scenarios have HAProxy speak HTTP/1.1 and
     HTTP/2 to the gateways are refused by the first play, naming both."""
-    runs = [{"scenario": "steady"}, {"scenario": "h2"}]
-    result = subprocess.run(
-        [
-            PLAYBOOK,
-            *("-i", "inventory/homelab"),
-            "playbooks/run-experiment.yml",
-            *("-e", "mode=ordered"),
-            *("-e", json.dumps({"experiment_runs": runs})),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    out = " ".join(result.stdout.split())
-    assert result.returncode != 0, out[-2000:]
+    out = refused_runs([{"scenario": "steady"}, {"scenario": "h2"}])
     assert '["steady", "h2"] mix scenarios whose HAProxy speaks h1 and h2' in out, out[-2000:]
     assert "PLAY [Flip the gateway" not in out
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,27 @@ def wait_for_terminations(proc: subprocess.Popen[str], count: int) -> None:
             return
         assert time.monotonic() < deadline, "the runs never reached the termination"
     raise AssertionError("the output ended before the terminations")
+
+
+def ctrl_c_after_terminations(
+    proc: subprocess.Popen[str], count: int, while_running: Callable[[], None] = lambda: None
+) -> list[str]:
+    """SIGINT to the command's group a second after `count` runs terminated their pod
+    (`while_running` checks what runs then); the lines saying where artifacts are kept."""
+    try:
+        wait_for_terminations(proc, count)
+        while_running()
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
+    assert len(said) == count, stderr[-3000:]
+    return said
 
 
 def assert_interrupted(artifacts: Path, said: list[str]) -> None:
@@ -113,19 +135,7 @@ def test_sigterm_and_sighup_stop_make_experiment_as_ctrl_c_does(
 def test_ctrl_c_leaves_nothing_running_and_keeps_the_artifacts(tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     labs = [Topology(FIRST_LAB), Topology(FIRST_LAB + 1)]
-    proc = run_all(artifacts, "--modes=current,improved")
-    try:
-        wait_for_terminations(proc, 2)
-        time.sleep(1)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stderr[-3000:]
-    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
-    assert len(said) == 2, stderr[-3000:]
-    assert "Traceback" not in stderr
+    said = ctrl_c_after_terminations(run_all(artifacts, "--modes=current,improved"), 2)
     assert_interrupted(artifacts, said)
     assert lab_leftovers(artifacts, labs) == []
 
@@ -153,21 +163,14 @@ def test_ctrl_c_on_a_busy_run_leaves_no_vegeta_behind(tmp_path: Path) -> None:
     the terminal's signal is the runner's to pass on): Ctrl-C mid-load stops them with
     the rest, and what they had sent is recorded."""
     artifacts = tmp_path / "artifacts"
-    proc = run_all(artifacts, "--modes=ordered", "--scenarios=busy")
-    try:
-        wait_for_terminations(proc, 1)
+
+    def drives_vegeta() -> None:
         assert vegeta_processes(), "the busy run drives no vegeta"
-        time.sleep(1)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stderr[-3000:]
+
+    proc = run_all(artifacts, "--modes=ordered", "--scenarios=busy")
+    said = ctrl_c_after_terminations(proc, 1, drives_vegeta)
     assert vegeta_processes() == []
     assert lab_leftovers(artifacts, [Topology(FIRST_LAB)]) == []
-    said = [line for line in stderr.splitlines() if "interrupted: artifacts kept in" in line]
-    assert len(said) == 1, stderr[-3000:]
     assert_interrupted(artifacts, said)
     (run_dir,) = artifacts.iterdir()
     pooled = [
