@@ -247,15 +247,6 @@ def test_preflight_refuses_an_lb_that_is_not_a_worker(tmp_path: Path) -> None:
     assert code != 0 and "experiment_lb_host=master1 must be one of the workers" in out
 
 
-@pytest.mark.parametrize(
-    "runs",
-    [
-        [{"scenario": "inflight"}, {"scenario": "soak"}],
-        [],
-        ["inflight"],
-        [{"result_file": "/tmp/r.json"}],
-    ],
-)
 def refused_runs(runs: object) -> str:
     """run-experiment.yml on the homelab inventory with `runs` as experiment_runs,
     which must fail: its output on one line (nothing reaches a host: 192.0.2.0/24 is
@@ -278,6 +269,15 @@ def refused_runs(runs: object) -> str:
     return out
 
 
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [{"scenario": "inflight"}, {"scenario": "soak"}],
+        [],
+        ["inflight"],
+        [{"result_file": "/tmp/r.json"}],
+    ],
+)
 def test_a_bad_list_of_runs_is_refused_before_the_cluster_is_touched(runs: object) -> None:
     """run-experiment.yml on the homelab inventory with a bad experiment_runs: refused
     by its first play, naming the value and what is allowed."""
