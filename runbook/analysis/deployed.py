@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..model.durations import duration_seconds
+from ..model.durations import destination_rule_idle_s, duration_seconds
 
 #: Envoy closes an idle connection, downstream (the HTTP connection manager's) or
 #: upstream (a cluster's), after this unless configured
@@ -29,6 +29,7 @@ def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> d
     gw_pod, be_pod = gw["spec"]["template"]["spec"], backend["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in gw_pod["containers"]}
     proxy_env = _env(containers["istio-proxy"])
+    backend_env = _env(be_pod["containers"][0])
     proxy = json.loads(proxy_env["PROXY_CONFIG"])
     out: dict[str, float] = {
         "gateway_grace_s": gw_pod["terminationGracePeriodSeconds"],
@@ -36,17 +37,14 @@ def deployed_timing(docs: dict[str, dict[str, Any]], cfg: dict[str, float]) -> d
         "envoy_listener_drain_s": duration_seconds(proxy["drainDuration"]),
         "vs_timeout_s": duration_seconds(vs["spec"]["http"][0]["timeout"]),
         "backend_grace_s": be_pod["terminationGracePeriodSeconds"],
-        "backend_shutdown_timeout_s": float(_env(be_pod["containers"][0])["SHUTDOWN_TIMEOUT"]),
+        "backend_shutdown_timeout_s": float(backend_env["SHUTDOWN_TIMEOUT"]),
     }
-    backend_env = _env(be_pod["containers"][0])
     if "KEEPALIVE_TIMEOUT" in backend_env:
         out["backend_keepalive_s"] = float(backend_env["KEEPALIVE_TIMEOUT"])
     # no DestinationRule (or none that sets it): Envoy keeps idle upstream connections
     # for its default hour
-    rule = docs.get("destinationrule") or {}
-    idle = rule.get("spec", {}).get("trafficPolicy", {}).get("connectionPool", {})
-    idle = idle.get("http", {}).get("idleTimeout")
-    out["gateway_upstream_idle_s"] = duration_seconds(idle) if idle else ENVOY_DEFAULT_IDLE_S
+    idle = destination_rule_idle_s(docs.get("destinationrule") or {})
+    out["gateway_upstream_idle_s"] = ENVOY_DEFAULT_IDLE_S if idle is None else idle
     if "MINIMUM_DRAIN_DURATION" in proxy_env:
         out["minimum_drain_s"] = duration_seconds(proxy_env["MINIMUM_DRAIN_DURATION"])
     hc_env = _env(containers["hc"]) if "hc" in containers else {}
@@ -68,11 +66,10 @@ def raw_docs(directory: Path, mode_file: str) -> dict[str, dict[str, Any]]:
     def load(name: str) -> list[dict[str, Any]]:
         return [d for d in yaml.safe_load_all((directory / name).read_text()) if d]
 
+    routing = load("31-virtualservice.yaml")
     return {
         "gateway": next(d for d in load(mode_file) if d["kind"] == "Deployment"),
         "backend": next(d for d in load("10-backend.yaml") if d["kind"] == "Deployment"),
-        "virtualservice": load("31-virtualservice.yaml")[0],
-        "destinationrule": next(
-            (d for d in load("31-virtualservice.yaml") if d["kind"] == "DestinationRule"), {}
-        ),
+        "virtualservice": routing[0],
+        "destinationrule": next((d for d in routing if d["kind"] == "DestinationRule"), {}),
     }

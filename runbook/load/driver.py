@@ -17,7 +17,6 @@ import contextlib
 import errno
 import itertools
 import secrets
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ from ..model import registry
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
 from . import h2client, vegeta
-from .records import RequestRecord, worth_a_retry
+from .records import RequestRecord, status_kind, worth_a_retry
+from .tls import client_tls
 
 #: What a class's requests go out on: an aiohttp session, or h2_short's HTTP/2 client.
 Session = aiohttp.ClientSession | httpx.AsyncClient
@@ -57,13 +57,7 @@ def classify(exc: BaseException | None, status: int | None, truncated: bool) -> 
         if isinstance(exc, ConnectionResetError):
             return "reset"
         return "other"
-    if status is None:
-        return "other"
-    if status >= 500:
-        return "5xx"
-    if status >= 400:
-        return "4xx"
-    return "truncated" if truncated else None
+    return status_kind(status) or ("truncated" if truncated else None)
 
 
 #: How long the pooled class keeps an idle connection: well under HAProxy's keep-alive
@@ -75,9 +69,7 @@ POOL_KEEPALIVE_S = 4.0
 def new_session(ca_file: str | None, timeout_s: float, pool_size: int = 0) -> aiohttp.ClientSession:
     """`pool_size` 0: a new connection per request. Otherwise a keep-alive pool of that
     many connections, reused the way browsers and SDKs reuse theirs."""
-    ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else False
-    if isinstance(ctx, ssl.SSLContext):
-        ctx.check_hostname = False  # the lab's certificate names the homelab host
+    ctx = client_tls(ca_file)
     if pool_size:
         connector = aiohttp.TCPConnector(
             ssl=ctx, limit=pool_size, keepalive_timeout=POOL_KEEPALIVE_S

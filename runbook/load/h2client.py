@@ -16,7 +16,6 @@ those sends, read from httpcore's trace of the request.
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 import h2.events
@@ -24,7 +23,8 @@ import httpx
 
 from ..artifacts.events import now_ms
 from ..model.registry import REQUEST_ID_HEADER
-from .records import RequestRecord
+from .records import RequestRecord, status_kind
+from .tls import client_tls
 
 #: httpcore's trace event for a stream's request headers going out on an HTTP/2
 #: connection: one per send of the request.
@@ -34,14 +34,10 @@ _SEND_EVENT = "http2.send_request_headers.started"
 def new_client(ca_file: str | None, timeout_s: float, keepalive_s: float) -> httpx.AsyncClient:
     """One HTTP/2 connection to the LB (a new one only when it is gone), idle at most
     `keepalive_s`. No retries of httpx's own (it has none for requests sent)."""
-    verify: ssl.SSLContext | bool = False
-    if ca_file:
-        verify = ssl.create_default_context(cafile=ca_file)
-        verify.check_hostname = False  # the lab's certificate names the homelab host
     return httpx.AsyncClient(
         http1=False,
         http2=True,
-        verify=verify,
+        verify=client_tls(ca_file),
         timeout=httpx.Timeout(timeout_s),
         limits=httpx.Limits(
             max_connections=1, max_keepalive_connections=1, keepalive_expiry=keepalive_s
@@ -79,11 +75,7 @@ def _code(code: Any) -> str:
 def classify(exc: BaseException | None, status: int | None) -> str | None:
     """The error kind (records.ERROR_KINDS) of one h2 request."""
     if exc is None:
-        if status is None:
-            return "other"
-        if status >= 500:
-            return "5xx"
-        return "4xx" if status >= 400 else None
+        return status_kind(status)
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.ConnectError):

@@ -64,6 +64,16 @@ class RequestRecord:
         return d
 
 
+def status_kind(status: int | None) -> str | None:
+    """The error kind a response's status alone gives (every client's classes): none
+    at all is `other`, a 5xx or 4xx its own, any other status None."""
+    if status is None:
+        return "other"
+    if status >= 500:
+        return "5xx"
+    return "4xx" if status >= 400 else None
+
+
 def worth_a_retry(record: RequestRecord) -> bool:
     """A request a client retry sends again: no response at all, or a 502, 503, 504."""
     return record.error in RETRIED_ERRORS or (

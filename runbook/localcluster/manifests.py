@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ..model.durations import duration_seconds
+from ..model.durations import destination_rule_idle_s, duration_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +117,7 @@ class Manifests:
         gw_svc = one("Service", lambda d: d["spec"].get("type") == "NodePort")
         gateway = one("Gateway")
         vs = one("VirtualService")
-        rules = [d for d in docs if d["kind"] == "DestinationRule"]
-        idle = (
-            (
-                rules[0]["spec"].get("trafficPolicy", {}).get("connectionPool", {}).get("http", {})
-            ).get("idleTimeout")
-            if rules
-            else None
-        )
+        rule = next((d for d in docs if d["kind"] == "DestinationRule"), {})
         proxy = next(
             c
             for c in gw_deploy["spec"]["template"]["spec"]["containers"]
@@ -144,5 +137,5 @@ class Manifests:
             proxy_config=proxy_config,
             traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
             gateway_selector=dict(gateway["spec"].get("selector") or {}),
-            upstream_idle_s=None if idle is None else duration_seconds(idle),
+            upstream_idle_s=destination_rule_idle_s(rule),
         )

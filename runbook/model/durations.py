@@ -5,6 +5,8 @@ and Envoy's (protobuf Duration in YAML: `150s`, `500ms`, `1m`) and HAProxy's (`5
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 
 def duration_seconds(duration: str) -> float:
@@ -17,6 +19,14 @@ def duration_seconds(duration: str) -> float:
     if duration.endswith("m"):
         return float(duration[:-1]) * 60
     raise ValueError(f"duration {duration!r}: expected e.g. 150s, 500ms or 1m")
+
+
+def destination_rule_idle_s(rule: Mapping[str, Any]) -> float | None:
+    """The idle timeout a DestinationRule gives its host's upstream connections
+    (`trafficPolicy.connectionPool.http.idleTimeout`), or None where it sets none."""
+    pool = rule.get("spec", {}).get("trafficPolicy", {}).get("connectionPool", {})
+    idle = pool.get("http", {}).get("idleTimeout")
+    return None if idle is None else duration_seconds(idle)
 
 
 def haproxy_seconds(text: str) -> float:
