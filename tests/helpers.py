@@ -141,6 +141,16 @@ class Procs:
             {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
         )
 
+    def ticker(self, env: dict[str, str] | None = None, name: str = "ticker") -> Proc:
+        """The backend's gRPC service (`python -m backend.ticker`)."""
+        port = free_port()
+        return self.start(
+            name,
+            [sys.executable, "-m", "backend.ticker"],
+            port,
+            {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
+        )
+
     def envoy(
         self,
         upstream: Proc,

@@ -174,6 +174,39 @@ def test_a_refused_stream_with_no_lb_line_is_the_lb_s() -> None:
     assert words.endswith("RST_STREAM REFUSED_STREAM: unprocessed, safe to send again")
 
 
+def test_a_grpc_call_s_cause_says_what_its_client_was_told() -> None:
+    """The rule is the hops' (a gRPC call is an HTTP/2 stream at every hop); the words
+    add the call's status and how far its stream got, once, with any HTTP/2 reset."""
+    cut = {
+        **rec("r", -1, 1, "truncated"),
+        "class": "grpc_stream",
+        "grpc_status": "UNAVAILABLE",
+        "h2_error": "RST_STREAM CANCEL",
+        "chunks": 12,
+        "expected_chunks": 40,
+    }
+    name, words = explain(cut, {"haproxy": ha("r", term="SD")})
+    assert name == "gateway_aborted_response"
+    assert words.endswith(
+        "; the gRPC client got UNAVAILABLE (RST_STREAM CANCEL) after 12 of 40 messages"
+    )
+    name, words = explain(cut, {"haproxy": ha("r", term="D-")})
+    assert name == "lb_killed_session_at_down" and words.count("RST_STREAM") == 1
+    name, words = explain(cut, {})
+    assert name == "unexplained" and words.endswith("after 12 of 40 messages")
+    # HAProxy's kill at the DOWN ends an h2 stream cleanly: no status for gRPC to read
+    ended = {
+        **cut,
+        "grpc_status": "UNKNOWN",
+        "h2_error": None,
+        "detail": "UNKNOWN: Stream removed (Data frame with END_STREAM flag received)",
+    }
+    assert explain(ended, {"haproxy": ha("r", term="DD")})[1].endswith(
+        "UNKNOWN (the stream ended with END_STREAM and no grpc-status trailer) after 12 of "
+        "40 messages"
+    )
+
+
 def test_nothing_known_is_unexplained_with_the_facts() -> None:
     name, words = explain(rec("r", -1, 1, "5xx"), {"haproxy": ha("r", st="500")})
     assert name == "unexplained" and "HAProxy 500 -- via worker1" in words

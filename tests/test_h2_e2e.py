@@ -1,5 +1,6 @@
 """The h2 scenario on the local lab, end to end: HAProxy speaking HTTP/2 to the real
-Envoys (`proto h2`), h2_short's streams sharing one HTTP/2 connection to HAProxy, every
+Envoys (`proto h2`), h2_short's streams sharing one HTTP/2 connection to HAProxy,
+grpc_stream's calls on one gRPC channel through it to the backend's Ticker, every
 request with its record and every hop's line, and `ordered` losing none."""
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def test_ordered_loses_none_with_http2_at_both_of_haproxy_s_sides(tmp_path: Path
     )
     assert set(spoken) == {
         ("h2_short", "HTTP/2.0", "2", "HTTP/2"),
+        ("grpc_stream", "HTTP/2.0", "2", "HTTP/2"),
         *((c, "HTTP/1.1", "2", "HTTP/2") for c in ("short", "short_pooled", "sleep", "stream")),
         # WebSockets stay HTTP/1.1 to the gateway (ws h1)
         ("ws", "HTTP/1.1", "1", "HTTP/1.1"),
@@ -42,4 +44,10 @@ def test_ordered_loses_none_with_http2_at_both_of_haproxy_s_sides(tmp_path: Path
     assert summary["missing_hops"] == {} and summary["resent_by_client"] == {}
     assert sum(r["resent_by_stack"] for r in records) == 0
     assert summary["exposure"]["h2_short"]["exposed"] > 0
+    # every gRPC call whole: all its messages, status OK, its backend line the ticker's
+    calls = [r for r in records if r["class"] == "grpc_stream"]
+    assert calls and all(
+        r["grpc_status"] == "OK" and r["chunks"] == r["expected_chunks"] for r in calls
+    )
+    assert summary["exposure"]["grpc_stream"]["exposed"] > 0
     assert summary["failed_total"] == 0, summary["causes"]

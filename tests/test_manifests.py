@@ -218,6 +218,19 @@ def test_seed_numbers_and_wiring_are_exact() -> None:
     assert env["SHUTDOWN_TIMEOUT"]["value"] == "300"
     probe = container(backend, "backend")["readinessProbe"]
     assert (probe["periodSeconds"], probe["failureThreshold"]) == (5, 3)
+    # the gRPC service: its own process from the same image, drained the same way,
+    # probed with gRPC's health protocol
+    ticker = container(backend, "ticker")
+    assert ticker["image"] == container(backend, "backend")["image"]
+    assert ticker["command"] == ["/opt/igw/bin/python", "-m", "backend.ticker"]
+    tenv = {e["name"]: e for e in ticker["env"]}
+    assert (tenv["PORT"]["value"], tenv["SHUTDOWN_TIMEOUT"]["value"]) == ("9090", "300")
+    assert ticker["readinessProbe"]["grpc"] == {"port": 9090}
+    be_svc = m[("Service", "backend")]["spec"]
+    assert [(p["name"], p["port"], p.get("appProtocol")) for p in be_svc["ports"]] == [
+        ("http", 8080, None),
+        ("grpc", 9090, "grpc"),
+    ]
 
     for mode in ("current", "improved"):
         igw = m[("Deployment", f"service-a-igw/{mode}")]
@@ -289,12 +302,15 @@ def test_seed_numbers_and_wiring_are_exact() -> None:
     assert gw["servers"][0]["port"] == {"number": 8080, "name": "http", "protocol": "HTTP"}
     vs = m[("VirtualService", "service-a")]["spec"]
     assert vs["gateways"] == ["service-a-gateway"]
-    route = vs["http"][0]
-    assert route["timeout"] == "305s"
-    assert route["route"][0]["destination"] == {
-        "host": "backend.service-a.svc.cluster.local",
-        "port": {"number": 8080},
-    }
+    # the gRPC service's prefix first (routes match in order), then everything else
+    routes = {r["match"][0]["uri"]["prefix"]: r for r in vs["http"]}
+    assert list(routes) == ["/igw.v1.Ticker/", "/"]
+    for prefix, port in (("/igw.v1.Ticker/", 9090), ("/", 8080)):
+        assert routes[prefix]["timeout"] == "305s"
+        assert routes[prefix]["route"][0]["destination"] == {
+            "host": "backend.service-a.svc.cluster.local",
+            "port": {"number": port},
+        }
 
 
 def test_a_broken_budget_stops_before_anything_is_written(tmp_path: Path) -> None:

@@ -186,3 +186,17 @@ def test_losses_beyond_the_protected_window_are_counted_apart() -> None:
     s = summarize(records, [], META)  # current: protects 0 s
     assert s["lost_exposed"] == 2 and s["lost_beyond_protection"] == 1
     assert "1 of them longer than the 0.0s this path protects" in verdict(s)
+
+
+def test_grpc_calls_are_counted_by_how_they_ended_in_grpc_s_words() -> None:
+    calls = [
+        rec("grpc_stream", -500, 2000) | {"grpc_status": "OK"},
+        rec("grpc_stream", -400, 2100) | {"grpc_status": "OK"},
+        rec("grpc_stream", -300, 100, "truncated") | {"grpc_status": "UNAVAILABLE"},
+    ]
+    s = summarize([*calls, rec("short", -1, 1)], [], {**META, "scenario": "h2"})
+    assert s["classes"]["grpc_stream"]["by_grpc_status"] == {"OK": 2, "UNAVAILABLE": 1}
+    assert s["classes"]["grpc_stream"]["by_error"] == {"truncated": 1}
+    assert "by_grpc_status" not in s["classes"]["short"]
+    (failed,) = s["failed"]
+    assert failed["grpc_status"] == "UNAVAILABLE"

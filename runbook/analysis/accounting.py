@@ -246,7 +246,10 @@ def _term(hops: Hops) -> str:
 
 
 def _h2_words(record: Record) -> str:
-    """What an HTTP/2 client was told, when the stream's end had a code."""
+    """What an HTTP/2 client was told, when the stream's end had a code (a gRPC call's
+    words are its own: _grpc_words)."""
+    if record.get("grpc_status"):
+        return ""
     if record.get("h2_error") == "RST_STREAM REFUSED_STREAM":
         # seen on the local lab (istio-native, h2): a stream whose server connection
         # HAProxy was still opening when the DOWN killed it (Tc -1)
@@ -385,18 +388,32 @@ RULES: list[tuple[str, Callable[[Record, Hops], bool], Callable[[Record, Hops], 
 ]
 
 
+def _grpc_words(record: Record) -> str:
+    """What a gRPC client was told: the call's status and how far its stream got."""
+    code = record.get("grpc_status")
+    if not code:
+        return ""
+    got = f"{record.get('chunks', 0)} of {record.get('expected_chunks')} messages"
+    h2 = f" ({record['h2_error']})" if record.get("h2_error") else ""
+    if code == "UNKNOWN" and "END_STREAM" in (record.get("detail") or ""):
+        # seen on the local lab (h2, every mode but ordered): HAProxy, killing the
+        # session at the DOWN, ended the client's stream cleanly, with no trailers
+        h2 = " (the stream ended with END_STREAM and no grpc-status trailer)"
+    return f"; the gRPC client got {code}{h2} after {got}"
+
+
 def explain(record: Record, hops: Hops) -> tuple[str, str]:
     """(rule, cause in words) for a failed request."""
     for name, holds, words in RULES:
         if holds(record, hops):
-            return name, words(record, hops)
+            return name, words(record, hops) + _grpc_words(record)
     ha, env = _ha(hops), hops.get("envoy", {})
     known = [f"client {record.get('error')}"]
     if ha:
         known.append(f"HAProxy {ha.get('st')} {ha.get('term')} via {ha.get('srv')}")
     if env:
         known.append(f"Envoy {env.get('response_code')} {env.get('response_flags')}")
-    return "unexplained", "unexplained: " + ", ".join(known)
+    return "unexplained", "unexplained: " + ", ".join(known) + _grpc_words(record)
 
 
 def account(
@@ -425,7 +442,13 @@ def account(
         joined["envoy"] = (
             {
                 k: env.get(k)
-                for k in ("response_code", "response_flags", "upstream_host", "protocol")
+                for k in (
+                    "response_code",
+                    "response_flags",
+                    "upstream_host",
+                    "protocol",
+                    "grpc_status",
+                )
             }
             if env
             else None

@@ -113,6 +113,10 @@ def summarize(
             "failed": sum(errors.values()),
             "by_error": dict(sorted(errors.items())),
         }
+        statuses = Counter(r["grpc_status"] for r in mine if r.get("grpc_status"))
+        if statuses:
+            # gRPC calls: how each ended, in gRPC's words (OK, UNAVAILABLE, INTERNAL ...)
+            classes[cls]["by_grpc_status"] = dict(sorted(statuses.items()))
     in_flight = [r for r in records if in_flight_at(r, t)]
     cut = [r for r in in_flight if r["error"]]
     pod, node = meta["terminated_pod"], meta["terminated_node"]
@@ -161,6 +165,7 @@ def summarize(
             "at_s": None if r.get("end_ms") is None else round((r["end_ms"] - t) / 1000, 3),
             "served_by": r.get("served_by"),
             "missing_hops": r.get("missing_hops", []),
+            **({"grpc_status": r["grpc_status"]} if r.get("grpc_status") else {}),
         }
         for r in sorted(records, key=lambda r: r.get("end_ms") or r["start_ms"])
         if r["error"]

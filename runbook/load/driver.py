@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import httpx
 
 from ..artifacts.events import EventLog, now_ms
@@ -29,12 +30,13 @@ from ..artifacts.writes import WriteFailures
 from ..model import registry
 from ..model.plan import LoadShape
 from ..model.registry import REQUEST_ID_HEADER
-from . import h2client, vegeta
+from . import grpcclient, h2client, vegeta
 from .records import RequestRecord, status_kind, worth_a_retry
 from .tls import client_tls
 
-#: What a class's requests go out on: an aiohttp session, or h2_short's HTTP/2 client.
-Session = aiohttp.ClientSession | httpx.AsyncClient
+#: What a class's requests go out on: an aiohttp session, h2_short's HTTP/2 client or
+#: grpc_stream's channel.
+Session = aiohttp.ClientSession | httpx.AsyncClient | grpc.aio.Channel
 
 
 def classify(exc: BaseException | None, status: int | None, truncated: bool) -> str | None:
@@ -184,7 +186,8 @@ def long_starts(s: LoadShape) -> dict[str, float]:
     # h2_short's rate is a multiple of the short class's: its starts fall on theirs
     gap = 1 / max(s.short_rate_per_s, pooled, s.h2_rate_per_s)
     interval = s.long_together / s.long_rate_per_s
-    classes = ("sleep", "stream", "ws")
+    driven = registry.scenario(s.scenario).classes
+    classes = [c for c in registry.LONG_CLASSES if c in driven]
     return {
         c: gap / 2 + round(i * interval / len(classes) / gap) * gap for i, c in enumerate(classes)
     }
@@ -239,6 +242,11 @@ class LoadDriver:
         self.recorder.write(done)
 
     async def _send(self, session: Session, record: RequestRecord) -> RequestRecord:
+        if isinstance(session, grpc.aio.Channel):
+            s = self.scenario
+            return await grpcclient.ticks(
+                session, record, s.stream_interval_ms, timeout_s=s.long_s + 60
+            )
         if isinstance(session, httpx.AsyncClient):
             return await h2client.fetch(session, self.base_url, record)
         return await fetch(session, self.base_url, record, record.cls == "stream")
@@ -315,15 +323,24 @@ class LoadDriver:
     async def run(self) -> None:
         """The scenario's load until `stop()`, then every request to its end."""
         s = self.scenario
+        known = registry.scenario(s.scenario)
         long_timeout = s.long_s + 60
-        async with (
-            new_session(self.ca_file, 10) as fresh,
-            new_session(self.ca_file, 10, pool_size=s.pool_size) as pooled,
-            new_session(self.ca_file, long_timeout) as longs,
-            h2client.new_client(self.ca_file, 10, POOL_KEEPALIVE_S) as h2,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            fresh = await stack.enter_async_context(new_session(self.ca_file, 10))
+            pooled = await stack.enter_async_context(
+                new_session(self.ca_file, 10, pool_size=s.pool_size)
+            )
+            longs = await stack.enter_async_context(new_session(self.ca_file, long_timeout))
+            h2 = await stack.enter_async_context(
+                h2client.new_client(self.ca_file, 10, POOL_KEEPALIVE_S)
+            )
+            sessions: dict[str, Session] = {c: longs for c in registry.LONG_CLASSES}
+            if "grpc_stream" in known.classes:
+                sessions["grpc_stream"] = await stack.enter_async_context(
+                    await grpcclient.new_channel(self.base_url, self.ca_file)
+                )
             loops = [self._at_rate(fresh, "short", s.short_rate_per_s)]
-            if registry.scenario(s.scenario).continuous:
+            if known.continuous:
                 if s.pooled_tool == "vegeta":
                     loops.append(
                         self._with_vegeta("short_pooled", s.pooled_rate_per_s, s.pool_size)
@@ -333,7 +350,7 @@ class LoadDriver:
                 if s.h2_rate_per_s:
                     loops.append(self._at_rate(h2, "h2_short", s.h2_rate_per_s))
                 loops += [
-                    self._at_rate(longs, c, s.long_rate_per_s, s.long_together, after)
+                    self._at_rate(sessions[c], c, s.long_rate_per_s, s.long_together, after)
                     for c, after in long_starts(s).items()
                 ]
             else:

@@ -38,6 +38,8 @@ class RequestRecord:
     #: HTTP/2: the sends the client's HTTP stack made again on its own (a stream a
     #: GOAWAY left unprocessed goes out on a new connection); the record is the last's
     resent_by_stack: int = 0
+    #: gRPC: the call's status code's name (`OK`, `UNAVAILABLE`, ...), None for HTTP
+    grpc_status: str | None = None
 
     def attempt(self) -> dict[str, Any]:
         """This attempt's outcome, as a first_attempt."""
@@ -49,6 +51,7 @@ class RequestRecord:
             "error": self.error,
             "detail": self.detail,
             "h2_error": self.h2_error,
+            "grpc_status": self.grpc_status,
         }
 
     def as_dict(self, termination_ms: float | None) -> dict[str, Any]:

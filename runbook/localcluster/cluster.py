@@ -140,7 +140,9 @@ class LabCluster:
         the pilot-agent stand-in with the Envoy bootstrap istiod would have pushed."""
         program = program_for(spec.image)
         if program != "istio-proxy":
-            return [sys.executable, "-m", program]
+            # the container's own `python -m <module>` (the backend's gRPC service),
+            # else the image's program
+            return [sys.executable, "-m", spec.module or program]
         m = self.manifests
         config = gateway_bootstrap(
             listen_host=pod.ip,
@@ -150,6 +152,10 @@ class LabCluster:
             upstreams=[Upstream(p.ip, m.backend_port) for p in self.backend_pods],
             route_timeout_s=m.route_timeout_s,
             upstream_idle_s=m.upstream_idle_s,
+            grpc_upstreams=[Upstream(p.ip, m.backend_grpc_port) for p in self.backend_pods]
+            if m.backend_grpc_port
+            else [],
+            grpc_route_prefix=m.grpc_route_prefix,
             with_listener=self.selected_by_gateway(pod),
         )
         path = self.work_dir / f"envoy-{pod.name}.json"

@@ -27,6 +27,11 @@ class Upstream:
     port: int
 
 
+def backend_cluster_name(port: int) -> str:
+    """Istio's name for the backend Service's port as an outbound cluster."""
+    return f"outbound|{port}||{OBJECTS.backend}.{OBJECTS.namespace}.svc.cluster.local"
+
+
 def gateway_bootstrap(
     *,
     listen_host: str,
@@ -36,14 +41,34 @@ def gateway_bootstrap(
     upstreams: Sequence[Upstream],
     route_timeout_s: float,
     upstream_idle_s: float | None = None,
-    cluster_name: str = (
-        f"outbound|{PORTS.backend}||{OBJECTS.backend}.{OBJECTS.namespace}.svc.cluster.local"
-    ),
+    cluster_name: str = backend_cluster_name(PORTS.backend),
+    grpc_upstreams: Sequence[Upstream] = (),
+    grpc_route_prefix: str | None = None,
     with_listener: bool = True,
 ) -> dict[str, object]:
-    """A static bootstrap: one HTTP listener routing `/` to `upstreams`. Without the
+    """A static bootstrap: one HTTP listener routing `/` to `upstreams` and, given
+    them, `grpc_route_prefix` to `grpc_upstreams` over HTTP/2 (what Istio makes of the
+    VirtualService's gRPC route to a Service port with appProtocol grpc). Without the
     listener (a Gateway whose selector matches no label of this pod), Envoy runs and is
     ready but nothing listens on the Gateway's port: connection refused, no error log."""
+    routes: list[dict[str, object]] = [
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster": cluster_name, "timeout": f"{route_timeout_s}s"},
+        }
+    ]
+    clusters = [_cluster(cluster_name, upstreams, upstream_idle_s, http2=False)]
+    if grpc_upstreams and grpc_route_prefix:
+        grpc_cluster = backend_cluster_name(grpc_upstreams[0].port)
+        # first: routes match in order
+        routes.insert(
+            0,
+            {
+                "match": {"prefix": grpc_route_prefix},
+                "route": {"cluster": grpc_cluster, "timeout": f"{route_timeout_s}s"},
+            },
+        )
+        clusters.append(_cluster(grpc_cluster, grpc_upstreams, upstream_idle_s, http2=True))
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -67,12 +92,7 @@ def gateway_bootstrap(
                 {
                     "name": "*",
                     "domains": ["*"],
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": cluster_name, "timeout": f"{route_timeout_s}s"},
-                        }
-                    ],
+                    "routes": routes,
                 }
             ],
         },
@@ -99,13 +119,25 @@ def gateway_bootstrap(
             }
         ],
     }
+    return {
+        "admin": {"address": _address(admin_host, admin_port)},
+        "static_resources": {
+            "listeners": [listener] if with_listener else [],
+            "clusters": clusters,
+        },
+    }
+
+
+def _cluster(
+    name: str, upstreams: Sequence[Upstream], idle_s: float | None, http2: bool
+) -> dict[str, object]:
     cluster: dict[str, object] = {
-        "name": cluster_name,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "5s",
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
-            "cluster_name": cluster_name,
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
@@ -115,23 +147,22 @@ def gateway_bootstrap(
             ],
         },
     }
-    if upstream_idle_s is not None:
+    options: dict[str, object] = {}
+    if idle_s is not None:
         # what Istio renders from a DestinationRule's connectionPool.http.idleTimeout
+        options["common_http_protocol_options"] = {"idle_timeout": f"{idle_s}s"}
+    if http2 or options:
+        options["explicit_http_config"] = (
+            {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}}
+        )
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
                 "HttpProtocolOptions",
-                "common_http_protocol_options": {"idle_timeout": f"{upstream_idle_s}s"},
-                "explicit_http_config": {"http_protocol_options": {}},
+                **options,
             }
         }
-    return {
-        "admin": {"address": _address(admin_host, admin_port)},
-        "static_resources": {
-            "listeners": [listener] if with_listener else [],
-            "clusters": [cluster],
-        },
-    }
+    return cluster
 
 
 def envoy_args(config_path: str, drain_time_s: int) -> list[str]:

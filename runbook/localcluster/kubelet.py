@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 
 from ..artifacts.events import EventLog
 from ..artifacts.writes import WriteFailures
@@ -29,6 +30,10 @@ PROGRAMS = {
     "igw-hc": "hc",
     "igw-backend": "backend",
 }
+#: gRPC's health protocol: the method kubelet's `grpc:` probe calls, and its SERVING
+#: reply (HealthCheckResponse, field 1 = 1, as protobuf encodes it)
+GRPC_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+GRPC_SERVING = b"\x08\x01"
 #: The drain script installed with the hc package (the image's /opt/hc/graceful-drain.sh).
 DRAIN_SCRIPT = Path(str(resources.files("hc") / "graceful-drain.sh"))
 IMAGE_DRAIN_SCRIPT = "/opt/hc/graceful-drain.sh"
@@ -236,17 +241,28 @@ class Pod:
         if self.where.on_fault is not None:
             self.where.on_fault(fault)
 
+    async def _passes(self, probe: Probe) -> bool:
+        """One probe: an HTTP GET answered 2xx or 3xx, or gRPC's health Check answered
+        SERVING (kubelet's `grpc:` probe, a new connection each time as kubelet's)."""
+        if probe.kind == "grpc":
+            async with grpc.aio.insecure_channel(f"{self.ip}:{probe.port}") as channel:
+                try:
+                    reply = await channel.unary_unary(GRPC_HEALTH_CHECK)(b"", timeout=1)
+                except grpc.aio.AioRpcError:
+                    return False
+            return reply == GRPC_SERVING
+        url = f"http://{self.ip}:{probe.port}{probe.path}"
+        try:
+            async with self.where.http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                return 200 <= r.status < 400
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def _probe(self, c: Container, probe: Probe, kind: str) -> None:
         failures = 0
-        url = f"http://{self.ip}:{probe.port}{probe.path}"
-        timeout = aiohttp.ClientTimeout(total=1)
         while c.running:
             await asyncio.sleep(probe.period_s)
-            try:
-                async with self.where.http.get(url, timeout=timeout) as r:
-                    ok = 200 <= r.status < 400
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
+            ok = await self._passes(probe)
             if not c.running:
                 # it exited during the probe: whatever answered was not this container
                 # (another lab's process on the same address, once)

@@ -20,16 +20,20 @@ class Probe:
     port: int
     period_s: float
     failure_threshold: int
+    #: `httpGet` or `grpc` (gRPC's health protocol; `path` is then empty)
+    kind: str = "httpGet"
 
     @classmethod
     def from_manifest(cls, probe: dict[str, Any] | None) -> Probe | None:
         if not probe:
             return None
+        kind = "grpc" if "grpc" in probe else "httpGet"
         return cls(
-            probe["httpGet"]["path"],
-            int(probe["httpGet"]["port"]),
+            probe[kind].get("path", ""),
+            int(probe[kind]["port"]),
             float(probe.get("periodSeconds", 10)),
             int(probe.get("failureThreshold", 3)),
+            kind,
         )
 
 
@@ -41,6 +45,8 @@ class ContainerSpec:
     readiness: Probe | None
     liveness: Probe | None
     prestop: list[str] | None
+    #: the container's `command` (None: the image's entrypoint)
+    command: list[str] | None = None
 
     @classmethod
     def from_manifest(cls, c: dict[str, Any]) -> ContainerSpec:
@@ -52,7 +58,15 @@ class ContainerSpec:
             Probe.from_manifest(c.get("readinessProbe")),
             Probe.from_manifest(c.get("livenessProbe")),
             list(hook) if hook else None,
+            list(c["command"]) if c.get("command") else None,
         )
+
+    @property
+    def module(self) -> str | None:
+        """The Python module the command runs (`python -m <module>`), if it names one."""
+        if self.command and "-m" in self.command[:-1]:
+            return self.command[self.command.index("-m") + 1]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +109,9 @@ class Manifests:
     # the backend DestinationRule's connectionPool.http.idleTimeout: how long the
     # gateway keeps an idle connection to the backend (None: Envoy's hour)
     upstream_idle_s: float | None = None
+    # the backend Service's port `grpc` and the route to it (None: no gRPC service)
+    backend_grpc_port: int | None = None
+    grpc_route_prefix: str | None = None
 
     @classmethod
     def load(cls, directory: Path, mode_file: str) -> Manifests:
@@ -126,16 +143,21 @@ class Manifests:
         proxy_config = json.loads(
             next(e["value"] for e in proxy["env"] if e["name"] == "PROXY_CONFIG")
         )
+        be_ports = {p.get("name", "http"): int(p["targetPort"]) for p in be_svc["spec"]["ports"]}
+        routes = {route["match"][0]["uri"]["prefix"]: route for route in vs["spec"]["http"]}
+        grpc_prefix = next((p for p in routes if p != "/"), None)
         return cls(
             gateway=PodTemplate.from_deployment(gw_deploy),
             backend=PodTemplate.from_deployment(be_deploy),
-            backend_port=int(be_svc["spec"]["ports"][0]["targetPort"]),
+            backend_port=be_ports["http"],
             gateway_port=int(gateway["spec"]["servers"][0]["port"]["number"]),
-            route_timeout_s=duration_seconds(vs["spec"]["http"][0]["timeout"]),
+            route_timeout_s=duration_seconds(routes["/"]["timeout"]),
             node_ports={int(p["nodePort"]): int(p["targetPort"]) for p in gw_svc["spec"]["ports"]},
             node_ports_by_name={p["name"]: int(p["nodePort"]) for p in gw_svc["spec"]["ports"]},
             proxy_config=proxy_config,
             traffic_policy=gw_svc["spec"].get("externalTrafficPolicy", "Cluster"),
             gateway_selector=dict(gateway["spec"].get("selector") or {}),
             upstream_idle_s=destination_rule_idle_s(rule),
+            backend_grpc_port=be_ports.get("grpc"),
+            grpc_route_prefix=grpc_prefix,
         )

@@ -44,7 +44,8 @@ class LoadShape:
     `long_together` back to back.
     busy: steady's, with the pooled class at `pooled_rate_per_s` in the thousand a
     second, driven by `pooled_tool` (registry.LOAD_TOOLS) over `pool_size` connections.
-    h2: steady's, and h2_short at `h2_rate_per_s` over one HTTP/2 connection.
+    h2: steady's, h2_short at `h2_rate_per_s` over one HTTP/2 connection, and
+    grpc_stream calls like /stream's (its messages, its interval) at `long_rate_per_s`.
     """
 
     long_s: int
@@ -83,12 +84,13 @@ class LoadShape:
 
     def offered_per_s(self) -> dict[str, float]:
         """The rate each class is offered at (inflight's long requests are one burst)."""
-        if registry.scenario(self.scenario).continuous:
+        known = registry.scenario(self.scenario)
+        if known.continuous:
             return {
                 "short": self.short_rate_per_s,
                 "short_pooled": self.pooled_rate_per_s,
                 **({"h2_short": self.h2_rate_per_s} if self.h2_rate_per_s else {}),
-                **dict.fromkeys(("sleep", "stream", "ws"), self.long_rate_per_s),
+                **{c: self.long_rate_per_s for c in registry.LONG_CLASSES if c in known.classes},
             }
         return {"short": self.short_rate_per_s}
 
@@ -105,6 +107,8 @@ class LoadShape:
                 self.stream_chunks,
             ),
             "ws": ("/ws", self.ws_messages),
+            # the method; the messages and their interval go in the call (stream's)
+            "grpc_stream": (registry.GRPC_TICKS_METHOD, self.stream_chunks),
         }[cls]
 
     def planned_s(self, cls: str) -> float:
@@ -112,6 +116,7 @@ class LoadShape:
         return {
             "sleep": float(self.long_s),
             "stream": (self.stream_chunks - 1) * self.stream_interval_ms / 1000,
+            "grpc_stream": (self.stream_chunks - 1) * self.stream_interval_ms / 1000,
             "ws": self.ws_messages * self.ws_interval_ms / 1000,
         }.get(cls, 0.0)
 
@@ -255,6 +260,11 @@ def plan_from_budget(
             notes.append(
                 f"Short requests over one HTTP/2 connection to HAProxy at {H2_RATE_PER_S:g}/s "
                 f"(h2_short); HAProxy speaks {known.lb_protocol} to the gateways."
+            )
+        if "grpc_stream" in known.classes:
+            notes.append(
+                "Server-streaming gRPC calls (grpc_stream) on one channel, each asking for "
+                "/stream's messages at its interval."
             )
         if busy:
             notes.append(

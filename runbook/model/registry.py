@@ -40,6 +40,8 @@ class Ports:
     #: Envoy's admin (stats, /listeners, /drain_listeners)
     envoy_admin: int = 15000
     backend: int = 8080
+    #: the backend's gRPC service (its container `ticker`; the Service port `grpc`)
+    backend_grpc: int = 9090
     #: the gateway Service's NodePorts on every node: traffic, hc, status
     nodeport_http: int = 30080
     nodeport_hc: int = 30180
@@ -79,6 +81,13 @@ def gateway_active_stat_regex(gateway_port: int) -> str:
 #: (istio/istio#10875), which would break the join on the homelab.
 REQUEST_ID_HEADER = "X-Igw-Request-Id"
 
+#: The gRPC method the grpc_stream class calls: server streaming, a message every
+#: interval (the backend's Ticker, apps/backend/ticker.py, which names it too; a test
+#: keeps the two equal). The gateway routes the service's prefix to the backend's gRPC
+#: port, the rest to its HTTP port.
+GRPC_TICKS_METHOD = "/igw.v1.Ticker/Ticks"
+GRPC_ROUTE_PREFIX = GRPC_TICKS_METHOD.rsplit("/", 1)[0] + "/"
+
 #: The marker HAProxy's per-request log line starts with (log-format in the haproxy role).
 HAPROXY_REQUEST_LOG_TAG = "igw_request"
 
@@ -104,6 +113,8 @@ ENVOY_ACCESS_LOG_FORMAT: dict[str, str] = {
     "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
     # HTTP/1.1 or HTTP/2: what HAProxy spoke to the gateway (registry LB_PROTOCOLS)
     "protocol": "%PROTOCOL%",
+    # a gRPC call's status from the backend's trailers (or Envoy's own), `-` for HTTP
+    "grpc_status": "%GRPC_STATUS%",
 }
 
 #: How often Envoy writes its buffered access log to stdout, in both labs (Envoy's
@@ -282,9 +293,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             name="h2",
             summary="steady's classes, short requests over one HTTP/2 connection to HAProxy "
-            "as well (h2_short), and HAProxy speaking HTTP/2 to the gateways: streams share "
-            "connections, a drain ends one with GOAWAY",
-            classes=("sleep", "stream", "ws", "short", "short_pooled", "h2_short"),
+            "as well (h2_short), server-streaming gRPC calls (grpc_stream), and HAProxy "
+            "speaking HTTP/2 to the gateways: streams share connections, a drain ends one "
+            "with GOAWAY",
+            classes=("sleep", "stream", "ws", "grpc_stream", "short", "short_pooled", "h2_short"),
             by_default=False,
             lb_protocol="h2",
         ),
@@ -295,7 +307,17 @@ SCENARIOS: dict[str, Scenario] = {
 DEFAULT_SCENARIOS = tuple(name for name, s in SCENARIOS.items() if s.by_default)
 
 #: Every request class any scenario drives, in the order reports show them.
-REQUEST_CLASSES = ("sleep", "stream", "ws", "short", "short_pooled", "h2_short")
+REQUEST_CLASSES = (
+    "sleep",
+    "stream",
+    "ws",
+    "grpc_stream",
+    "short",
+    "short_pooled",
+    "h2_short",
+)
+#: The long classes (each lasting `long_s`): the driver starts them in groups.
+LONG_CLASSES = ("sleep", "stream", "ws", "grpc_stream")
 #: The classes of short requests (each one response, in milliseconds): the reports
 #: count them per second, the long ones each on a lane of its own.
 SHORT_CLASSES = ("short", "short_pooled", "h2_short")
@@ -333,6 +355,7 @@ def as_dict() -> dict[str, object]:
         "lb_protocols": list(LB_PROTOCOLS),
         "haproxy_backend": HAPROXY_BACKEND,
         "request_id_header": REQUEST_ID_HEADER,
+        "grpc_route_prefix": GRPC_ROUTE_PREFIX,
         "haproxy_request_log_tag": HAPROXY_REQUEST_LOG_TAG,
         "envoy_access_log_format": ENVOY_ACCESS_LOG_FORMAT,
         "envoy_access_log_flush_ms": ENVOY_ACCESS_LOG_FLUSH_MS,
