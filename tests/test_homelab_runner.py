@@ -4,7 +4,10 @@ Kubernetes client's own pod objects; the runner itself runs on onebox
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec, V1PodStatus
@@ -12,6 +15,7 @@ from kubernetes.client import V1ObjectMeta, V1Pod, V1PodSpec, V1PodStatus
 from runbook.runners.homelab import pick_victim, pods_seen
 
 WORKERS = ["worker1", "worker2"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pod(name: str, node: str, phase: str = "Running", deleting: bool = False) -> V1Pod:
@@ -76,3 +80,44 @@ def test_one_listing_names_new_running_pods_and_whether_the_victim_is_there(
     pods: list[V1Pod], followed: set[str], new: list[str], victim_listed: bool
 ) -> None:
     assert pods_seen(pods, followed, "gw-a") == (new, victim_listed)
+
+
+RUNNERS = {
+    "runbook.runners.homelab": [
+        "--context=none",
+        "--namespace=service-a",
+        "--url=https://198.18.0.1",
+        "--lb=worker1",
+        "--workers=worker1,worker2",
+        "--run-dir={tmp}/run",
+    ],
+    "runbook.runners.local": [
+        "--manifests=none",
+        "--haproxy-socket=none",
+        "--haproxy-url=https://198.18.0.1",
+        "--syslog=127.0.0.1:1",
+        "--artifacts={tmp}/artifacts",
+    ],
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
+def test_grpc_without_the_lab_s_ca_is_refused_before_anything_starts(
+    tmp_path: Path, runner: str
+) -> None:
+    """gRPC's TLS cannot skip verifying the LB: a scenario with grpc_stream and no --ca
+    is refused at once, naming why, and nothing is written."""
+    own = [a.format(tmp=tmp_path) for a in RUNNERS[runner]]
+    result = subprocess.run(
+        [sys.executable, "-m", runner, *own, "--mode=ordered", "--scenario=h2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "scenario 'h2' drives grpc_stream, which needs the lab's CA file (--ca)" in (
+        result.stderr
+    )
+    assert "nothing was started" in result.stderr
+    assert list(tmp_path.iterdir()) == []

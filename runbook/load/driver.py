@@ -204,6 +204,7 @@ class LoadDriver:
     ) -> None:
         if scenario.pooled_tool == "vegeta" and vegeta_binary is None:
             raise ValueError(f"scenario {scenario.scenario!r} needs vegeta: no binary given")
+        grpcclient.require_trust(scenario.scenario, ca_file)
         self.base_url = base_url
         self.ca_file = ca_file
         self.recorder = recorder

@@ -33,6 +33,7 @@ import grpc
 import h2.errors
 
 from ..artifacts.events import now_ms
+from ..model import registry
 from ..model.registry import GRPC_TICKS_METHOD, REQUEST_ID_HEADER
 from .records import RequestRecord
 
@@ -72,6 +73,16 @@ def certificate_name(host: str, port: int, ca_file: str, timeout_s: float = 5) -
     if not names:
         raise NoTrust(f"the certificate at {host}:{port} names no DNS host (subjectAltName)")
     return names[0]
+
+
+def require_trust(scenario: str, ca_file: str | None) -> None:
+    """NoTrust, naming the scenario, when it drives grpc_stream and no CA file is given:
+    a runner calls it before anything starts."""
+    if "grpc_stream" in registry.scenario(scenario).classes and not ca_file:
+        raise NoTrust(
+            f"scenario {scenario!r} drives grpc_stream, which needs the lab's CA file "
+            "(--ca): gRPC over TLS cannot skip verifying the LB's certificate"
+        )
 
 
 def lb_address(base_url: str) -> tuple[str, int]:

@@ -31,6 +31,7 @@ from ..artifacts.rundir import RAW_REQUESTS, write_json, write_result
 from ..artifacts.termination import Termination, write_termination
 from ..artifacts.writes import WriteFailures, is_a_failed_write, written
 from ..collectors import envoy, kube
+from ..load import grpcclient
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
@@ -180,6 +181,8 @@ async def run(args: argparse.Namespace) -> None:
     try:
         load = asyncio.create_task(driver.run())
         await asyncio.sleep(scenario.warmup_s + scenario.lead_s)
+        if load.done():
+            await load  # the load ended before the termination: its error, and no deletion
         started = step("start-load", started)
         term = Termination(now_ms(), victim.metadata.name, victim.spec.node_name, args.lb)
         recorder.termination_ms = term.ms
@@ -245,7 +248,8 @@ def main() -> int:
     args = p.parse_args()
     try:
         args.vegeta_binary = gotools.for_scenario(args.scenario)
-    except gotools.ToolMissing as exc:
+        grpcclient.require_trust(args.scenario, args.ca)
+    except (gotools.ToolMissing, grpcclient.NoTrust) as exc:
         print(f"runbook.runners.homelab: {exc}; nothing was started", file=sys.stderr)
         return 2
     try:

@@ -38,6 +38,7 @@ from ..artifacts.writes import WriteFailures, is_a_failed_write, written
 from ..collectors import envoy, podlogs
 from ..collectors import haproxy as haproxy_collector
 from ..collectors.haproxy_config import haproxy_source
+from ..load import grpcclient
 from ..load.driver import LoadDriver, Recorder
 from ..localcluster.cluster import LabCluster
 from ..localcluster.haproxy_process import stop_lab_haproxy
@@ -250,6 +251,8 @@ async def run(args: argparse.Namespace) -> Path:
             )
         journal.step("start-load", step)
         await asyncio.sleep(max(0, (t_term - now_ms()) / 1000))
+        if load.done():
+            await load  # the load ended before the termination: its error, and no deletion
         step = now_ms()
         term = Termination(step, victim.name, victim.node, LOCAL_LB)
         recorder.termination_ms = term.ms
@@ -345,7 +348,8 @@ def main() -> int:
     args = p.parse_args()
     try:
         args.vegeta_binary = gotools.for_scenario(args.scenario)
-    except gotools.ToolMissing as exc:
+        grpcclient.require_trust(args.scenario, args.ca)
+    except (gotools.ToolMissing, grpcclient.NoTrust) as exc:
         print(f"runbook.runners.local: {exc}; nothing was started", file=sys.stderr)
         return 2
     # the lab's addresses are the machine's (runbook.localcluster.lablock): refused
