@@ -133,20 +133,17 @@ class Procs:
         )
 
     def backend(self, env: dict[str, str] | None = None, name: str = "backend") -> Proc:
-        port = free_port()
-        return self.start(
-            name,
-            [sys.executable, "-m", "backend"],
-            port,
-            {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
-        )
+        return self._backend_app("backend", name, env)
 
     def ticker(self, env: dict[str, str] | None = None, name: str = "ticker") -> Proc:
         """The backend's gRPC service (`python -m backend.ticker`)."""
+        return self._backend_app("backend.ticker", name, env)
+
+    def _backend_app(self, module: str, name: str, env: dict[str, str] | None) -> Proc:
         port = free_port()
         return self.start(
             name,
-            [sys.executable, "-m", "backend.ticker"],
+            [sys.executable, "-m", module],
             port,
             {"PORT": str(port), "BIND_HOST": "127.0.0.1", "HOSTNAME": name, **(env or {})},
         )
