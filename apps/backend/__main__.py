@@ -24,6 +24,7 @@ import uvloop
 
 from applog import LineBuffer
 
+from .env import ConfigError, env_int
 from .http1 import Connections
 from .server import build_handler, idle_close_log, refusal_log
 
@@ -34,17 +35,6 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ConfigError(f"{name}={raw!r} must be an integer {low}..{high}")
-    return int(raw)
 
 
 async def serve(
@@ -91,9 +81,9 @@ async def serve(
 
 def main() -> int:
     try:
-        port = _env_int("PORT", 8080, 1, 65535)
-        shutdown_timeout = _env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
-        keepalive = _env_int("KEEPALIVE_TIMEOUT", 75, 1, 86_400)
+        port = env_int("PORT", 8080, 1, 65535)
+        shutdown_timeout = env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
+        keepalive = env_int("KEEPALIVE_TIMEOUT", 75, 1, 86_400)
     except ConfigError as exc:
         print(f"backend: {exc}", file=sys.stderr)
         return 2

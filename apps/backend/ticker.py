@@ -35,6 +35,7 @@ import grpc
 
 from applog import LineBuffer
 
+from .env import ConfigError, env_int
 from .server import REQUEST_ID_HEADER
 
 #: The service and its method (the lab's registry names the same; a test keeps the two
@@ -47,10 +48,6 @@ NOT_SERVING = b"\x08\x02"
 MAX_MESSAGES = 100_000
 MAX_INTERVAL_MS = 60_000
 _METADATA_KEY = REQUEST_ID_HEADER.lower()
-
-
-class ConfigError(ValueError):
-    pass
 
 
 class BadRequest(ValueError):
@@ -198,17 +195,10 @@ async def serve(ticker: Ticker, address: str, shutdown_timeout: int) -> int:
     return 1 if ticker.cut else 0
 
 
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ConfigError(f"{name}={raw!r} must be an integer {low}..{high}")
-    return int(raw)
-
-
 def main() -> int:
     try:
-        port = _env_int("PORT", 9090, 1, 65535)
-        shutdown_timeout = _env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
+        port = env_int("PORT", 9090, 1, 65535)
+        shutdown_timeout = env_int("SHUTDOWN_TIMEOUT", 300, 0, 86_400)
     except ConfigError as exc:
         print(f"backend.ticker: {exc}", file=sys.stderr)
         return 2

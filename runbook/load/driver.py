@@ -246,7 +246,7 @@ class LoadDriver:
         if isinstance(session, grpc.aio.Channel):
             s = self.scenario
             return await grpcclient.ticks(
-                session, record, s.stream_interval_ms, timeout_s=s.long_s + 60
+                session, record, s.stream_interval_ms, timeout_s=s.long_timeout_s
             )
         if isinstance(session, httpx.AsyncClient):
             return await h2client.fetch(session, self.base_url, record)
@@ -325,13 +325,12 @@ class LoadDriver:
         """The scenario's load until `stop()`, then every request to its end."""
         s = self.scenario
         known = registry.scenario(s.scenario)
-        long_timeout = s.long_s + 60
         async with contextlib.AsyncExitStack() as stack:
             fresh = await stack.enter_async_context(new_session(self.ca_file, 10))
             pooled = await stack.enter_async_context(
                 new_session(self.ca_file, 10, pool_size=s.pool_size)
             )
-            longs = await stack.enter_async_context(new_session(self.ca_file, long_timeout))
+            longs = await stack.enter_async_context(new_session(self.ca_file, s.long_timeout_s))
             h2 = await stack.enter_async_context(
                 h2client.new_client(self.ca_file, 10, POOL_KEEPALIVE_S)
             )

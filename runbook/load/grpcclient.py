@@ -57,6 +57,12 @@ class NoTrust(ValueError):
     """grpc_stream needs the lab's CA: gRPC's TLS cannot skip verifying the LB."""
 
 
+#: Why a CA file is required, in the words both refusals use.
+_NEEDS_CA = (
+    "needs the lab's CA file (--ca): gRPC over TLS cannot skip verifying the LB's certificate"
+)
+
+
 def certificate_name(host: str, port: int, ca_file: str, timeout_s: float = 5) -> str:
     """The first DNS name the LB's certificate carries, read in one TLS handshake with
     the lab's CA (the certificate names the homelab host, not the address asked for;
@@ -79,10 +85,7 @@ def require_trust(scenario: str, ca_file: str | None) -> None:
     """NoTrust, naming the scenario, when it drives grpc_stream and no CA file is given:
     a runner calls it before anything starts."""
     if "grpc_stream" in registry.scenario(scenario).classes and not ca_file:
-        raise NoTrust(
-            f"scenario {scenario!r} drives grpc_stream, which needs the lab's CA file "
-            "(--ca): gRPC over TLS cannot skip verifying the LB's certificate"
-        )
+        raise NoTrust(f"scenario {scenario!r} drives grpc_stream, which {_NEEDS_CA}")
 
 
 def lb_address(base_url: str) -> tuple[str, int]:
@@ -93,10 +96,7 @@ def lb_address(base_url: str) -> tuple[str, int]:
 async def new_channel(base_url: str, ca_file: str | None) -> grpc.aio.Channel:
     """One channel (one HTTP/2 connection at a time) to the LB's frontend."""
     if not ca_file:
-        raise NoTrust(
-            "grpc_stream needs the lab's CA file (--ca): gRPC over TLS cannot skip "
-            "verifying the LB's certificate"
-        )
+        raise NoTrust(f"grpc_stream {_NEEDS_CA}")
     host, port = lb_address(base_url)
     with open(ca_file, "rb") as f:
         roots = f.read()

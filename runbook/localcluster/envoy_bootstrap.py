@@ -51,23 +51,12 @@ def gateway_bootstrap(
     VirtualService's gRPC route to a Service port with appProtocol grpc). Without the
     listener (a Gateway whose selector matches no label of this pod), Envoy runs and is
     ready but nothing listens on the Gateway's port: connection refused, no error log."""
-    routes: list[dict[str, object]] = [
-        {
-            "match": {"prefix": "/"},
-            "route": {"cluster": cluster_name, "timeout": f"{route_timeout_s}s"},
-        }
-    ]
+    routes = [_route("/", cluster_name, route_timeout_s)]
     clusters = [_cluster(cluster_name, upstreams, upstream_idle_s, http2=False)]
     if grpc_upstreams and grpc_route_prefix:
         grpc_cluster = backend_cluster_name(grpc_upstreams[0].port)
         # first: routes match in order
-        routes.insert(
-            0,
-            {
-                "match": {"prefix": grpc_route_prefix},
-                "route": {"cluster": grpc_cluster, "timeout": f"{route_timeout_s}s"},
-            },
-        )
+        routes.insert(0, _route(grpc_route_prefix, grpc_cluster, route_timeout_s))
         clusters.append(_cluster(grpc_cluster, grpc_upstreams, upstream_idle_s, http2=True))
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -126,6 +115,10 @@ def gateway_bootstrap(
             "clusters": clusters,
         },
     }
+
+
+def _route(prefix: str, cluster: str, timeout_s: float) -> dict[str, object]:
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": f"{timeout_s}s"}}
 
 
 def _cluster(

@@ -79,6 +79,12 @@ class LoadShape:
         return max(1, int(self.long_s * 1000 / self.stream_interval_ms))
 
     @property
+    def long_timeout_s(self) -> float:
+        """How long a client waits for a long request before giving up: its planned
+        length and a minute to spare."""
+        return self.long_s + 60
+
+    @property
     def ws_messages(self) -> int:
         return max(1, int(self.long_s * 1000 / self.ws_interval_ms))
 
@@ -113,10 +119,11 @@ class LoadShape:
 
     def planned_s(self, cls: str) -> float:
         """How long a request of the class lasts when nothing goes wrong."""
+        stream_s = (self.stream_chunks - 1) * self.stream_interval_ms / 1000
         return {
             "sleep": float(self.long_s),
-            "stream": (self.stream_chunks - 1) * self.stream_interval_ms / 1000,
-            "grpc_stream": (self.stream_chunks - 1) * self.stream_interval_ms / 1000,
+            "stream": stream_s,
+            "grpc_stream": stream_s,  # stream's messages at stream's interval
             "ws": self.ws_messages * self.ws_interval_ms / 1000,
         }.get(cls, 0.0)
 
