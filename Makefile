@@ -21,7 +21,8 @@ help:
 	@echo "make experiment  every termination mode in every scenario on the local lab, side by side,"
 	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose);"
 	@echo "                 TARGET=onebox: the same on onebox, then both labs' verdicts side by side;"
-	@echo "                 RETRY=once: the client retries a failed request once, as many do"
+	@echo "                 RETRY=once: the client retries a failed request once, as many do;"
+	@echo "                 EVENTS=drain,scale-down (TARGET=onebox): what terminates the pod"
 	@echo "make onebox      the homelab's three-node kubeadm cluster on this machine, built from the pinned"
 	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
 	@echo "make onebox-down remove it, leaving nothing behind but the build cache"
@@ -79,7 +80,9 @@ molecule: venv
 
 test: setup lint pytest molecule
 
-# MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; ARTIFACTS= puts
+# MODES, SCENARIOS, REPEATS (or modes=, scenarios=, repeats=) run less; EVENTS= (events=)
+# names what terminates the pod, each under every scenario (default delete; drain and
+# scale-down on a cluster: registry.EVENTS says which the local lab refuses); ARTIFACTS= puts
 # the runs elsewhere than artifacts/, FIRST_LAB= moves the labs (1..200) off another's,
 # LABS_AT_ONCE= sets how many share the machine (default: 2 per usable CPU). TARGET=
 # names an inventory: local (the default), onebox or homelab (a cluster: its modes run
@@ -92,6 +95,7 @@ given = $(filter command line environment override,$(origin $(1)) $(if $(2),$(or
 typed = $(if $(filter command line environment override,$(origin $(1))),$(value $(1)),$(if $(2),$(value $(2))))
 export IGW_MODES = $(call typed,MODES,modes)
 export IGW_SCENARIOS = $(call typed,SCENARIOS,scenarios)
+export IGW_EVENTS = $(call typed,EVENTS,events)
 export IGW_REPEATS = $(call typed,REPEATS,repeats)
 export IGW_ARTIFACTS = $(call typed,ARTIFACTS)
 export IGW_FIRST_LAB = $(call typed,FIRST_LAB)
@@ -99,14 +103,15 @@ export IGW_LABS_AT_ONCE = $(call typed,LABS_AT_ONCE)
 export IGW_TARGET = $(call typed,TARGET)
 export IGW_CLIENT_RETRY = $(call typed,RETRY,retry)
 # make would export the variables themselves to every recipe, expanded
-unexport MODES modes SCENARIOS scenarios REPEATS repeats ARTIFACTS FIRST_LAB LABS_AT_ONCE TARGET \
-	RETRY retry
+unexport MODES modes SCENARIOS scenarios EVENTS events REPEATS repeats ARTIFACTS FIRST_LAB \
+	LABS_AT_ONCE TARGET RETRY retry
 experiment: setup
 	$(BIN)/python -m runbook.runners.all \
 	  $(if $(call given,TARGET),--target="$$IGW_TARGET") \
 	  $(if $(filter onebox,$(call typed,TARGET)),--cluster-lock=$(ONEBOX_LOCK)) \
 	  $(if $(call given,MODES,modes),--modes="$$IGW_MODES") \
 	  $(if $(call given,SCENARIOS,scenarios),--scenarios="$$IGW_SCENARIOS") \
+	  $(if $(call given,EVENTS,events),--events="$$IGW_EVENTS") \
 	  $(if $(call given,REPEATS,repeats),--repeats="$$IGW_REPEATS") \
 	  $(if $(call given,ARTIFACTS),--artifacts="$$IGW_ARTIFACTS") \
 	  $(if $(call given,FIRST_LAB),--first-lab-index="$$IGW_FIRST_LAB") \

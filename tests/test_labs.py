@@ -161,8 +161,10 @@ def test_a_cluster_mode_shows_its_plays_runs_and_failures() -> None:
         "--scenario=steady",
         "--result-file=/r.json",
     ]
-    assert targets.cluster_runs_args([("steady", Path("/r.json")), ("inflight", Path("/s"))]) == [
+    assert targets.cluster_runs_args(
+        [("steady", Path("/r.json")), ("inflight@drain", Path("/s"))]
+    ) == [
         "-e",
-        '{"experiment_runs": [{"scenario": "steady", "result_file": "/r.json"}, '
-        '{"scenario": "inflight", "result_file": "/s"}]}',
+        '{"experiment_runs": [{"scenario": "steady", "event": "delete", "result_file": "/r.json"}, '
+        '{"scenario": "inflight", "event": "drain", "result_file": "/s"}]}',
     ]

@@ -278,6 +278,11 @@ def test_run_directories_are_never_reused(tmp_path: Path) -> None:
             ["-e", "mode=current", "-e", "scenario=busy", "-e", "client_retry=once"],
             "client_retry=once is the load driver's own, and scenario(s) busy drive",
         ),
+        (["-e", "mode=current", "-e", "event=evict"], "event evict must be one of delete, drain"),
+        (
+            ["-e", "mode=current", "-e", "event=drain"],
+            "event drain cannot run on the local lab: the local lab has no API server",
+        ),
         # make experiment's shared render: a folder without the mode's Deployment, and
         # a render that cannot carry the run's timing overrides
         (

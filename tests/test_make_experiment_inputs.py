@@ -177,6 +177,17 @@ def test_timing_overrides_are_checked_by_the_model() -> None:
             ["--scenarios=busy", "--client-retry=once"],
             "client retry 'once' is the load driver's own: scenario 'busy' drives short_pooled",
         ),
+        (["--events=evict"], "event 'evict' is not one of: delete, drain, scale-down, rollout"),
+        (["--events="], "--events names no event"),
+        # the local lab's stand-ins model a deletion only: each other event refused,
+        # naming what the lab lacks
+        (
+            ["--events=delete,drain"],
+            "event 'drain' cannot run on the local lab: the local lab has no API server: "
+            "no cordon, no Eviction API",
+        ),
+        (["--events=scale-down"], "no ReplicaSet controller"),
+        (["--events=rollout"], "no Deployment controller or scheduler"),
     ],
 )
 def test_a_bad_input_is_refused_before_anything_starts(

@@ -14,6 +14,7 @@ import yaml
 
 from helpers import ROOT
 from helpers import render_manifests as render
+from runbook.model import registry, timing
 
 #: The Kubernetes version the manifests are validated against (kubeadm homelab).
 K8S_VERSION = "1.34.0"
@@ -27,6 +28,7 @@ SEED_FILES = [
     "22-igw-service.yaml",
     "23-igw-ordered.yaml",
     "24-igw-istio-native.yaml",
+    "26-igw-pdb.yaml",
     "30-gateway.yaml",
     "31-virtualservice.yaml",
 ]
@@ -90,8 +92,9 @@ def test_core_objects_pass_strict_kubernetes_validation(
                 continue
             kubernetes_validate.validate(d, K8S_VERSION, strict=True)
             checked += 1
-    # 1 namespace + 2 backend (Deployment, Service) + 4 x 2 gateway (SA, Deployment) + 1 Service
-    assert checked == 12
+    # 1 namespace + 2 backend (Deployment, Service) + 4 x 2 gateway (SA, Deployment)
+    # + 1 Service + 1 PodDisruptionBudget
+    assert checked == 13
 
 
 def closed(schema: Any) -> Any:
@@ -319,6 +322,31 @@ def test_a_broken_budget_stops_before_anything_is_written(tmp_path: Path) -> Non
     assert result.returncode != 0
     assert "lb_buffer_exceeds_lb_detection" in result.stdout
     assert "LB_BUFFER 5s must exceed HAProxy's worst detection time 6s" in result.stdout
+    assert not dest.exists()
+
+
+def test_the_pdb_guards_every_mode_s_gateway_pods_from_the_timing_model() -> None:
+    """One PodDisruptionBudget for the gateway whatever the mode (each mode's Deployment
+    has the same pod label `app`), its floor the timing model's, one below the replicas."""
+    objects = by_kind(ROOT / "manifests")
+    (pdb,) = [d for (kind, _), d in objects.items() if kind == "PodDisruptionBudget"]
+    inputs = timing.derive("seed").inputs
+    assert pdb["spec"]["minAvailable"] == inputs["gateway_pdb_min_available"] == 1
+    for mode in registry.MODES:
+        deployment = objects[("Deployment", f"{registry.OBJECTS.gateway_deployment}/{mode}")]
+        assert deployment["spec"]["replicas"] == inputs["gateway_replicas"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_a_pdb_that_would_block_every_drain_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    dest = tmp_path / "never"
+    result = render(dest, {"timing_overrides": {"gateway_pdb_min_available": 2}})
+    assert result.returncode != 0
+    assert "pdb_admits_an_eviction" in result.stdout, result.stdout[-3000:]
+    assert "minAvailable 2 must be below its 2 replicas" in result.stdout
     assert not dest.exists()
 
 

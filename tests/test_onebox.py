@@ -1235,6 +1235,218 @@ def test_a_homelab_run_that_cannot_write_stops_before_the_deletion_saying_why(
     assert pod.metadata.deletion_timestamp is None
 
 
+def evictable_deployment(kube: Kube, name: str, ready_after_s: int) -> list[dict[str, Any]]:
+    """Two agnhost replicas, ready `ready_after_s` after they start, and a
+    PodDisruptionBudget with the gateway's floor (minAvailable 1)."""
+    container = {
+        "name": "netexec",
+        "image": kube.agnhost,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["netexec", "--http-port=8080"],
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": 8080},
+            "initialDelaySeconds": ready_after_s,
+            "periodSeconds": 1,
+        },
+    }
+    labels = {"app": name}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+                },
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+        },
+    ]
+
+
+def evict(kube: Kube, pod: str) -> subprocess.CompletedProcess[str]:
+    """The Eviction API, as kubectl drain calls it, for one pod."""
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": NAMESPACE},
+    }
+    return subprocess.run(
+        kube.argv("create", f"--raw=/api/v1/namespaces/{NAMESPACE}/pods/{pod}/eviction", "-f", "-"),
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_budget_refuses_a_second_eviction_until_the_first_replacement_is_ready(
+    kube: Kube,
+) -> None:
+    """What a drain of both workers rests on: with minAvailable 1 of 2, the Eviction API
+    admits one eviction, refuses the next (429) while the replacement is not ready, and
+    admits it once the replacement is."""
+    name = "evictable"
+    ready_after_s = 6
+    kube.apply(evictable_deployment(kube, name, ready_after_s))
+    try:
+        kube.run(*kube.ns("rollout", "status", f"deployment/{name}", "--timeout=120s"), timeout=150)
+        wait_for(
+            "the budget to allow one disruption",
+            lambda: (
+                kube.json(*kube.ns("get", "pdb", name))["status"].get("disruptionsAllowed") == 1
+            ),
+            30,
+        )
+        first, second = sorted(
+            p["metadata"]["name"]
+            for p in kube.json(*kube.ns("get", "pods", f"--selector=app={name}"))["items"]
+        )
+        admitted = evict(kube, first)
+        assert admitted.returncode == 0, admitted.stderr
+        refused = evict(kube, second)
+        refused_at = time.monotonic()
+        assert refused.returncode != 0
+        assert "disruption budget" in refused.stderr, refused.stderr
+
+        def ready_pods() -> int:
+            pods = kube.json(*kube.ns("get", "pods", f"--selector=app={name}"))["items"]
+            return sum(
+                1
+                for p in pods
+                if "deletionTimestamp" not in p["metadata"]
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions", [])
+                )
+            )
+
+        def second_admitted() -> bool:
+            return evict(kube, second).returncode == 0
+
+        wait_for("the second eviction to be admitted", second_admitted, 60, every=0.5)
+        blocked_s = time.monotonic() - refused_at
+        # refused until the replacement had passed its readiness probe, not before
+        assert blocked_s >= ready_after_s - 2, blocked_s
+        assert ready_pods() >= 1
+        print(f"the second eviction was refused for {blocked_s:.1f}s", file=sys.stderr)
+    finally:
+        kube.run(*kube.ns("delete", "deployment,pdb", name, "--wait=false"))
+
+
+@pytest.fixture(scope="session")
+def onebox_events(
+    homelab_site: Path, onebox_logs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`make experiment TARGET=onebox MODES=ordered SCENARIOS=steady
+    EVENTS=drain,scale-down REPEATS=1`: the events beyond a deletion, each through the
+    homelab runner, judged and compared as the deletion's runs are. Its artifacts."""
+    artifacts = tmp_path_factory.mktemp("onebox-events")
+    log = onebox_logs / "make-experiment-onebox-events.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [
+                "make",
+                "--no-print-directory",
+                "experiment",
+                "TARGET=onebox",
+                "MODES=ordered",
+                "SCENARIOS=steady",
+                "EVENTS=drain,scale-down",
+                "REPEATS=1",
+                f"ARTIFACTS={artifacts}",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=1800,
+        )
+    assert proc.returncode == 0, f"{log}:\n{log.read_text()[-5000:]}"
+    print(
+        f"make experiment TARGET=onebox EVENTS=drain,scale-down: {time.monotonic() - started:.0f}s",
+        file=sys.stderr,
+    )
+    return artifacts
+
+
+def event_run(artifacts: Path, event: str) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """The one run of `event`: its folder, summary and the runner's experiment events."""
+    (run_dir,) = artifacts.glob(f"*-steady-{event}-ordered")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    events = [
+        e for e in map(json.loads, (run_dir / "events.jsonl").open()) if e["source"] == "experiment"
+    ]
+    return run_dir, summary, events
+
+
+def test_the_comparison_sets_each_event_beside_the_others(onebox_events: Path) -> None:
+    (doc_path,) = onebox_events.glob("comparison-*.json")
+    doc = json.loads(doc_path.read_text())
+    assert list(doc["scenarios"]) == ["steady@drain", "steady@scale-down"]
+    for case in doc["scenarios"].values():
+        assert list(case["modes"]) == ["ordered"]
+    page = doc_path.with_suffix(".html").read_text()
+    assert "steady@drain" in page and "steady@scale-down" in page
+
+
+def test_a_drain_cordons_the_victim_s_node_evicts_its_gateway_and_uncordons_it(
+    kube: Kube, onebox_events: Path
+) -> None:
+    run_dir, summary, events = event_run(onebox_events, "drain")
+    assert summary["event"] == "drain" and summary["valid"], summary["invalid_reasons"]
+    victim = summary["terminated_pod"]
+    assert summary["terminated_pods"] == [victim]
+    term = json.loads((run_dir / "termination.json").read_text())
+    assert term["event"] == "drain" and term["node"] == "worker2"
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("termination_issued") < kinds.index("cordoned") < kinds.index("evicted")
+    evicted = next(e for e in events if e["kind"] == "evicted")
+    assert evicted["pod"] == victim
+    # put back when the run ended: the node takes pods again
+    assert not kube.json("get", "node", "worker2")["spec"].get("unschedulable")
+    # the timing model's budget is on the cluster, and it admitted the eviction
+    pdb = kube.json("get", "pdb", registry.OBJECTS.gateway_deployment, "-n", HOMELAB_NAMESPACE)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert summary["lost_exposed"] == 0 and summary["failed_total"] == 0, summary["failed"]
+
+
+def test_a_scale_down_deletes_the_pod_the_replicaset_ranks_lowest_and_restores_replicas(
+    kube: Kube, onebox_events: Path
+) -> None:
+    run_dir, summary, events = event_run(onebox_events, "scale-down")
+    assert summary["event"] == "scale-down" and summary["valid"], summary["invalid_reasons"]
+    picked = next(e for e in events if e["kind"] == "picked")
+    assert picked["pod"] == summary["terminated_pod"]
+    scaled = next(e for e in events if e["kind"] == "scaled")
+    assert (scaled["from"], scaled["to"]) == (2, 1)
+    assert json.loads((run_dir / "termination.json").read_text())["node"] == "worker2"
+    deployment = kube.json(
+        "get", "deployment", registry.OBJECTS.gateway_deployment, "-n", HOMELAB_NAMESPACE
+    )
+    assert deployment["spec"]["replicas"] == 2
+    pods = kube.json(
+        "get", "pods", "-n", HOMELAB_NAMESPACE, f"--selector={registry.GATEWAY_POD_SELECTOR}"
+    )["items"]
+    annotated = [
+        p["metadata"]["name"]
+        for p in pods
+        if "controller.kubernetes.io/pod-deletion-cost" in p["metadata"].get("annotations", {})
+    ]
+    assert annotated == []
+    assert summary["lost_exposed"] == 0 and summary["failed_total"] == 0, summary["failed"]
+
+
 def leftovers() -> list[str]:
     """Everything of onebox's that could outlive it on this machine."""
     found: list[str] = []

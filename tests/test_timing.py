@@ -69,6 +69,9 @@ RULES = [
     # istio-native: Istio's default MINIMUM_DRAIN_DURATION against the seed's HAProxy
     ("minimum_drain_covers_lb_detection", {"minimum_drain_s": 5}, ["5s", "6s"]),
     ("minimum_drain_within_termination_drain", {"minimum_drain_s": 150}, ["150s"]),
+    # a drain under the gateway's PodDisruptionBudget
+    ("pdb_admits_an_eviction", {"gateway_pdb_min_available": 2}, ["minAvailable 2", "2 replicas"]),
+    ("pdb_keeps_a_gateway_serving", {"gateway_pdb_min_available": 0}, ["minAvailable 0"]),
 ]
 
 

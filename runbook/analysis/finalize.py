@@ -56,6 +56,9 @@ def finalize(
                 "termination_ms": term.ms,
                 "terminated_pod": term.pod,
                 "terminated_node": term.node,
+                "event": term.event,
+                # the pods the event terminated: one for each event the runners drive
+                "terminated_pods": [term.pod],
                 "lb": term.lb,
             },
             phases,

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 
 from ..artifacts.events import read_jsonl
 from ..artifacts.rundir import utc_stamp
+from ..model import registry
 from ..model.registry import MODES, SCENARIOS, SHORT_CLASSES
 from .comparison import VERDICT_KINDS, comparison_doc, invalid_runs, verdict_matrix
 from .summary import verdict
@@ -196,6 +197,7 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
             [
                 s["mode"],
                 s["scenario"],
+                s.get("event", registry.DEFAULT_EVENT),
                 # an invalid run is shown, never counted (runbook.analysis.validity)
                 "yes" if s.get("valid", True) else "NO",
                 _per_class(exposure, "exposed") if exposure else "?",
@@ -214,6 +216,7 @@ def comparison_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
 COMPARISON_HEADER = [
     "mode",
     "scenario",
+    "event",
     "valid",
     "exposed per class",
     "lost of those",
@@ -259,16 +262,27 @@ def write_run_report(run_dir: Path) -> Path:
 
 
 def summaries_by_pair(run_dirs: list[Path]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """scenario -> mode -> the runs' summaries, each with its `run_dir`, in the registry's
-    order of scenarios and modes."""
+    """case -> mode -> the runs' summaries, each with its `run_dir`, in the registry's
+    order of scenarios, events and modes. A case is the scenario under its run's event
+    (registry.case: `steady`, `steady@drain`): the comparison's columns."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for d in run_dirs:
         s = json.loads((d / "summary.json").read_text())
-        out.setdefault(s["scenario"], {}).setdefault(s["mode"], []).append({**s, "run_dir": str(d)})
+        case = registry.case(s["scenario"], s.get("event", registry.DEFAULT_EVENT))
+        out.setdefault(case, {}).setdefault(s["mode"], []).append({**s, "run_dir": str(d)})
     return {
         sc: {m: out[sc][m] for m in sorted(out[sc], key=registry_order(MODES))}
-        for sc in sorted(out, key=registry_order(SCENARIOS))
+        for sc in sorted(out, key=case_order)
     }
+
+
+def case_order(case: str) -> tuple[Any, ...]:
+    """A sort key for case names: the registry's order of scenarios, then of events."""
+    sc, _, ev = case.partition(registry.CASE_SEPARATOR)
+    return (
+        *registry_order(SCENARIOS)(sc),
+        *registry_order(registry.EVENTS)(ev or registry.DEFAULT_EVENT),
+    )
 
 
 def registry_order(known: Any) -> Any:

@@ -180,8 +180,10 @@ def summarize(
     return {
         "mode": meta["mode"],
         "scenario": meta["scenario"],
+        "event": meta.get("event", registry.DEFAULT_EVENT),
         "profile": meta["profile"],
         "terminated_pod": pod,
+        "terminated_pods": meta.get("terminated_pods", [pod]),
         "long_request_s": meta.get("long_s"),
         "protected_s": meta.get("protected_s"),
         "exceeds_protection": meta.get("exceeds_protection"),

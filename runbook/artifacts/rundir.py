@@ -1,4 +1,4 @@
-"""The run directory: `artifacts/<UTC stamp>-<scenario>-<mode>/`, never reused, and the
+"""The run directory: `artifacts/<UTC stamp>-<scenario>[-<event>]-<mode>/`, never reused, and the
 small files a run leaves in it for whoever started it.
 
     python -m runbook.artifacts.rundir --artifacts artifacts --scenario inflight --mode ordered
@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..model.registry import DEFAULT_EVENT
+
 #: What the load driver writes, one record a request as the client saw it; the finalize
 #: step joins each with every hop's line into requests.jsonl.
 RAW_REQUESTS = "requests.raw.jsonl"
@@ -24,8 +26,11 @@ def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def new_run_dir(artifacts: Path, scenario: str, mode: str) -> Path:
-    return new_stamped_dir(artifacts, f"{scenario}-{mode}")
+def new_run_dir(artifacts: Path, scenario: str, mode: str, event: str = DEFAULT_EVENT) -> Path:
+    """`<stamp>-<scenario>-<mode>`, or `<stamp>-<scenario>-<event>-<mode>` for an event
+    other than the seed's deletion."""
+    case = scenario if event == DEFAULT_EVENT else f"{scenario}-{event}"
+    return new_stamped_dir(artifacts, f"{case}-{mode}")
 
 
 def new_stamped_dir(artifacts: Path, name: str) -> Path:
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--scenario")
     parser.add_argument("--mode")
+    parser.add_argument("--event", default=DEFAULT_EVENT)
     # another stamped folder: verify.yml keeps the LB's files it read in one
     parser.add_argument("--name", help="a folder <stamp>-<name> instead of a run's")
     # the homelab playbook's run, for `make experiment`: `running` from here on
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.name:
         print(new_stamped_dir(args.artifacts, args.name))
     elif args.scenario and args.mode:
-        run_dir = new_run_dir(args.artifacts, args.scenario, args.mode)
+        run_dir = new_run_dir(args.artifacts, args.scenario, args.mode, args.event)
         if args.result_file:
             write_result(Path(args.result_file), run_dir, "running")
         print(run_dir)

@@ -1,5 +1,5 @@
-"""The termination record: what was terminated, when, and which LB the load went
-through. The runner that issues the termination makes it; on the homelab it is
+"""The termination record: what was terminated, when, by which event, and which LB
+the load went through. The runner that issues the termination makes it; on the homelab it is
 `termination.json` in the run directory, which the finalize step reads back."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ class Termination:
     pod: str
     node: str
     lb: str
+    #: what terminated it (registry.EVENTS); a record without one was a deletion
+    event: str = "delete"
 
 
 def write_termination(run_dir: Path, term: Termination) -> None:

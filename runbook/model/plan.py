@@ -137,6 +137,8 @@ class RunPlan:
     protected_s: float
     notes: list[str]
     budget: dict[str, Any] = field(repr=False)
+    #: what terminates the gateway pod (registry.EVENTS)
+    event: str = registry.DEFAULT_EVENT
 
     @property
     def exceeds_protection(self) -> bool:
@@ -158,15 +160,22 @@ class RunPlan:
             protected_s=d["protected_s"],
             notes=list(d["notes"]),
             budget=dict(d["budget"]),
+            event=d.get("event", registry.DEFAULT_EVENT),
         )
 
 
 def add_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
-    """--mode, --scenario and --profile, their choices from the registry: argparse
+    """--mode, --scenario, --profile and --event, their choices from the registry: argparse
     refuses anything else, naming the value and the valid ones, before anything runs."""
     parser.add_argument("--mode", required=True, choices=list(registry.MODES))
     parser.add_argument("--scenario", default="inflight", choices=list(registry.SCENARIOS))
     parser.add_argument("--profile", default=profile, choices=list(timing.PROFILES))
+    parser.add_argument(
+        "--event",
+        default=registry.DEFAULT_EVENT,
+        choices=list(registry.EVENTS),
+        help="what terminates the gateway pod mid-load (registry.EVENTS)",
+    )
     parser.add_argument(
         "--client-retry",
         default="none",
@@ -212,9 +221,24 @@ def plan_for(args: argparse.Namespace) -> RunPlan:
             raise ValueError(
                 f"--budget is profile {budget.get('profile')!r}, --profile is {args.profile!r}"
             )
-        return plan_from_budget(budget, args.mode, args.scenario, args.client_retry)
-    overrides = json.loads(args.overrides) if args.overrides else None
-    return plan(args.profile, args.mode, args.scenario, overrides, args.client_retry)
+        made = plan_from_budget(budget, args.mode, args.scenario, args.client_retry)
+    else:
+        overrides = json.loads(args.overrides) if args.overrides else None
+        made = plan(args.profile, args.mode, args.scenario, overrides, args.client_retry)
+    return for_event(made, args.event)
+
+
+def for_event(run_plan: RunPlan, event: str) -> RunPlan:
+    """The plan under `event` (registry.EVENTS), which the notes name when it is not
+    the seed's deletion."""
+    known = registry.event(event)
+    if known.name == registry.DEFAULT_EVENT:
+        return run_plan
+    return dataclasses.replace(
+        run_plan,
+        event=known.name,
+        notes=[*run_plan.notes, f"The event is {known.name}: {known.summary}."],
+    )
 
 
 def plan(

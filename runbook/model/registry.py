@@ -323,8 +323,89 @@ LONG_CLASSES = ("sleep", "stream", "ws", "grpc_stream")
 SHORT_CLASSES = ("short", "short_pooled", "h2_short")
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What terminates the gateway pod mid-load, as it happens to users."""
+
+    name: str
+    summary: str
+    #: None: the local lab models it; else why its stand-ins cannot, and it refuses it
+    not_local: str | None
+
+
+EVENTS = {
+    e.name: e
+    for e in (
+        Event(
+            "delete",
+            "the victim pod deleted through the API, gracefully (kubectl delete pod)",
+            not_local=None,
+        ),
+        Event(
+            "drain",
+            "the victim's node cordoned, then its gateway pod evicted through the Eviction "
+            "API, which the gateway's PodDisruptionBudget admits (kubectl drain)",
+            not_local="the local lab has no API server: no cordon, no Eviction API and no "
+            "PodDisruptionBudget to admit or refuse the eviction",
+        ),
+        Event(
+            "scale-down",
+            "the gateway Deployment scaled down by one replica: the ReplicaSet picks the "
+            "pod to delete by its ranking (kubectl scale), then the replicas are restored",
+            not_local="the local lab has no ReplicaSet controller: which pod a scale-down "
+            "deletes is its ranking, which no stand-in here reproduces",
+        ),
+        Event(
+            "rollout",
+            "the Deployment's pods replaced one after another (kubectl rollout restart)",
+            not_local="the local lab has no Deployment controller or scheduler: a surge pod "
+            "and its seat on master1 are what a rollout is",
+        ),
+    )
+}
+#: What runs when EVENTS= names none: the seed's event.
+DEFAULT_EVENT = "delete"
+#: The events the homelab runner drives today; `rollout` terminates both pods, which
+#: the one-victim accounting does not follow yet (issue 25's next step).
+CLUSTER_EVENTS = ("delete", "drain", "scale-down")
+#: How a scenario under an event other than `delete` is named where runs are grouped
+#: and compared (a run directory, a comparison's column): `steady@drain`.
+CASE_SEPARATOR = "@"
+
+
+def case(scenario_name: str, event_name: str) -> str:
+    """A scenario under an event as one name: the scenario's own under `delete`."""
+    if event_name == DEFAULT_EVENT:
+        return scenario_name
+    return f"{scenario_name}{CASE_SEPARATOR}{event_name}"
+
+
+def event_on(name: str, target: str) -> Event:
+    """The event if `target` (`local`, or a cluster's inventory) can drive it, else an
+    error naming the event, why not, and where it can run."""
+    known = event(name)
+    if target == "local" and known.not_local is not None:
+        raise UnknownName(
+            f"event {name!r} cannot run on the local lab: {known.not_local}; run it on a "
+            f"cluster (TARGET=onebox); the local lab runs: "
+            + ", ".join(e for e, ev in EVENTS.items() if ev.not_local is None)
+        )
+    if target != "local" and known.name not in CLUSTER_EVENTS:
+        raise UnknownName(
+            f"event {name!r} is not driven yet: it terminates every gateway pod, which the "
+            f"one-victim accounting does not follow; a cluster runs: {', '.join(CLUSTER_EVENTS)}"
+        )
+    return known
+
+
+def split_case(name: str) -> tuple[str, str]:
+    """(scenario, event) of a case name (`case`'s inverse), each checked."""
+    sc, _, ev = name.partition(CASE_SEPARATOR)
+    return scenario(sc).name, event(ev or DEFAULT_EVENT).name
+
+
 class UnknownName(ValueError):
-    """A mode, scenario or profile that the registry does not define."""
+    """A mode, scenario, event or profile that the registry does not define."""
 
 
 def require(kind: str, value: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -342,6 +423,10 @@ def scenario(name: str) -> Scenario:
     return SCENARIOS[require("scenario", name, list(SCENARIOS))]
 
 
+def event(name: str) -> Event:
+    return EVENTS[require("event", name, list(EVENTS))]
+
+
 def as_dict() -> dict[str, object]:
     """The whole registry as plain data (for Ansible)."""
     return {
@@ -350,6 +435,9 @@ def as_dict() -> dict[str, object]:
         "modes": {name: asdict(m) for name, m in MODES.items()},
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
+        "events": {name: asdict(e) for name, e in EVENTS.items()},
+        "cluster_events": list(CLUSTER_EVENTS),
+        "case_separator": CASE_SEPARATOR,
         "lb_check_targets": list(LB_CHECK_TARGETS),
         "client_retries": list(CLIENT_RETRIES),
         "lb_protocols": list(LB_PROTOCOLS),

@@ -65,6 +65,10 @@ PROFILES: dict[str, dict[str, float]] = {
         "gateway_upstream_idle_s": 60,
         "backend_readiness_period_s": 5,
         "backend_readiness_failure_threshold": 3,
+        # One gateway per worker (required anti-affinity), and the PodDisruptionBudget's
+        # floor: a drain's eviction is admitted while another replica stays ready.
+        "gateway_replicas": 2,
+        "gateway_pdb_min_available": 1,
     },
     # The same relations, scaled so that one local-lab run takes about a minute.
     "quick": {
@@ -98,6 +102,8 @@ PROFILES: dict[str, dict[str, float]] = {
         "gateway_upstream_idle_s": 60,
         "backend_readiness_period_s": 1,
         "backend_readiness_failure_threshold": 3,
+        "gateway_replicas": 2,
+        "gateway_pdb_min_available": 1,
     },
 }
 
@@ -134,6 +140,8 @@ WHOLE = {
     "backend_readiness_failure_threshold",
     "backend_keepalive_s",
     "gateway_upstream_idle_s",
+    "gateway_replicas",
+    "gateway_pdb_min_available",
     *OVERRIDABLE,
 }
 
@@ -145,6 +153,8 @@ MAY_BE_ZERO = {
     "gateway_grace_margin_s",
     "current_prestop_sleep_s",
     "haproxy_timeout_server_margin_s",
+    # a legal PodDisruptionBudget; the rule pdb_keeps_a_gateway_serving names what it does
+    "gateway_pdb_min_available",
 }
 
 
@@ -210,6 +220,8 @@ CONSUMER_LIMITS: dict[str, tuple[str, float, float, str]] = {
         "the backend's readiness failureThreshold",
         *KUBERNETES_COUNT,
     ),
+    "gateway_replicas": ("the gateway Deployment's replicas", *KUBERNETES_COUNT),
+    "gateway_pdb_min_available": ("a PodDisruptionBudget's minAvailable", 0, 2**31 - 1, ""),
 }
 
 #: The inputs a derived field comes from when it is not pinned (named in the refusal).
@@ -476,6 +488,20 @@ def check(b: Budget) -> list[Violation]:
         f"and the backend closes one after {i['backend_keepalive_s']:g}s: Envoy may send a "
         "request on a connection as the backend closes it (503 UC, no backend line); set "
         "gateway_upstream_idle_s below backend_keepalive_s",
+    )
+    replicas, floor = i["gateway_replicas"], i["gateway_pdb_min_available"]
+    rule(
+        "pdb_admits_an_eviction",
+        floor < replicas,
+        f"the gateway's PodDisruptionBudget minAvailable {floor:g} must be below its "
+        f"{replicas:g} replicas, or the Eviction API refuses every eviction (429) and a node "
+        "drain waits forever; lower gateway_pdb_min_available or raise gateway_replicas",
+    )
+    rule(
+        "pdb_keeps_a_gateway_serving",
+        floor >= 1,
+        f"the gateway's PodDisruptionBudget minAvailable {floor:g} lets a drain evict every "
+        "gateway at once, leaving HAProxy no server; keep gateway_pdb_min_available at 1 or more",
     )
     rule(
         "envoy_readiness_has_time_for_xds",

@@ -131,8 +131,9 @@ def by_lb_protocol(scenarios: list[str] | tuple[str, ...]) -> list[tuple[str, ..
     (registry.Scenario.lb_protocol), in order of first appearance: one HAProxy config
     serves a group (a lab's, or a cluster's between two flips)."""
     groups: dict[str, list[str]] = {}
-    for sc in scenarios:
-        groups.setdefault(registry.scenario(sc).lb_protocol, []).append(sc)
+    for sc in scenarios:  # each a case: a scenario under an event (registry.case)
+        scenario, _ = registry.split_case(sc)
+        groups.setdefault(registry.scenario(scenario).lb_protocol, []).append(sc)
     return [tuple(g) for g in groups.values()]
 
 
@@ -851,7 +852,7 @@ async def main_async(
                 local, folder / f"comparison-{stamp}.json", folder / f"labs-{stamp}.html"
             )
             print(f"both labs:         {both} (the local lab's: {local.name})")
-    print(f"{len(modes)} modes x {len(scenarios)} scenarios, {repeats} run(s) each")
+    print(f"{len(modes)} modes x {len(scenarios)} scenarios and events, {repeats} run(s) each")
     print(timing_line(timing, target.name if cluster else None))
     return 1 if failed else 0
 
@@ -888,6 +889,13 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(registry.MODES))
     parser.add_argument("--profile", help="the timing profile (default: the target inventory's)")
     parser.add_argument("--scenarios", default=",".join(registry.DEFAULT_SCENARIOS))
+    parser.add_argument(
+        "--events",
+        default=registry.DEFAULT_EVENT,
+        help=f"what terminates the gateway pod, each run under each scenario: "
+        f"{', '.join(registry.EVENTS)} (runbook.model.registry; the local lab runs "
+        f"{', '.join(e for e, ev in registry.EVENTS.items() if ev.not_local is None)})",
+    )
     parser.add_argument("--first-lab-index", type=int, help="the local lab's first (default 1)")
     parser.add_argument(
         "--client-retry",
@@ -913,6 +921,7 @@ def main() -> int:
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     scenarios = [sc for sc in args.scenarios.split(",") if sc]
+    events = [ev for ev in args.events.split(",") if ev]
     if not (CHECKOUT / "playbooks" / "run-experiment.yml").exists():
         print(
             f"runbook.runners.all: {CHECKOUT} is not a checkout of the project (no playbooks/): "
@@ -938,6 +947,10 @@ def main() -> int:
             raise ValueError("--modes names no mode")
         if not scenarios:
             raise ValueError("--scenarios names no scenario")
+        if not events:
+            raise ValueError("--events names no event")
+        for ev in events:
+            registry.event_on(ev, "cluster" if target.is_cluster else targets.LOCAL)
         registry.require("client retry", args.client_retry, registry.CLIENT_RETRIES)
         if args.artifacts == "":
             raise ValueError("--artifacts is empty: name a folder (default: artifacts/)")
@@ -946,8 +959,10 @@ def main() -> int:
         for mode in modes:
             for sc in scenarios:
                 check_inputs(mode, sc, profile, args.client_retry)
-        pairs = len(modes) * len(scenarios)
         alone = [sc for sc in scenarios if registry.scenario(sc).alone]
+        # from here on a scenario is a case: the scenario under an event (steady@drain)
+        scenarios = [registry.case(sc, ev) for sc in scenarios for ev in events]
+        pairs = len(modes) * len(scenarios)
         if alone and args.labs_at_once not in (None, 1):
             raise ValueError(
                 f"--labs-at-once {args.labs_at_once}: scenario {alone[0]} takes the "

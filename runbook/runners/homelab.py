@@ -21,6 +21,7 @@ import contextlib
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +36,7 @@ from ..load import grpcclient
 from ..load.driver import LoadDriver, Recorder
 from ..model import registry
 from ..model.plan import add_arguments, add_budget_arguments, plan_for
-from . import gotools
+from . import disruptions, gotools
 from .runstop import RunStop
 
 GATEWAY_SERVICE = registry.OBJECTS.gateway_deployment
@@ -45,6 +46,10 @@ LOG_SETTLE_S = 3.0
 #: since (the replacement runs within seconds of the deletion), and to see the victim
 #: gone.
 POD_LOOK_S = 1.0
+#: How long an event may take to terminate the victim: a drain's eviction refused by
+#: the PodDisruptionBudget, a scale-down's pick not yet seen. Both start with every
+#: gateway ready (the playbook's place step), so it is a bound, not a wait.
+EVENT_DEADLINE_S = 30.0
 
 
 class RunFailed(RuntimeError):
@@ -81,6 +86,28 @@ def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
     return sorted(candidates, key=lambda p: p.metadata.name)[0]
 
 
+def terminate(
+    event: str,
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+    selector: str,
+    victim: Any,
+    pods: list[Any],
+    restore: disruptions.Restore,
+) -> disruptions.Terminated:
+    """The event carried out on the victim (runbook.runners.disruptions), what it
+    changes beyond the pod added to `restore`."""
+    deadline = time.monotonic() + EVENT_DEADLINE_S
+    if event == "drain":
+        return disruptions.terminate_drain(core, namespace, victim, restore, deadline)
+    if event == "scale-down":
+        return disruptions.terminate_scale_down(
+            core, apps, namespace, GATEWAY_SERVICE, selector, victim, pods, restore, deadline
+        )
+    return disruptions.terminate_delete(core, namespace, victim)
+
+
 def fail(args: argparse.Namespace, run_dir: Path, why: str) -> NoReturn:
     """End the run as `failed`, its result file (if any) saying why."""
     if args.result_file:
@@ -91,7 +118,7 @@ def fail(args: argparse.Namespace, run_dir: Path, why: str) -> NoReturn:
 async def run(args: argparse.Namespace) -> None:
     started_ms = now_ms()
     config.load_kube_config(context=args.context)
-    core, discovery = client.CoreV1Api(), client.DiscoveryV1Api()
+    core, discovery, apps = client.CoreV1Api(), client.DiscoveryV1Api(), client.AppsV1Api()
     run_plan = plan_for(args)
     scenario = run_plan.load
     run_dir = Path(args.run_dir)
@@ -107,6 +134,7 @@ async def run(args: argparse.Namespace) -> None:
     selector = f"{registry.GATEWAY_POD_SELECTOR},mode={args.mode}"
     pods = core.list_namespaced_pod(args.namespace, label_selector=selector).items
     victim = pick_victim(pods, args.workers.split(","), args.lb)
+    restore = disruptions.Restore()
     print(f"victim {victim.metadata.name} on {victim.spec.node_name}", flush=True)
     threads = [
         threading.Thread(
@@ -184,16 +212,36 @@ async def run(args: argparse.Namespace) -> None:
         if load.done():
             await load  # the load ended before the termination: its error, and no deletion
         started = step("start-load", started)
-        term = Termination(now_ms(), victim.metadata.name, victim.spec.node_name, args.lb)
-        recorder.termination_ms = term.ms
+        issued_ms = now_ms()
+        recorder.termination_ms = issued_ms
         experiment.emit(
-            "experiment", "termination_issued", ts_ms=term.ms, pod=term.pod, node=term.node
+            "experiment",
+            "termination_issued",
+            ts_ms=issued_ms,
+            pod=victim.metadata.name,
+            node=victim.spec.node_name,
+            event=run_plan.event,
         )
+        try:
+            done = await asyncio.to_thread(
+                terminate,
+                run_plan.event,
+                core,
+                apps,
+                args.namespace,
+                selector,
+                victim,
+                pods,
+                restore,
+            )
+        except disruptions.EventFailed as exc:
+            fail(args, run_dir, f"{run_plan.event}: {exc}")
+        for note in done.notes:
+            fields = {k: v for k, v in note.items() if k not in ("kind", "ts_ms")}
+            experiment.emit("experiment", note["kind"], note["ts_ms"], **fields)
+        term = Termination(issued_ms, done.pod, done.node, args.lb, run_plan.event)
         write_termination(run_dir, term)
-        await asyncio.to_thread(
-            core.delete_namespaced_pod, victim.metadata.name, args.namespace
-        )  # graceful: the pod's own terminationGracePeriodSeconds
-        started = step("terminate-gateway-pod", started, {"pod": victim.metadata.name})
+        started = step("terminate-gateway-pod", started, {"pod": term.pod, "event": run_plan.event})
         grace = float(run_plan.budget["gateway_grace_s"])
         with contextlib.suppress(TimeoutError):  # the journal's step says how long
             await asyncio.wait_for(victim_gone.wait(), grace + 30)
@@ -214,6 +262,9 @@ async def run(args: argparse.Namespace) -> None:
         failures.report(Path(str(exc.filename or run_dir)), exc)
     finally:
         run_stop.cleanup_begins()
+        # what the event changed beyond the pod (a cordon, the replicas) goes back first,
+        # whatever else the cleanup meets
+        not_restored = restore()
         stop.set()
         driver.stop()
         background = [t for t in (gauge, pods_followed, load) if t is not None]
@@ -225,6 +276,8 @@ async def run(args: argparse.Namespace) -> None:
             if not t.daemon:
                 t.join(kube.WATCH_WINDOW_S + 5)
         collected.close()
+    if not_restored:
+        fail(args, run_dir, f"{run_plan.event} left the cluster changed: {'; '.join(not_restored)}")
     if run_stop.reason is not None:
         fail(args, run_dir, f"{run_stop.reason}; the run stopped, what it wrote is kept")
     print(json.dumps({"requests": len(recorder.records), "termination_ms": term.ms}), flush=True)
@@ -247,9 +300,10 @@ def main() -> int:
     )
     args = p.parse_args()
     try:
+        registry.event_on(args.event, "cluster")
         args.vegeta_binary = gotools.for_scenario(args.scenario)
         grpcclient.require_trust(args.scenario, args.ca)
-    except (gotools.ToolMissing, grpcclient.NoTrust) as exc:
+    except (registry.UnknownName, gotools.ToolMissing, grpcclient.NoTrust) as exc:
         print(f"runbook.runners.homelab: {exc}; nothing was started", file=sys.stderr)
         return 2
     try:

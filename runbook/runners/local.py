@@ -347,9 +347,10 @@ def main() -> int:
     )
     args = p.parse_args()
     try:
+        registry.event_on(args.event, "local")
         args.vegeta_binary = gotools.for_scenario(args.scenario)
         grpcclient.require_trust(args.scenario, args.ca)
-    except (gotools.ToolMissing, grpcclient.NoTrust) as exc:
+    except (registry.UnknownName, gotools.ToolMissing, grpcclient.NoTrust) as exc:
         print(f"runbook.runners.local: {exc}; nothing was started", file=sys.stderr)
         return 2
     # the lab's addresses are the machine's (runbook.localcluster.lablock): refused

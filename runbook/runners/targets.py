@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..model import registry
+
 LOCAL = "local"
 #: What run-experiment.yml calls a cluster's experiment (the validate role's word).
 CLUSTER_KIND = "homelab"
@@ -98,11 +100,14 @@ def run_args(scenario: str, result_file: Path) -> list[str]:
 
 
 def cluster_runs_args(runs: list[tuple[str, Path]]) -> list[str]:
-    """What a cluster mode's runs add to its run-experiment.yml: each run's scenario and
-    where its result goes, in order (experiment-homelab.yml runs them one after the
-    other, after one flip)."""
-    doc = {"experiment_runs": [{"scenario": sc, "result_file": str(f)} for sc, f in runs]}
-    return ["-e", json.dumps(doc)]
+    """What a cluster mode's runs add to its run-experiment.yml: each run's scenario, its
+    event (from its case name, registry.case) and where its result goes, in order
+    (experiment-homelab.yml runs them one after the other, after one flip)."""
+    entries = []
+    for case, f in runs:
+        sc, ev = registry.split_case(case)
+        entries.append({"scenario": sc, "event": ev, "result_file": str(f)})
+    return ["-e", json.dumps({"experiment_runs": entries})]
 
 
 #: The banner of each cluster run's first task (playbooks/tasks/experiment-run.yml).

@@ -41,10 +41,10 @@ def istio_spec_schema(kind: str) -> dict:
 
 @pytest.mark.parametrize("profile", ["seed", "quick"])
 def test_every_file_and_valid_objects(profile: str) -> None:
-    # five shared files and one gateway Deployment per mode of the registry
+    # six shared files (the PodDisruptionBudget one) and one gateway Deployment per mode
     modes = {m.manifest for m in registry.MODES.values()}
     names = {p.name for p in (OUT / profile).glob("*.yaml")}
-    assert modes <= names and len(names) == 5 + len(modes)
+    assert modes <= names and len(names) == 6 + len(modes)
     for obj in objects(profile):
         if obj["apiVersion"].startswith("networking.istio.io/"):
             jsonschema.validate(obj["spec"], istio_spec_schema(obj["kind"]))

@@ -1,0 +1,211 @@
+"""How each event (registry.EVENTS) terminates the gateway pod on a cluster, through the
+Kubernetes API as the tool people use does it, and what it puts back afterwards.
+
+- `delete`: the pod deleted gracefully (`kubectl delete pod`).
+- `drain`: the victim's node cordoned, then its gateway pod evicted through the Eviction
+  API (`kubectl drain --pod-selector app=<gateway>`: the node's other pods stay, so the
+  run measures the gateway's termination alone). The gateway's PodDisruptionBudget
+  admits the eviction while the other replica is ready; a refusal (429) is retried
+  until the deadline passed in. The node is uncordoned afterwards.
+- `scale-down`: the Deployment's replicas lowered by one (`kubectl scale`); the
+  ReplicaSet picks the pod by its ranking, in which every pod but the victim carries a
+  higher `controller.kubernetes.io/pod-deletion-cost` (so the victim is one HAProxy can
+  see go DOWN, not the LB's own node's). The pod it deleted is read back and recorded;
+  another than the victim ends the run. The replicas and the annotations are put back
+  afterwards.
+
+Each `terminate_*` is blocking (the runner calls it off its event loop) and returns
+the pod it terminated and a `Restore` that undoes what the event changed beyond the
+pod; the runner calls it however the run ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..artifacts.events import now_ms
+
+#: The annotation the ReplicaSet controller ranks pods by on a scale-down (lower goes
+#: first; Kubernetes 1.22+, beta and on by default).
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+#: What the survivors of a scale-down carry: above the victim's default 0.
+SURVIVOR_COST = "100"
+#: How often a refused eviction is asked again, and the ReplicaSet's pick looked for.
+RETRY_S = 1.0
+
+
+class EventFailed(RuntimeError):
+    """The event could not be carried out as asked (named); what it changed is put back."""
+
+
+@dataclass
+class Restore:
+    """What an event changed beyond the pod, undone in order by `__call__`; each step
+    runs once, and a failing one does not keep the others from running."""
+
+    steps: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+
+    def add(self, what: str, undo: Callable[[], Any]) -> None:
+        self.steps.append((what, undo))
+
+    def __call__(self) -> list[str]:
+        """Every step run; the ones that failed, each as `what: error`."""
+        failed = []
+        while self.steps:
+            what, undo = self.steps.pop(0)
+            try:
+                undo()
+            except (ApiException, OSError) as exc:
+                failed.append(f"{what}: {getattr(exc, 'reason', None) or exc}")
+        return failed
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    pod: str
+    node: str
+    #: what the API said along the way (an eviction refused, the pick read back), each
+    #: with its `kind` and `ts_ms`: the runner records each as an experiment event
+    notes: tuple[dict[str, Any], ...] = ()
+
+
+def refusal(exc: ApiException) -> str | None:
+    """Why the Eviction API refused an eviction it may admit later (429: the
+    PodDisruptionBudget allows no disruption now), or None for any other error."""
+    if exc.status != 429:
+        return None
+    return str(exc.reason or "Too Many Requests")
+
+
+def deleted_by_scale_down(pods: list[Any], before: set[str]) -> list[Any]:
+    """Of one listing of the gateway's pods, those the ReplicaSet is deleting that were
+    not being deleted before the scale-down (`before`: their names)."""
+    return [
+        p
+        for p in pods
+        if p.metadata.deletion_timestamp is not None and p.metadata.name not in before
+    ]
+
+
+def terminate_delete(core: client.CoreV1Api, namespace: str, victim: Any) -> Terminated:
+    core.delete_namespaced_pod(victim.metadata.name, namespace)  # the pod's own grace
+    return Terminated(victim.metadata.name, victim.spec.node_name)
+
+
+def terminate_drain(
+    core: client.CoreV1Api,
+    namespace: str,
+    victim: Any,
+    restore: Restore,
+    deadline: float,
+) -> Terminated:
+    """Cordon the victim's node, then evict the victim until the Eviction API admits it
+    or `deadline` (time.monotonic()) passes."""
+    node = victim.spec.node_name
+    was = bool(core.read_node(node).spec.unschedulable)
+    core.patch_node(node, {"spec": {"unschedulable": True}})
+    restore.add(f"uncordon {node}", lambda: core.patch_node(node, {"spec": {"unschedulable": was}}))
+    name = victim.metadata.name
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+    notes: list[dict[str, Any]] = [{"kind": "cordoned", "ts_ms": now_ms(), "node": node}]
+    while True:
+        try:
+            core.create_namespaced_pod_eviction(name, namespace, body)
+        except ApiException as exc:
+            why = refusal(exc)
+            if why is None:
+                raise
+            notes.append(
+                {"kind": "eviction_refused", "ts_ms": now_ms(), "pod": name, "reason": why}
+            )
+            if time.monotonic() + RETRY_S > deadline:
+                raise EventFailed(
+                    f"the Eviction API refused to evict {name} until the deadline ({why}): "
+                    "the gateway's PodDisruptionBudget admitted no disruption"
+                ) from None
+            time.sleep(RETRY_S)
+            continue
+        notes.append({"kind": "evicted", "ts_ms": now_ms(), "pod": name})
+        return Terminated(name, node, tuple(notes))
+
+
+def terminate_scale_down(
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+    deployment: str,
+    selector: str,
+    victim: Any,
+    pods: list[Any],
+    restore: Restore,
+    deadline: float,
+) -> Terminated:
+    """Every pod but the victim ranked above it, the replicas lowered by one; the pod the
+    ReplicaSet deletes, read back by `deadline` (time.monotonic())."""
+    survivors = [p.metadata.name for p in pods if p.metadata.name != victim.metadata.name]
+    for name in survivors:
+        core.patch_namespaced_pod(
+            name, namespace, {"metadata": {"annotations": {DELETION_COST: SURVIVOR_COST}}}
+        )
+        restore.add(
+            f"unannotate {name}",
+            lambda name=name: _unannotate(core, namespace, name),
+        )
+    replicas = apps.read_namespaced_deployment_scale(deployment, namespace).spec.replicas
+    before = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is not None}
+    apps.patch_namespaced_deployment_scale(
+        deployment, namespace, {"spec": {"replicas": replicas - 1}}
+    )
+    # first, so that the replicas come back before the annotations go
+    restore.steps.insert(
+        0,
+        (
+            f"scale {deployment} back to {replicas}",
+            lambda: apps.patch_namespaced_deployment_scale(
+                deployment, namespace, {"spec": {"replicas": replicas}}
+            ),
+        ),
+    )
+    notes: tuple[dict[str, Any], ...] = (
+        {
+            "kind": "scaled",
+            "ts_ms": now_ms(),
+            "deployment": deployment,
+            "from": replicas,
+            "to": replicas - 1,
+        },
+    )
+    while time.monotonic() < deadline:
+        listed = core.list_namespaced_pod(namespace, label_selector=selector).items
+        picked = deleted_by_scale_down(listed, before)
+        if picked:
+            pod = picked[0]
+            if pod.metadata.name != victim.metadata.name:
+                raise EventFailed(
+                    f"the ReplicaSet deleted {pod.metadata.name} on {pod.spec.node_name}, "
+                    f"not {victim.metadata.name} on {victim.spec.node_name}, though every "
+                    f"other pod carried {DELETION_COST}={SURVIVOR_COST}"
+                )
+            picked_note = {"kind": "picked", "ts_ms": now_ms(), "pod": pod.metadata.name}
+            return Terminated(pod.metadata.name, pod.spec.node_name, (*notes, picked_note))
+        time.sleep(RETRY_S / 4)
+    raise EventFailed(
+        f"no gateway pod was being deleted by the deadline after scaling {deployment} "
+        f"to {replicas - 1}"
+    )
+
+
+def _unannotate(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    try:
+        core.patch_namespaced_pod(
+            name, namespace, {"metadata": {"annotations": {DELETION_COST: None}}}
+        )
+    except ApiException as exc:
+        if exc.status != 404:  # a pod gone since has nothing to put back
+            raise
