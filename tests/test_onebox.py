@@ -1012,7 +1012,13 @@ def onebox_experiment(
     its inflight and its steady run), the runs judged and compared as the local lab's
     are. Its artifacts folder."""
     artifacts = tmp_path_factory.mktemp("onebox-artifacts")
-    log = onebox_logs / "make-experiment-onebox.log"
+    make_experiment_on_onebox(artifacts, onebox_logs / "make-experiment-onebox.log")
+    return artifacts
+
+
+def make_experiment_on_onebox(artifacts: Path, log: Path, *variables: str) -> None:
+    """`make experiment TARGET=onebox REPEATS=1 <variables>` into `artifacts`, its
+    output in `log`; how long it took on stderr."""
     started = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(
@@ -1022,6 +1028,7 @@ def onebox_experiment(
                 "experiment",
                 "TARGET=onebox",
                 "REPEATS=1",
+                *variables,
                 f"ARTIFACTS={artifacts}",
             ],
             cwd=ROOT,
@@ -1032,8 +1039,7 @@ def onebox_experiment(
         )
     took = time.monotonic() - started
     assert proc.returncode == 0, f"{log}:\n{log.read_text()[-5000:]}"
-    print(f"make experiment TARGET=onebox (8 runs): {took:.0f}s", file=sys.stderr)
-    return artifacts
+    print(f"make experiment TARGET=onebox {' '.join(variables)}: {took:.0f}s", file=sys.stderr)
 
 
 def test_make_experiment_on_onebox_compares_every_mode(onebox_experiment: Path) -> None:
@@ -1351,31 +1357,12 @@ def onebox_events(
     EVENTS=drain,scale-down REPEATS=1`: the events beyond a deletion, each through the
     homelab runner, judged and compared as the deletion's runs are. Its artifacts."""
     artifacts = tmp_path_factory.mktemp("onebox-events")
-    log = onebox_logs / "make-experiment-onebox-events.log"
-    started = time.monotonic()
-    with log.open("w") as out:
-        proc = subprocess.run(
-            [
-                "make",
-                "--no-print-directory",
-                "experiment",
-                "TARGET=onebox",
-                "MODES=ordered",
-                "SCENARIOS=steady",
-                "EVENTS=drain,scale-down",
-                "REPEATS=1",
-                f"ARTIFACTS={artifacts}",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=1800,
-        )
-    assert proc.returncode == 0, f"{log}:\n{log.read_text()[-5000:]}"
-    print(
-        f"make experiment TARGET=onebox EVENTS=drain,scale-down: {time.monotonic() - started:.0f}s",
-        file=sys.stderr,
+    make_experiment_on_onebox(
+        artifacts,
+        onebox_logs / "make-experiment-onebox-events.log",
+        "MODES=ordered",
+        "SCENARIOS=steady",
+        "EVENTS=drain,scale-down",
     )
     return artifacts
 
