@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, VENV_BIN
 from helpers import render_manifests as render
 from runbook.model import registry, timing
 
@@ -337,6 +339,45 @@ def test_the_pdb_guards_every_mode_s_gateway_pods_from_the_timing_model() -> Non
         assert deployment["spec"]["replicas"] == inputs["gateway_replicas"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("role", ["manifests", "gateway"])
+def test_a_role_s_argument_check_passes_when_a_tag_skips_the_timing_role(
+    tmp_path: Path, role: str
+) -> None:
+    """A role's argument check runs whatever the tags (site.yml --tags istio, say), and
+    it templates the role's defaults: the replicas, the timing budget's, are derived
+    there when the timing role did not run."""
+    play = tmp_path / "play.yml"
+    play.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": [
+                        {
+                            "role": role,
+                            "vars": {
+                                "gateway_context": "homelab",
+                                "manifests_dir": str(tmp_path / "never"),
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), str(play), "--tags", "no_such_tag"],
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_pdb_that_would_block_every_drain_is_refused_before_anything_is_written(
