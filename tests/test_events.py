@@ -125,17 +125,18 @@ def test_the_scale_down_s_pick_is_the_pod_newly_being_deleted() -> None:
     assert disruptions.deleted_by_scale_down([_pod("a")], set()) == []
 
 
-def test_restore_runs_every_step_once_in_order_and_names_those_that_failed() -> None:
+def test_restore_runs_every_step_once_last_first_and_names_those_that_failed() -> None:
     done: list[str] = []
 
     def fails() -> None:
         done.append("annotation")
         raise ApiException(status=500, reason="Internal Server Error")
 
+    # added in the order the changes were made; undone last change first
     restore = disruptions.Restore()
-    restore.add("uncordon worker2", lambda: done.append("uncordon"))
-    restore.add("unannotate a", fails)
     restore.add("scale back", lambda: done.append("scale"))
+    restore.add("unannotate a", fails)
+    restore.add("uncordon worker2", lambda: done.append("uncordon"))
     assert restore() == ["unannotate a: Internal Server Error"]
     assert done == ["uncordon", "annotation", "scale"]
     assert restore() == [] and done == ["uncordon", "annotation", "scale"]

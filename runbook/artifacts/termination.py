@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..model.registry import DEFAULT_EVENT
 from .rundir import write_json
 
 TERMINATION_FILE = "termination.json"
@@ -20,7 +21,7 @@ class Termination:
     node: str
     lb: str
     #: what terminated it (registry.EVENTS); a record without one was a deletion
-    event: str = "delete"
+    event: str = DEFAULT_EVENT
 
 
 def write_termination(run_dir: Path, term: Termination) -> None:

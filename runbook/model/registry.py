@@ -365,6 +365,8 @@ EVENTS = {
 }
 #: What runs when EVENTS= names none: the seed's event.
 DEFAULT_EVENT = "delete"
+#: The events the local lab's stand-ins model (the others say why not: `not_local`).
+LOCAL_EVENTS = tuple(name for name, e in EVENTS.items() if e.not_local is None)
 #: The events the homelab runner drives today; `rollout` terminates both pods, which
 #: the one-victim accounting does not follow yet (issue 25's next step).
 CLUSTER_EVENTS = ("delete", "drain", "scale-down")
@@ -387,8 +389,7 @@ def event_on(name: str, target: str) -> Event:
     if target == "local" and known.not_local is not None:
         raise UnknownName(
             f"event {name!r} cannot run on the local lab: {known.not_local}; run it on a "
-            f"cluster (TARGET=onebox); the local lab runs: "
-            + ", ".join(e for e, ev in EVENTS.items() if ev.not_local is None)
+            f"cluster (TARGET=onebox); the local lab runs: {', '.join(LOCAL_EVENTS)}"
         )
     if target != "local" and known.name not in CLUSTER_EVENTS:
         raise UnknownName(

@@ -894,7 +894,7 @@ def main() -> int:
         default=registry.DEFAULT_EVENT,
         help=f"what terminates the gateway pod, each run under each scenario: "
         f"{', '.join(registry.EVENTS)} (runbook.model.registry; the local lab runs "
-        f"{', '.join(e for e, ev in registry.EVENTS.items() if ev.not_local is None)})",
+        f"{', '.join(registry.LOCAL_EVENTS)})",
     )
     parser.add_argument("--first-lab-index", type=int, help="the local lab's first (default 1)")
     parser.add_argument(

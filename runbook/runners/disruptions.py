@@ -46,8 +46,9 @@ class EventFailed(RuntimeError):
 
 @dataclass
 class Restore:
-    """What an event changed beyond the pod, undone in order by `__call__`; each step
-    runs once, and a failing one does not keep the others from running."""
+    """What an event changed beyond the pod, undone by `__call__` last change first (a
+    scale-down's replicas come back before the annotations that steered it go); each
+    step runs once, and a failing one does not keep the others from running."""
 
     steps: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
 
@@ -58,7 +59,7 @@ class Restore:
         """Every step run; the ones that failed, each as `what: error`."""
         failed = []
         while self.steps:
-            what, undo = self.steps.pop(0)
+            what, undo = self.steps.pop()
             try:
                 undo()
             except (ApiException, OSError) as exc:
@@ -162,14 +163,10 @@ def terminate_scale_down(
     apps.patch_namespaced_deployment_scale(
         deployment, namespace, {"spec": {"replicas": replicas - 1}}
     )
-    # first, so that the replicas come back before the annotations go
-    restore.steps.insert(
-        0,
-        (
-            f"scale {deployment} back to {replicas}",
-            lambda: apps.patch_namespaced_deployment_scale(
-                deployment, namespace, {"spec": {"replicas": replicas}}
-            ),
+    restore.add(
+        f"scale {deployment} back to {replicas}",
+        lambda: apps.patch_namespaced_deployment_scale(
+            deployment, namespace, {"spec": {"replicas": replicas}}
         ),
     )
     notes: tuple[dict[str, Any], ...] = (
