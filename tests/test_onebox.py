@@ -977,7 +977,8 @@ def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
     def list_pods(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        if calls == 2:  # between the windows: delete the pod, and wait until it is gone
+        if calls == 3:  # the list, one window, then between the windows: delete the
+            # pod, and wait until it is gone
             kube.run(*kube.ns("delete", "pod", name, "--wait=true"), timeout=60)
             deleted.set()
         return core.list_namespaced_pod(*args, **kwargs)
@@ -1001,6 +1002,53 @@ def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
         stop.set()
         watcher.join(kube_collectors.WATCH_WINDOW_S + 10)
         log.close()
+
+
+def test_the_pod_watch_reports_no_change_from_before_it_started(kube: Kube) -> None:
+    """A watch from no version announces each pod at that pod's own version; resuming
+    the next window from it replayed every later change, so a pod deleted before the
+    watch began was reported terminated during the run (seen on onebox, in a rollout's
+    run: the pod the placement step had moved)."""
+    from kubernetes import client, config
+
+    from runbook.artifacts.events import EventLog
+    from runbook.collectors import kube as kube_collectors
+
+    def pod(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"watch": "replay"}},
+            "spec": {
+                "nodeName": "worker1",
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "pause", "image": kube.pause}],
+            },
+        }
+
+    kube.apply(pod("older"))  # listed at its own, older version
+    kube.run(*kube.ns("wait", "--for=condition=Ready", "pod/older", "--timeout=60s"), timeout=90)
+    kube.apply(pod("gone-before"))
+    kube.run(*kube.ns("delete", "pod", "gone-before", "--wait=true"), timeout=60)
+    config.load_kube_config(context=CONTEXT)
+    out = Path(tempfile.mkdtemp()) / "kubelet.jsonl"
+    log = EventLog(out)
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=kube_collectors.watch_pods,
+        args=(client.CoreV1Api(), NAMESPACE, "watch=replay", log, stop),
+    )
+    watcher.start()
+    try:
+        time.sleep(kube_collectors.WATCH_WINDOW_S * 2 + 2)  # into the third window
+    finally:
+        stop.set()
+        watcher.join(kube_collectors.WATCH_WINDOW_S + 10)
+        log.close()
+        kube.run(*kube.ns("delete", "pod", "older", "--wait=false"), timeout=60)
+    seen = [json.loads(line) for line in out.read_text().splitlines()]
+    # older announced (ready), and nothing of the pod gone before the watch began
+    assert {e["pod"] for e in seen} == {"older"}, seen
 
 
 @pytest.fixture(scope="session")

@@ -46,20 +46,28 @@ def _windows(
 ) -> Iterator[dict[str, Any]]:
     """A watch's events in windows of WATCH_WINDOW_S (so `stop` is seen), each window
     resuming from the last resource version seen: a change between two windows (a
-    deletion, say) is delivered, not lost. When the API server no longer has that
-    version (410 Gone; the client raises it, a window having a timeout) the watch starts
-    again from now, listing what exists."""
+    deletion, say) is delivered, not lost. It starts from a list (each object as
+    ADDED) and the list's own version: a watch from no version announces each object
+    at that object's version, older than the others' changes, and the next window,
+    resuming from it, replayed them (seen on onebox: a pod deleted before the run
+    reported as terminated during it). When the API server no longer has the version
+    (410 Gone; the client raises it, a window having a timeout) it lists again."""
     w = watch.Watch()
     version: str | None = None
     while not stop.is_set():
-        since = {"resource_version": version} if version else {}
         try:
+            if version is None:
+                listed = list_fn(namespace, label_selector=selector)
+                for obj in listed.items:
+                    yield {"type": "ADDED", "object": obj}
+                version = listed.metadata.resource_version
+                continue
             for ev in w.stream(
                 list_fn,
                 namespace,
                 label_selector=selector,
                 timeout_seconds=WATCH_WINDOW_S,
-                **since,
+                resource_version=version,
             ):
                 yield ev
                 if stop.is_set():
