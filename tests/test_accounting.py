@@ -414,3 +414,118 @@ def test_a_retried_request_is_one_record_with_both_attempts_accounted() -> None:
     }
     assert s["exposure"]["short"]["lost"] == 0
     assert "client retry once: 1 first attempts failed, 0 after one retry" in verdict(s)
+
+
+# A rollout terminates the gateways one after another: worker2's (the victim) at +10 s,
+# then, once its replacement gw-new runs there, worker1's (the LB's node) at +40 s.
+ROLLOUT = {
+    "ms": T,
+    "pod": "gw-w2",
+    "node": "worker2",
+    "lb": "lb1",
+    "pods": [
+        {"pod": "gw-w2", "node": "worker2", "ms": T + 10_000},
+        {"pod": "gw-w1", "node": "worker1", "ms": T + 40_000},
+    ],
+}
+
+
+def _gone(pod: str, at: float) -> dict:
+    return {"ts_ms": T + at, "source": "kubelet", "kind": "pod_terminated", "pod": pod}
+
+
+def _down(server: str, at: float) -> dict:
+    return {
+        "ts_ms": T + at,
+        "source": "haproxy",
+        "kind": "server_state",
+        "lb": "lb1",
+        "server": server,
+        "status": "DOWN",
+    }
+
+
+def test_a_rollout_s_failures_follow_the_phases_of_the_pod_that_served_them() -> None:
+    records = [
+        rec("early", 1000, 2000),  # before any termination, on the first victim
+        rec("first", 11_000, 16_000, "reset"),  # the first victim, after its node's DOWN
+        rec("replacement", 41_000, 42_000, "5xx"),  # on worker2's new gateway
+        rec("second", 39_000, 41_000, "reset"),  # the second victim, as it terminated
+        rec("node_only", 45_000, 46_000, "reset"),  # worker1, no Envoy line
+    ]
+    events = [
+        _down("worker2", 15_000),
+        _gone("gw-w2", 27_000),
+        _gone("gw-w1", 57_000),
+        ha("early", srv="worker2"), envoy("early", pod="gw-w2"), backend("early"),
+        ha("first", srv="worker2", st="502", term="DH"), envoy("first", pod="gw-w2", flags="DC"),
+        ha("replacement", srv="worker2", st="503"), envoy("replacement", "gw-new", 503, "UF"),
+        ha("second", srv="worker1", st="502", term="SH"),
+        envoy("second", pod="gw-w1", flags="DC"),
+        ha("node_only", srv="worker2", st="502", term="SH"),
+    ]  # fmt: skip
+    joined, by_pod = account(records, events, ROLLOUT)
+    assert list(by_pod) == ["gw-w2", "gw-w1"]
+    assert by_pod["gw-w2"].lb_down == T + 15_000 and by_pod["gw-w1"].lb_down is None
+    r = {x["request_id"]: x for x in joined}
+    assert [r[i]["exposed_to"] for i in ("early", "first", "replacement", "second")] == [
+        None,
+        "gw-w2",
+        None,
+        "gw-w1",
+    ]
+    assert (r["first"]["phase_of"], r["first"]["phase"]) == ("gw-w2", "after_lb_down")
+    assert (r["second"]["phase_of"], r["second"]["phase"]) == ("gw-w1", "drain")
+    # served by a gateway the rollout started, not one it terminated
+    assert (r["replacement"]["phase_of"], r["replacement"]["phase"]) == (None, "on_other_node")
+    # only HAProxy's server known: worker2's last pod terminated by then, the first
+    assert (r["node_only"]["phase_of"], r["node_only"]["phase"]) == ("gw-w2", "after_pod_gone")
+
+
+def test_a_rollout_s_summary_counts_every_terminated_pod_and_its_own_sequence() -> None:
+    records = [
+        rec("first", 11_000, 16_000, "reset"),
+        rec("first_ok", 12_000, 13_000),
+        rec("second", 39_000, 41_000, "reset"),
+    ]
+    events = [
+        _down("worker2", 15_000),
+        _gone("gw-w2", 27_000),
+        _gone("gw-w1", 57_000),
+        ha("first", srv="worker2", st="502", term="DH"), envoy("first", pod="gw-w2", flags="DC"),
+        ha("first_ok", srv="worker2"), envoy("first_ok", pod="gw-w2"), backend("first_ok"),
+        ha("second", srv="worker1", st="502", term="SH"),
+        envoy("second", pod="gw-w1", flags="DC"),
+    ]  # fmt: skip
+    joined, by_pod = account(records, events, ROLLOUT)
+    s = summarize(
+        [x | {"class": "sleep"} for x in joined],
+        events,
+        {
+            "mode": "ordered",
+            "scenario": "steady",
+            "event": "rollout",
+            "profile": "quick",
+            "termination_ms": T,
+            "terminated_pod": "gw-w2",
+            "terminated_node": "worker2",
+            "terminations": ROLLOUT["pods"],
+            "lb": "lb1",
+        },
+        by_pod,
+    )
+    assert s["terminated_pods"] == ["gw-w2", "gw-w1"]
+    assert s["exposure"]["sleep"]["exposed"] == 3 and s["exposure"]["sleep"]["lost"] == 2
+    first, second = s["terminations"]
+    assert (first["at_s"], first["gone_after_s"], first["exposed"], first["lost"]) == (
+        10.0,
+        17.0,
+        2,
+        1,
+    )
+    assert first["phases_s"]["lb_down"] == 15.0
+    assert (second["at_s"], second["gone_after_s"], second["lost"]) == (40.0, 17.0, 1)
+    assert s["timings_s"]["event_to_last_pod_gone"] == 57.0
+    # worker2 out after its own gateway's termination: the event's, not the lab's
+    assert s["valid"], s["invalid_reasons"]
+    assert [f["phase_of"] for f in s["failed"]] == ["gw-w2", "gw-w1"]

@@ -41,7 +41,7 @@ def test_a_case_names_a_scenario_under_an_event_and_back() -> None:
         ("drain", "local", "no cordon, no Eviction API"),
         ("scale-down", "local", "no ReplicaSet controller"),
         ("rollout", "local", "no Deployment controller"),
-        ("rollout", "onebox", "the one-victim accounting does not follow"),
+        ("rollout", "onebox", None),
     ],
 )
 def test_each_event_runs_where_its_parts_are_and_is_refused_elsewhere_saying_why(
@@ -140,3 +140,15 @@ def test_restore_runs_every_step_once_last_first_and_names_those_that_failed() -
     assert restore() == ["unannotate a: Internal Server Error"]
     assert done == ["uncordon", "annotation", "scale"]
     assert restore() == [] and done == ["uncordon", "annotation", "scale"]
+
+
+def test_a_rollout_s_old_pods_are_recorded_as_their_termination_begins_or_they_are_gone() -> None:
+    old = ["a", "b"]
+    # the surge pod c starts; neither old pod is going yet
+    assert disruptions.newly_terminating([_pod("a"), _pod("b"), _pod("c")], old, set()) == []
+    assert disruptions.newly_terminating([_pod("a", True), _pod("b"), _pod("c")], old, set()) == [
+        "a"
+    ]
+    # a seen already; b gone between two listings is recorded all the same
+    assert disruptions.newly_terminating([_pod("c"), _pod("d")], old, {"a"}) == ["b"]
+    assert disruptions.newly_terminating([_pod("c"), _pod("d")], old, {"a", "b"}) == []

@@ -79,7 +79,10 @@ def test_no_victim_is_refused_naming_every_pod(pods: list[V1Pod]) -> None:
 def test_one_listing_names_new_running_pods_and_whether_the_victim_is_there(
     pods: list[V1Pod], followed: set[str], new: list[str], victim_listed: bool
 ) -> None:
-    assert pods_seen(pods, followed, "gw-a") == (new, victim_listed)
+    found, listed = pods_seen(pods, followed)
+    assert found == new
+    assert ("gw-a" in listed) is victim_listed
+    assert listed == {p.metadata.name for p in pods}
 
 
 RUNNERS = {

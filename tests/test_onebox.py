@@ -1402,15 +1402,16 @@ def onebox_events(
     homelab_site: Path, onebox_logs: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """`make experiment TARGET=onebox MODES=ordered SCENARIOS=steady
-    EVENTS=drain,scale-down REPEATS=1`: the events beyond a deletion, each through the
-    homelab runner, judged and compared as the deletion's runs are. Its artifacts."""
+    EVENTS=drain,scale-down,rollout REPEATS=1`: the events beyond a deletion, each
+    through the homelab runner, judged and compared as the deletion's runs are. Its
+    artifacts."""
     artifacts = tmp_path_factory.mktemp("onebox-events")
     make_experiment_on_onebox(
         artifacts,
         onebox_logs / "make-experiment-onebox-events.log",
         "MODES=ordered",
         "SCENARIOS=steady",
-        "EVENTS=drain,scale-down",
+        "EVENTS=drain,scale-down,rollout",
     )
     return artifacts
 
@@ -1428,7 +1429,7 @@ def event_run(artifacts: Path, event: str) -> tuple[Path, dict[str, Any], list[d
 def test_the_comparison_sets_each_event_beside_the_others(onebox_events: Path) -> None:
     (doc_path,) = onebox_events.glob("comparison-*.json")
     doc = json.loads(doc_path.read_text())
-    assert list(doc["scenarios"]) == ["steady@drain", "steady@scale-down"]
+    assert list(doc["scenarios"]) == ["steady@drain", "steady@scale-down", "steady@rollout"]
     for case in doc["scenarios"].values():
         assert list(case["modes"]) == ["ordered"]
     page = doc_path.with_suffix(".html").read_text()
@@ -1479,6 +1480,42 @@ def test_a_scale_down_deletes_the_pod_the_replicaset_ranks_lowest_and_restores_r
         if "controller.kubernetes.io/pod-deletion-cost" in p["metadata"].get("annotations", {})
     ]
     assert annotated == []
+    assert summary["lost_exposed"] == 0 and summary["failed_total"] == 0, summary["failed"]
+
+
+def test_a_rollout_replaces_both_gateways_one_after_another_the_victim_first(
+    kube: Kube, onebox_events: Path
+) -> None:
+    run_dir, summary, events = event_run(onebox_events, "rollout")
+    assert summary["event"] == "rollout" and summary["valid"], summary["invalid_reasons"]
+    term = json.loads((run_dir / "termination.json").read_text())
+    # the victim (worker2's, off the LB's node) first, then the LB's own node's
+    assert [(p["pod"], p["node"]) for p in term["pods"]] == [
+        (term["pod"], "worker2"),
+        (summary["terminated_pods"][1], "worker1"),
+    ]
+    first, second = summary["terminations"]
+    # the second old pod goes once worker2's replacement has been ready minReadySeconds
+    assert second["at_s"] > first["at_s"] + first["gone_after_s"]
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("termination_issued") < kinds.index("restarted")
+    assert [e["pod"] for e in events if e["kind"] == "old_pod_terminating"] == [
+        first["pod"],
+        second["pod"],
+    ]
+    # each pod's own sequence: worker2 out of HAProxy's rotation, worker1 (the LB's
+    # node, its traffic to any ready gateway through kube-proxy) not
+    assert first["phases_s"]["lb_down"] is not None and first["exposed"] > 0
+    assert second["phases_s"]["lb_down"] is None
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert summary["timings_s"]["event_to_last_pod_gone"] < plan["budget"]["rollout_worst_s"]
+    # the rollout's result stays: new pods from the restarted template, unannotated
+    deployment = kube.json(
+        "get", "deployment", registry.OBJECTS.gateway_deployment, "-n", HOMELAB_NAMESPACE
+    )
+    template = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "kubectl.kubernetes.io/restartedAt" in template
+    assert deployment["spec"]["minReadySeconds"] == plan["budget"]["gateway_min_ready_s"]
     assert summary["lost_exposed"] == 0 and summary["failed_total"] == 0, summary["failed"]
 
 

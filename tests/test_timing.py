@@ -37,6 +37,15 @@ def test_seed_profile_is_the_seed() -> None:
     assert b.improved_prestop_worst_s == 142 and b.lb_detect_worst_s == 6
 
 
+def test_a_rollout_s_worst_time_is_one_step_a_replica() -> None:
+    b = timing.derive("seed")
+    # an old gateway's grace 210, the next one's start (readiness 2 s x 30) 60 and
+    # minReadySeconds 10; two replicas
+    assert (b.gateway_start_worst_s, b.rollout_step_worst_s, b.rollout_worst_s) == (60, 280, 560)
+    assert b.lb_rise_worst_s == 6
+    assert timing.derive("seed", {"gateway_replicas": 3}).rollout_worst_s == 840
+
+
 def test_quick_profile_keeps_the_relations_at_a_minute_scale() -> None:
     b = timing.derive("quick")
     assert b.gateway_grace_s <= 40 and b.inputs["longest_request_s"] <= 60
@@ -72,6 +81,14 @@ RULES = [
     # a drain under the gateway's PodDisruptionBudget
     ("pdb_admits_an_eviction", {"gateway_pdb_min_available": 2}, ["minAvailable 2", "2 replicas"]),
     ("pdb_keeps_a_gateway_serving", {"gateway_pdb_min_available": 0}, ["minAvailable 0"]),
+    # a rollout: the next old gateway goes only once HAProxy sends to the new one
+    # (endpoint sync 2 + rise 2 x inter 2), and each step within the progress deadline
+    ("min_ready_covers_lb_rise", {"gateway_min_ready_s": 5}, ["minReadySeconds 5s", "6s"]),
+    (
+        "rollout_step_within_progress_deadline",
+        {"gateway_progress_deadline_s": 250},
+        ["280s", "210s", "60s", "250s"],
+    ),
 ]
 
 

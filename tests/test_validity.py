@@ -98,9 +98,9 @@ def test_a_survivor_marked_down_makes_the_run_invalid_and_says_why() -> None:
 
 def test_only_this_runs_lb_and_only_after_bring_up() -> None:
     events = [*STEADY, state(700, "worker2", "DOWN", lb="another-lb")]
-    assert servers_out(events, "lab-haproxy", "worker1", T) == []
+    assert servers_out(events, "lab-haproxy", {"worker1": T}) == []
     # a server that never came UP is still starting, not falsely DOWN
-    assert servers_out([state(-1000, "worker2", "DOWN")], "lab-haproxy", "worker1", T) == []
+    assert servers_out([state(-1000, "worker2", "DOWN")], "lab-haproxy", {"worker1": T}) == []
 
 
 def test_a_check_failing_without_a_state_change_is_not_a_down() -> None:
@@ -196,3 +196,25 @@ def test_a_run_whose_lb_spoke_another_protocol_than_its_scenario_s_is_invalid() 
     # not asked (an unknown scenario), or lines without a protocol: nothing said
     assert validity(STEADY + h2_lines, [], TERM).valid
     assert validity([*STEADY, access("-")], [], TERM, "h2").valid
+
+
+def test_a_rollout_s_second_node_out_after_its_own_gateway_s_termination_is_the_event_s() -> None:
+    rollout = {
+        **TERM,
+        "pods": [
+            {"pod": "gw-worker1", "node": "worker1", "ms": T},
+            {"pod": "gw-worker2", "node": "worker2", "ms": T + 30_000},
+        ],
+    }
+    events = [*STEADY, state(20_000, "worker1", "UP"), state(31_000, "worker2", "DOWN")]
+    no_server = failure(31.5, "lb_no_server", node=None, pod=None, error="http_503")
+    on_second = failure(30.5, node="worker2", pod="gw-worker2")
+    assert validity(events, [no_server, on_second], rollout).valid
+    # worker2 out before its own gateway's termination is the lab's, and so then is a
+    # request with no server
+    early = [*STEADY, state(20_000, "worker2", "DOWN")]
+    reasons = validity(early, [no_server], rollout).reasons
+    assert reasons[0].startswith(
+        "worker2 (a terminated gateway's node before its termination) marked DOWN at +20.00 s"
+    )
+    assert reasons[1].startswith("1 failures were not on the terminating gateway (no server")

@@ -13,8 +13,11 @@ cause and phase of each failure, and who was exposed to the termination.
   boundaries are stamped by the collectors as the lines arrive (HAProxy's syslog within
   milliseconds, its runtime API within 0.1 s), so a failure caused by an event can
   land a few milliseconds before it: read `at_s` beside `phases_s`.
-- Exposure: a request served by the terminating gateway and in flight at some moment
-  between the termination and the pod's end: in flight when it began, or sent to it
+- An event may terminate more than one gateway pod (a rollout replaces each in turn):
+  each has its own termination time and phases (`victims`), and a failure's phase is
+  that of the pod that served it.
+- Exposure: a request served by a terminating gateway and in flight at some moment
+  between that pod's termination and its end: in flight when it began, or sent to it
   while it drained (the steady scenario's point). Only those tested the order; a class
   with none exposed is "not tested" in that run. A request longer than the mode's path
   can carry (the timing model's protected window) is `beyond_protection`: its loss is
@@ -73,6 +76,39 @@ class Phases:
         if self.lb_check_failing is not None and t_ms >= self.lb_check_failing:
             return "lb_detection"
         return "drain"
+
+
+def victims(term: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each pod the event terminated, in the order it did, as {pod, node, ms}: the
+    termination record's `pods`, or its one pod at its own time (a record from before
+    an event could terminate more than one)."""
+    return list(term.get("pods") or [{"pod": term["pod"], "node": term["node"], "ms": term["ms"]}])
+
+
+def phases_by_pod(events: list[dict[str, Any]], term: dict[str, Any]) -> dict[str, Phases]:
+    """pod -> its termination's phases, in the order the event terminated them."""
+    return {
+        v["pod"]: phases(events, v["ms"], v["pod"], v["node"], term["lb"]) for v in victims(term)
+    }
+
+
+def phase_pod(served: dict[str, Any], t_ms: float, term: dict[str, Any]) -> str | None:
+    """The terminated pod whose phases a failure at t_ms falls in; None when a gateway
+    the event did not terminate served it. The pod that served it when its Envoy logged
+    it; else the last pod terminated on its node by then (a node's old gateway and its
+    replacement share the node); else, where it was served unknown, the first pod."""
+    pods = victims(term)
+    gateway = served.get("gateway_pod")
+    if gateway:
+        return gateway if any(v["pod"] == gateway for v in pods) else None
+    node = served.get("node")
+    if node is None:
+        return str(pods[0]["pod"])
+    on_node = [v for v in pods if v["node"] == node]
+    if not on_node:
+        return None
+    begun = [v for v in on_node if v["ms"] <= t_ms]
+    return str((begun[-1] if begun else on_node[0])["pod"])
 
 
 def phases(events: list[dict[str, Any]], t_term: float, pod: str, node: str, lb: str) -> Phases:
@@ -420,9 +456,11 @@ def account(
     records: list[Record],
     events: list[dict[str, Any]],
     term: dict[str, Any],
-) -> tuple[list[Record], Phases]:
-    """Each record joined with its hops; failures with cause and phase."""
-    ph = phases(events, term["ms"], term["pod"], term["node"], term["lb"])
+) -> tuple[list[Record], dict[str, Phases]]:
+    """Each record joined with its hops; failures with cause and phase; and each
+    terminated pod's phases (phases_by_pod)."""
+    by_pod = phases_by_pod(events, term)
+    pod_gone = {pod: ph.pod_gone for pod, ph in by_pod.items()}
     hops_by_id, lines_by_id = index_hops(events, term["lb"])
     pod_nodes = gateway_nodes(events)
     closes = backend_idle_closes(events)
@@ -454,10 +492,11 @@ def account(
             else None
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
-        joined["exposed"] = exposed(r, joined["served_by"], term, ph.pod_gone)
+        joined["exposed"] = exposed(r, joined["served_by"], term, pod_gone)
+        joined["exposed_to"] = exposed_pod(r, joined["served_by"], term, pod_gone)
         if r.get("first_attempt"):
             joined["first_attempt"] = first = first_attempt(
-                r, hops_by_id, pod_nodes, term, ph.pod_gone
+                r, hops_by_id, pod_nodes, term, pod_gone
             )
             # a retried request is exposed when either attempt was
             joined["exposed"] = _either(joined["exposed"], first["exposed"])
@@ -466,16 +505,15 @@ def account(
             joined["resent_by_client"] = resent  # its hops above are the last attempt's
         if r.get("error"):
             joined["rule"], joined["cause"] = explain(r, hops)
-            node = joined["served_by"]["node"]
-            # the termination's phases are the victim's: a failure on another node
-            # (a session HAProxy killed on the survivor) is named for where it happened
-            joined["phase"] = (
-                "on_other_node"
-                if node is not None and node != term["node"]
-                else ph.of(r.get("end_ms") or r["start_ms"])
-            )
+            at = r.get("end_ms") or r["start_ms"]
+            # a failure's phases are those of the terminated pod that served it; one
+            # on a gateway the event did not terminate (a session HAProxy killed on the
+            # survivor) is named for where it happened
+            pod = phase_pod(joined["served_by"], at, term)
+            joined["phase"] = "on_other_node" if pod is None else by_pod[pod].of(at)
+            joined["phase_of"] = pod
         out.append(joined)
-    return out, ph
+    return out, by_pod
 
 
 def _either(a: bool | None, b: bool | None) -> bool | None:
@@ -490,7 +528,7 @@ def first_attempt(
     hops_by_id: dict[str, Hops],
     pod_nodes: dict[str, str],
     term: dict[str, Any],
-    pod_gone: float | None,
+    pod_gone: dict[str, float | None],
 ) -> Record:
     """A retried request's first attempt joined with its own hops (its own id), with
     where it was served, whether it was exposed and, failed, its cause."""
@@ -511,17 +549,40 @@ def in_flight_during(record: Record, start_ms: float, end_ms: float | None) -> b
     return began_in_time and (end is None or end > start_ms)
 
 
+def exposed_pod(
+    record: Record,
+    served: dict[str, Any],
+    term: dict[str, Any],
+    pod_gone: dict[str, float | None] | None = None,
+) -> str | None:
+    """The terminated pod the request was on while that pod terminated (`served`:
+    served_by's; `pod_gone`: pod -> when it was gone, None for not seen gone), or None."""
+    gone = pod_gone or {}
+    for v in victims(term):
+        if not in_flight_during(record, v["ms"], gone.get(v["pod"])):
+            continue
+        if served.get("gateway_pod"):
+            if served["gateway_pod"] == v["pod"]:
+                return str(v["pod"])
+        elif served.get("node") == v["node"]:
+            return str(v["pod"])
+    return None
+
+
 def exposed(
-    record: Record, served: dict[str, Any], term: dict[str, Any], pod_gone: float | None = None
+    record: Record,
+    served: dict[str, Any],
+    term: dict[str, Any],
+    pod_gone: dict[str, float | None] | None = None,
 ) -> bool | None:
-    """On the terminating gateway while it terminated (`served`: served_by's); None when
-    where it was served is unknown."""
-    if not in_flight_during(record, term["ms"], pod_gone):
+    """On a terminating gateway while it terminated (exposed_pod); None when where it was
+    served is unknown and it was in flight while one terminated."""
+    if exposed_pod(record, served, term, pod_gone) is not None:
+        return True
+    gone = pod_gone or {}
+    during = any(in_flight_during(record, v["ms"], gone.get(v["pod"])) for v in victims(term))
+    if not during or served.get("gateway_pod") or served.get("node"):
         return False
-    if served.get("gateway_pod"):
-        return served["gateway_pod"] == term["pod"]
-    if served.get("node"):
-        return served["node"] == term["node"]
     if served.get("lb_server") == "<NOSRV>":
         return False  # HAProxy had no server for it: no gateway saw it
     return None

@@ -57,8 +57,8 @@ def finalize(
                 "terminated_pod": term.pod,
                 "terminated_node": term.node,
                 "event": term.event,
-                # the pods the event terminated: one for each event the runners drive
-                "terminated_pods": [term.pod],
+                # each pod the event terminated, when its own termination began
+                "terminations": term.pods,
                 "lb": term.lb,
             },
             phases,
@@ -95,6 +95,12 @@ def print_summary(run_dir: Path, summary: dict[str, Any] | None) -> None:
         f"{summary['cut_in_flight_by_error'] or ''}",
         f"   termination -> LB DOWN {t['termination_to_lb_down']}s, preStop {t['prestop']}s, "
         f"pod gone {t['termination_to_pod_gone']}s, drain overhead {t['drain_overhead']}s",
+        *(
+            f"   {p['pod']} on {p['node']}: terminating at {p['at_s']}s, gone "
+            f"{p['gone_after_s']}s later; {p['lost']} lost of {p['exposed']} exposed"
+            for p in summary.get("terminations", [])
+            if len(summary["terminations"]) > 1
+        ),
         f"   artifacts: {run_dir}",
         f"   report:    {run_dir / 'report.html'}",
     ]

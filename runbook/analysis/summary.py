@@ -9,7 +9,7 @@ from typing import Any
 
 from ..model import registry
 from ..model.plan import LoadShape
-from .accounting import Phases, in_flight_at, phases
+from .accounting import Phases, in_flight_at, phases_by_pod, victims
 from .validity import validity
 
 
@@ -93,14 +93,58 @@ def zero_in_flight(events: list[dict[str, Any]], pod: str, t_ms: float) -> float
     return next((ts for ts, v in gauge if v == 0 and ts >= max(last_busy, t_ms)), None)
 
 
+def run_term(meta: dict[str, Any]) -> dict[str, Any]:
+    """The termination as the accounting reads it, from the summary's inputs: when the
+    event was issued, its first pod, the LB, and each pod it terminated (`terminations`:
+    {pod, node, ms}; absent, the one pod at the event's time)."""
+    return {
+        "ms": meta["termination_ms"],
+        "pod": meta["terminated_pod"],
+        "node": meta["terminated_node"],
+        "lb": meta.get("lb", ""),
+        "pods": meta.get("terminations") or [],
+    }
+
+
+def per_pod(
+    records: list[dict[str, Any]], by_pod: dict[str, Phases], term: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each terminated pod: its node, when its termination began and its phases (from
+    the event's issue), how long it took to go, and the requests exposed to it and lost."""
+    t = term["ms"]
+    out = []
+    for v in victims(term):
+        ph = by_pod[v["pod"]]
+        exposed_here = [r for r in records if r.get("exposed_to") == v["pod"]]
+        out.append(
+            {
+                "pod": v["pod"],
+                "node": v["node"],
+                "at_s": _offset_s(v["ms"], t),
+                "phases_s": {
+                    k: _offset_s(x, t) for k, x in asdict(ph).items() if k != "termination"
+                },
+                "gone_after_s": _offset_s(ph.pod_gone, v["ms"]),
+                "exposed": len(exposed_here),
+                "lost": sum(1 for r in exposed_here if r["error"]),
+            }
+        )
+    return out
+
+
 def summarize(
     records: list[dict[str, Any]],
     events: list[dict[str, Any]],
     meta: dict[str, Any],
-    ph: Phases | None = None,
+    by_pod: dict[str, Phases] | None = None,
 ) -> dict[str, Any]:
-    """`ph`: the termination's phases when the caller has them (the accounting did)."""
+    """`by_pod`: each terminated pod's phases when the caller has them (the accounting
+    did)."""
     t = meta["termination_ms"]
+    term = run_term(meta)
+    if by_pod is None:
+        by_pod = phases_by_pod(events, term)
+    starts = [v["ms"] for v in victims(term)]
     names = scenario_classes(meta["scenario"])
     protected_s = meta.get("protected_s")
     classes: dict[str, dict[str, Any]] = {}
@@ -117,9 +161,11 @@ def summarize(
         if statuses:
             # gRPC calls: how each ended, in gRPC's words (OK, UNAVAILABLE, INTERNAL ...)
             classes[cls]["by_grpc_status"] = dict(sorted(statuses.items()))
-    in_flight = [r for r in records if in_flight_at(r, t)]
+    # in flight as a pod's termination began: the first's, then each next one's
+    in_flight = [r for r in records if any(in_flight_at(r, at) for at in starts)]
+    in_flight_ids = {id(r) for r in in_flight}
     cut = [r for r in in_flight if r["error"]]
-    pod, node = meta["terminated_pod"], meta["terminated_node"]
+    pod = meta["terminated_pod"]
     pod_events = [e for e in events if e.get("pod") == pod]
     # kubelet's own view of the hook where it is seen (the local lab's kubelet logs it);
     # a real kubelet reports a preStop hook only when it fails, so on a cluster the
@@ -130,8 +176,7 @@ def summarize(
     prestop_end = _first(pod_events, t, kind="prestop_finished") or _first(
         pod_events, t, source="prestop", step="7", msg="done"
     )
-    if ph is None:
-        ph = phases(events, t, pod, node, meta.get("lb", ""))
+    ph = by_pod[pod] if pod in by_pod else next(iter(by_pod.values()))
     zero = zero_in_flight(events, pod, t)
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
@@ -141,7 +186,7 @@ def summarize(
         hit = [r for r in mine if r.get("exposed")]
         lost = [r for r in hit if r["error"]]
         exposure[cls] = {
-            "in_flight": sum(1 for r in mine if in_flight_at(r, t)),
+            "in_flight": sum(1 for r in mine if id(r) in in_flight_ids),
             "exposed": len(hit),
             "lost": len(lost),
             # longer than the mode's path can carry: the deadline's loss, not the order's
@@ -149,7 +194,7 @@ def summarize(
                 1 for r in lost if protected_s is not None and r.get("planned_s", 0) > protected_s
             ),
             "where_unknown": sum(
-                1 for r in mine if r.get("exposed") is None and in_flight_at(r, t)
+                1 for r in mine if r.get("exposed") is None and id(r) in in_flight_ids
             ),
             # no exposed request: this run says nothing about the class
             "tested": bool(hit),
@@ -162,6 +207,7 @@ def summarize(
             "rule": r.get("rule"),
             "cause": r.get("cause"),
             "phase": r.get("phase"),
+            "phase_of": r.get("phase_of"),
             "at_s": None if r.get("end_ms") is None else round((r["end_ms"] - t) / 1000, 3),
             "served_by": r.get("served_by"),
             "missing_hops": r.get("missing_hops", []),
@@ -171,19 +217,16 @@ def summarize(
         if r["error"]
     ]
     known = registry.SCENARIOS.get(meta["scenario"])
-    run_validity = validity(
-        events,
-        failed,
-        {"ms": t, "pod": pod, "node": node, "lb": meta.get("lb", "")},
-        known.lb_protocol if known else None,
-    )
+    run_validity = validity(events, failed, term, known.lb_protocol if known else None)
     return {
         "mode": meta["mode"],
         "scenario": meta["scenario"],
         "event": meta.get("event", registry.DEFAULT_EVENT),
         "profile": meta["profile"],
         "terminated_pod": pod,
-        "terminated_pods": meta.get("terminated_pods", [pod]),
+        "terminated_pods": [v["pod"] for v in victims(term)],
+        # each terminated pod's own sequence (a rollout's: one after the other)
+        "terminations": per_pod(records, by_pod, term),
         "long_request_s": meta.get("long_s"),
         "protected_s": meta.get("protected_s"),
         "exceeds_protection": meta.get("exceeds_protection"),
@@ -230,6 +273,12 @@ def summarize(
                 else round((prestop_end["ts_ms"] - prestop_start["ts_ms"]) / 1000, 3)
             ),
             "termination_to_pod_gone": _offset_s(ph.pod_gone, t),
+            # the event's whole time: to its last terminated pod gone (None: one not seen)
+            "event_to_last_pod_gone": (
+                None
+                if any(p.pod_gone is None for p in by_pod.values())
+                else _offset_s(max(p.pod_gone for p in by_pod.values() if p.pod_gone), t)
+            ),
             "last_in_flight_end": None if last_end is None else round((last_end - t) / 1000, 3),
             # how long the pod lived on after its last in-flight request ended
             "drain_overhead": (

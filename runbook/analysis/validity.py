@@ -1,13 +1,14 @@
 """Whether a run measured the termination order or the lab itself.
 
 A run is valid when, from the lab's bring-up to the run's end:
-- no HAProxy server other than the victim's node left UP (a starved health check on
-  the survivor, say, is the lab's fault, not the order's), nor the victim's before
-  the termination;
+- no HAProxy server other than a terminated gateway's node left UP (a starved health
+  check on the survivor, say, is the lab's fault, not the order's), nor such a node
+  before its gateway's termination;
 - no request failed before the termination;
 - every failure is the termination's: its cause has a rule, and it was served by the
-  victim's node or gateway pod (a session HAProxy killed on the survivor, or a request
-  that found no server left at all, says nothing about the order).
+  node or pod of a gateway the event terminated (a session HAProxy killed on the
+  survivor says nothing about the order; a request that found no server left at all
+  is the event's only when every server out was the event's).
 - HAProxy spoke the scenario's protocol to the gateways (registry.Scenario.lb_protocol):
   every gateway access-log line says so (WebSockets stay HTTP/1.1), else the run tested
   another path than it names.
@@ -22,6 +23,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from .accounting import victims
 
 #: A server state HAProxy takes a server out of rotation with (`UP 1/2` is still UP).
 OUT_STATES = ("DOWN", "NOLB", "MAINT", "DRAIN", "STOPPED")
@@ -66,11 +69,12 @@ def _offset(ts_ms: float, t_ms: float) -> str:
 
 
 def servers_out(
-    events: list[dict[str, Any]], lb: str, victim_node: str, t_term_ms: float
+    events: list[dict[str, Any]], lb: str, terminated: dict[str, float]
 ) -> list[ServerOut]:
-    """Each time a server other than the victim's node (or the victim's node before the
-    termination) left UP after it had first come UP: before that the lab is still
-    starting. Only this run's LB (`lb`) counts."""
+    """Each time a server other than a terminated gateway's node (`terminated`: node ->
+    when the first gateway on it began terminating), or such a node before then, left UP
+    after it had first come UP: before that the lab is still starting. Only this run's
+    LB (`lb`) counts."""
     ours = [
         e
         for e in sorted(events, key=lambda e: e["ts_ms"])
@@ -87,7 +91,7 @@ def servers_out(
             continue
         if server not in came_up or not status.startswith(OUT_STATES):
             continue
-        if server == victim_node and e["ts_ms"] >= t_term_ms:
+        if server in terminated and e["ts_ms"] >= terminated[server]:
             continue  # the termination taking its node out: what the run measures
         checks = [
             c
@@ -138,9 +142,14 @@ def validity(
     lb_protocol: str | None = None,
 ) -> Validity:
     """`failed`: the summary's failed requests (at_s from the termination, rule,
-    served_by); `term`: the termination (ms, pod, node, lb); `lb_protocol`: what the
-    scenario has HAProxy speak to the gateways (None: not checked)."""
-    t, node, pod = term["ms"], term["node"], term["pod"]
+    served_by); `term`: the termination (ms, pod, node, lb, and `pods` when the event
+    terminated more than one); `lb_protocol`: what the scenario has HAProxy speak to
+    the gateways (None: not checked)."""
+    t = term["ms"]
+    pods = victims(term)
+    terminated: dict[str, float] = {}
+    for v in pods:
+        terminated.setdefault(v["node"], v["ms"])
     reasons, notes = [], []
     if lb_protocol is not None and (wrong := off_protocol(events, lb_protocol)):
         reasons.append(
@@ -148,7 +157,7 @@ def validity(
             f"and the scenario has HAProxy speak {lb_protocol} to the gateways "
             f"({ENVOY_PROTOCOL[lb_protocol]}): the LB was not configured for the scenario"
         )
-    out_of_rotation = servers_out(events, term["lb"], node, t)
+    out_of_rotation = servers_out(events, term["lb"], terminated)
     own = [o for o in out_of_rotation if own_node_out(o, term["lb"], t)]
     for out in own:
         no_server = [
@@ -164,7 +173,12 @@ def validity(
         on_it = [f for f in failed if (f.get("served_by") or {}).get("lb_server") == out.server]
         no_server = [f for f in failed if f.get("rule") == "lb_no_server"]
         by = f" by a failed check ({out.why})" if out.why else ""
-        whose = "the victim's node before its termination" if out.server == node else "a survivor"
+        if out.server == term["node"]:
+            whose = "the victim's node before its termination"
+        elif out.server in terminated:
+            whose = "a terminated gateway's node before its termination"
+        else:
+            whose = "a survivor"
         reasons.append(
             f"{out.server} ({whose}) marked {out.status} at {_offset(out.ts_ms, t)}{by}: the "
             f"lab was unsteady, not the order; {len(on_it)} requests failed on it and "
@@ -184,12 +198,15 @@ def validity(
             f"{len(unexplained)} failures have no cause rule "
             f"({_counts(Counter(str(f.get('error')) for f in unexplained))})"
         )
+    # a request that found no server is the termination's when every server out was
+    # the event's (its nodes, the LB's own node by its check): none was the lab's
+    lab_out = [o for o in out_of_rotation if o not in own]
     elsewhere = [
         f
         for f in after
         if f not in unexplained
-        and not _served_by_victim(f.get("served_by") or {}, node, pod)
-        and not (own and f.get("rule") == "lb_no_server")
+        and not _served_by_victim(f.get("served_by") or {}, pods)
+        and not (not lab_out and f.get("rule") == "lb_no_server")
     ]
     if elsewhere:
         where = Counter(_node_or_none(f.get("served_by") or {}) for f in elsewhere)
@@ -206,8 +223,10 @@ def _node_or_none(served: dict[str, Any]) -> str:
     return "no server" if node in (None, "", "<NOSRV>") else str(node)
 
 
-def _served_by_victim(served: dict[str, Any], node: str, pod: str) -> bool:
-    return served.get("node") == node or served.get("gateway_pod") == pod
+def _served_by_victim(served: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    return any(
+        served.get("node") == v["node"] or served.get("gateway_pod") == v["pod"] for v in pods
+    )
 
 
 def _counts(c: Counter[str]) -> str:

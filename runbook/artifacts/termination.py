@@ -1,12 +1,15 @@
 """The termination record: what was terminated, when, by which event, and which LB
-the load went through. The runner that issues the termination makes it; on the homelab it is
-`termination.json` in the run directory, which the finalize step reads back."""
+the load went through; `pod` and `node` are the first (the victim), `pods` every one
+when the event terminated more (a rollout). The runner that issues the termination
+makes it; on the homelab it is `termination.json` in the run directory, which the
+finalize step reads back."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..model.registry import DEFAULT_EVENT
 from .rundir import write_json
@@ -22,6 +25,9 @@ class Termination:
     lb: str
     #: what terminated it (registry.EVENTS); a record without one was a deletion
     event: str = DEFAULT_EVENT
+    #: every pod the event terminated, in order, each {pod, node, ms: when its
+    #: termination began}; empty: `pod` alone, at `ms` (a rollout's are several)
+    pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 def write_termination(run_dir: Path, term: Termination) -> None:

@@ -367,9 +367,6 @@ EVENTS = {
 DEFAULT_EVENT = "delete"
 #: The events the local lab's stand-ins model (the others say why not: `not_local`).
 LOCAL_EVENTS = tuple(name for name, e in EVENTS.items() if e.not_local is None)
-#: The events the homelab runner drives today; `rollout` terminates both pods, which
-#: the one-victim accounting does not follow yet (issue 25's next step).
-CLUSTER_EVENTS = ("delete", "drain", "scale-down")
 #: How a scenario under an event other than `delete` is named where runs are grouped
 #: and compared (a run directory, a comparison's column): `steady@drain`.
 CASE_SEPARATOR = "@"
@@ -383,18 +380,13 @@ def case(scenario_name: str, event_name: str) -> str:
 
 
 def event_on(name: str, target: str) -> Event:
-    """The event if `target` (`local`, or a cluster's inventory) can drive it, else an
-    error naming the event, why not, and where it can run."""
+    """The event if `target` (`local`, or a cluster's inventory, which drives every
+    event) can drive it, else an error naming the event, why not, and where it can run."""
     known = event(name)
     if target == "local" and known.not_local is not None:
         raise UnknownName(
             f"event {name!r} cannot run on the local lab: {known.not_local}; run it on a "
             f"cluster (TARGET=onebox); the local lab runs: {', '.join(LOCAL_EVENTS)}"
-        )
-    if target != "local" and known.name not in CLUSTER_EVENTS:
-        raise UnknownName(
-            f"event {name!r} is not driven yet: it terminates every gateway pod, which the "
-            f"one-victim accounting does not follow; a cluster runs: {', '.join(CLUSTER_EVENTS)}"
         )
     return known
 
@@ -437,7 +429,6 @@ def as_dict() -> dict[str, object]:
         "mode_files": {name: m.manifest for name, m in MODES.items()},
         "scenarios": {name: asdict(s) for name, s in SCENARIOS.items()},
         "events": {name: asdict(e) for name, e in EVENTS.items()},
-        "cluster_events": list(CLUSTER_EVENTS),
         "case_separator": CASE_SEPARATOR,
         "lb_check_targets": list(LB_CHECK_TARGETS),
         "client_retries": list(CLIENT_RETRIES),

@@ -69,6 +69,13 @@ PROFILES: dict[str, dict[str, float]] = {
         # floor: a drain's eviction is admitted while another replica stays ready.
         "gateway_replicas": 2,
         "gateway_pdb_min_available": 1,
+        # A rollout's: a new gateway counts as available (and the Deployment deletes the
+        # next old one) only this long after it is ready: the time HAProxy takes to
+        # send to it again (`lb_rise_worst_s`). And how long the Deployment may go
+        # without progress before it reports ProgressDeadlineExceeded (Kubernetes'
+        # default 600 s).
+        "gateway_min_ready_s": 10,
+        "gateway_progress_deadline_s": 600,
     },
     # The same relations, scaled so that one local-lab run takes about a minute.
     "quick": {
@@ -104,6 +111,8 @@ PROFILES: dict[str, dict[str, float]] = {
         "backend_readiness_failure_threshold": 3,
         "gateway_replicas": 2,
         "gateway_pdb_min_available": 1,
+        "gateway_min_ready_s": 4,
+        "gateway_progress_deadline_s": 600,
     },
 }
 
@@ -142,6 +151,8 @@ WHOLE = {
     "gateway_upstream_idle_s",
     "gateway_replicas",
     "gateway_pdb_min_available",
+    "gateway_min_ready_s",
+    "gateway_progress_deadline_s",
     *OVERRIDABLE,
 }
 
@@ -155,6 +166,8 @@ MAY_BE_ZERO = {
     "haproxy_timeout_server_margin_s",
     # a legal PodDisruptionBudget; the rule pdb_keeps_a_gateway_serving names what it does
     "gateway_pdb_min_available",
+    # Kubernetes' default; the rule min_ready_covers_lb_rise names what it costs
+    "gateway_min_ready_s",
 }
 
 
@@ -222,6 +235,11 @@ CONSUMER_LIMITS: dict[str, tuple[str, float, float, str]] = {
     ),
     "gateway_replicas": ("the gateway Deployment's replicas", *KUBERNETES_COUNT),
     "gateway_pdb_min_available": ("a PodDisruptionBudget's minAvailable", 0, 2**31 - 1, ""),
+    "gateway_min_ready_s": ("the gateway Deployment's minReadySeconds", 0, 2**31 - 1, "s"),
+    "gateway_progress_deadline_s": (
+        "the gateway Deployment's progressDeadlineSeconds",
+        *KUBERNETES_PERIOD_S,
+    ),
 }
 
 #: The inputs a derived field comes from when it is not pinned (named in the refusal).
@@ -259,6 +277,10 @@ class Budget:
     lb_detect_best_s: float
     lb_soft_detect_worst_s: float
     poll_end_worst_s: float
+    lb_rise_worst_s: float
+    gateway_start_worst_s: float
+    rollout_step_worst_s: float
+    rollout_worst_s: float
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -319,6 +341,20 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
     # disable-on-404 acts on the first 404 (a conditional pass, no `fall` count; checked
     # against HAProxy 2.6): at worst the next check, an interval away, plus its timeout
     lb_soft_detect_worst = i["haproxy_inter_s"] + i["haproxy_check_timeout_s"]
+    # A ready gateway's node back in HAProxy's rotation: kube-proxy adds the endpoint
+    # to its node's NodePort (Local policy) within a sync, then `rise` passing checks,
+    # the first up to an interval away.
+    lb_rise_worst = i["endpoint_sync_s"] + i["haproxy_rise"] * i["haproxy_inter_s"]
+    # A new gateway ready at worst when istio-proxy's readiness gives up (the time the
+    # seed allows for the first xDS push).
+    start_worst = i["envoy_readiness_period_s"] * i["envoy_readiness_failure_threshold"]
+    # A rollout (maxSurge 1, maxUnavailable 0, one gateway a node and one free seat):
+    # each new pod waits for an old one's node, so its steps run one after another,
+    # each an old pod's termination (at most its grace), then the next new pod's start
+    # and minReadySeconds; the first new pod takes the free seat at once, and the last
+    # old pod terminates after the Deployment is done. The whole: one step a replica.
+    rollout_step = gateway_grace + start_worst + i["gateway_min_ready_s"]
+    rollout_worst = i["gateway_replicas"] * rollout_step
     budget = Budget(
         profile=profile,
         inputs=i,
@@ -334,6 +370,10 @@ def derive(profile: str, overrides: Mapping[str, object] | None = None) -> Budge
         lb_detect_best_s=lb_detect_best,
         lb_soft_detect_worst_s=lb_soft_detect_worst,
         poll_end_worst_s=poll_end,
+        lb_rise_worst_s=lb_rise_worst,
+        gateway_start_worst_s=start_worst,
+        rollout_step_worst_s=rollout_step,
+        rollout_worst_s=rollout_worst,
     )
     _within_consumers(budget, pinned)
     return budget
@@ -502,6 +542,26 @@ def check(b: Budget) -> list[Violation]:
         floor >= 1,
         f"the gateway's PodDisruptionBudget minAvailable {floor:g} lets a drain evict every "
         "gateway at once, leaving HAProxy no server; keep gateway_pdb_min_available at 1 or more",
+    )
+    rule(
+        "min_ready_covers_lb_rise",
+        i["gateway_min_ready_s"] >= b.lb_rise_worst_s,
+        f"the gateway's minReadySeconds {i['gateway_min_ready_s']:g}s is below the "
+        f"{b.lb_rise_worst_s:g}s HAProxy may take to send to a new gateway (endpoint sync "
+        f"{i['endpoint_sync_s']:g}s + rise {i['haproxy_rise']:g} x inter "
+        f"{i['haproxy_inter_s']:g}s): a rollout would start the next old gateway's "
+        "termination while HAProxy still has the new one's node out; raise "
+        "gateway_min_ready_s",
+    )
+    rule(
+        "rollout_step_within_progress_deadline",
+        b.rollout_step_worst_s < i["gateway_progress_deadline_s"],
+        f"a rollout step may take {b.rollout_step_worst_s:g}s (an old gateway's grace "
+        f"{b.gateway_grace_s:g}s, then the next one's start {b.gateway_start_worst_s:g}s "
+        f"and minReadySeconds {i['gateway_min_ready_s']:g}s) but the Deployment reports "
+        f"ProgressDeadlineExceeded after {i['gateway_progress_deadline_s']:g}s without "
+        "progress, and `kubectl rollout status` fails mid-rollout; raise "
+        "gateway_progress_deadline_s or shorten the grace",
     )
     rule(
         "envoy_readiness_has_time_for_xds",

@@ -178,6 +178,8 @@ class LabRun:
     scenario: str = ""
     repeat: int = 0
     elapsed_s: float = 0.0  # converge and runs
+    #: the console's prefix column: as wide as the batch's longest `mode/case`
+    width: int = 21
     #: whether its converge had started: a lab not yet begun has nothing to keep
     began: bool = False
     #: a cluster's: the playbook log of each (scenario, repeat) it ran
@@ -347,7 +349,7 @@ async def run_repeat(
         async for raw in stdout:
             log.write(raw)
             for shown in console.shown(raw.decode(errors="replace").rstrip("\n")):
-                print(f"[{run.now:>21}] {shown}", flush=True)
+                print(f"[{run.now:>{run.width}}] {shown}", flush=True)
     code = await run.proc.wait()
     run.proc = None
     return code, read_result(result_file)
@@ -361,7 +363,7 @@ def show_verdict(run: LabRun, scenario: str, repeat: int) -> None:
         return
     with contextlib.suppress(OSError, ValueError, KeyError):
         summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
-        print(f"[{run.now:>21}] == {verdict(summary)}", flush=True)
+        print(f"[{run.now:>{run.width}}] == {verdict(summary)}", flush=True)
 
 
 async def run_cluster_runs(
@@ -391,7 +393,7 @@ async def run_cluster_runs(
                 going = started
                 run.scenario, run.repeat = wanted[started - 1]
             for shown in console.shown(line):
-                print(f"[{run.now:>21}] {shown}", flush=True)
+                print(f"[{run.now:>{run.width}}] {shown}", flush=True)
     code = await run.proc.wait()
     run.proc = None
     if going is not None:
@@ -477,7 +479,8 @@ async def run_cluster_group(
                 continue
             more = n < repeats + MAX_REPLACEMENTS
             print(
-                f"[{run.mode + '/' + sc:>21}] run {n} invalid, kept in {result['run_dir']}; "
+                f"[{f'{run.mode}/{sc}':>{run.width}}] run {n} invalid, kept in "
+                f"{result['run_dir']}; "
                 + ("another takes its place" if more else "no more replacements"),
                 flush=True,
             )
@@ -619,7 +622,7 @@ async def run_lab(
                     valid += 1
                 else:
                     print(
-                        f"[{run.now:>21}] run {ran} invalid, kept in {result['run_dir']}; "
+                        f"[{run.now:>{run.width}}] run {ran} invalid, kept in {result['run_dir']}; "
                         + (
                             "another takes its place"
                             if ran < repeats + MAX_REPLACEMENTS
@@ -713,6 +716,9 @@ async def main_async(
         else LabRun(target, m, scs, first_index + i, CHECKOUT / ".lab" / str(first_index + i))
         for i, (m, scs) in enumerate(plan)
     ]
+    width = max((len(f"{r.mode}/{sc}") for r in runs for sc in r.scenarios), default=0)
+    for r in runs:
+        r.width = width
     profile = batch_args["profile"]
     manifests = None
     if not batch_args["timing_overrides"] and not cluster:

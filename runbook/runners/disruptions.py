@@ -7,6 +7,13 @@ Kubernetes API as the tool people use does it, and what it puts back afterwards.
   run measures the gateway's termination alone). The gateway's PodDisruptionBudget
   admits the eviction while the other replica is ready; a refusal (429) is retried
   until the deadline passed in. The node is uncordoned afterwards.
+- `rollout`: the Deployment restarted (`kubectl rollout restart`: a new
+  `kubectl.kubernetes.io/restartedAt` in its pod template); the Deployment controller
+  replaces the pods one after another (a surge pod first, on the free seat), and every
+  old pod but the victim carries the higher deletion cost, so the victim goes first.
+  Each old pod is recorded as its termination begins; the first another than the
+  victim ends the run. Nothing is put back but the annotations: the new pods are the
+  rollout's result (the playbook's place step moves one left on the control plane).
 - `scale-down`: the Deployment's replicas lowered by one (`kubectl scale`); the
   ReplicaSet picks the pod by its ranking, in which every pod but the victim carries a
   higher `controller.kubernetes.io/pod-deletion-cost` (so the victim is one HAProxy can
@@ -15,15 +22,16 @@ Kubernetes API as the tool people use does it, and what it puts back afterwards.
   afterwards.
 
 Each `terminate_*` is blocking (the runner calls it off its event loop) and returns
-the pod it terminated and a `Restore` that undoes what the event changed beyond the
-pod; the runner calls it however the run ends.
+the pods it terminated; what the event changed beyond them goes in the `Restore` passed
+in, which the runner calls however the run ends.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -34,8 +42,11 @@ from ..artifacts.events import now_ms
 #: The annotation the ReplicaSet controller ranks pods by on a scale-down (lower goes
 #: first; Kubernetes 1.22+, beta and on by default).
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-#: What the survivors of a scale-down carry: above the victim's default 0.
+#: What the survivors of a scale-down or a rollout carry: above the victim's default 0.
 SURVIVOR_COST = "100"
+#: The pod-template annotation `kubectl rollout restart` sets: a new value is a new
+#: template, so the Deployment rolls every pod.
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 #: How often a refused eviction is asked again, and the ReplicaSet's pick looked for.
 RETRY_S = 1.0
 
@@ -69,11 +80,15 @@ class Restore:
 
 @dataclass(frozen=True, slots=True)
 class Terminated:
+    """The pod the event terminated first (the victim); `pods`, when it terminated more,
+    each in order with when its termination began (termination.json's `pods`)."""
+
     pod: str
     node: str
     #: what the API said along the way (an eviction refused, the pick read back), each
     #: with its `kind` and `ts_ms`: the runner records each as an experiment event
     notes: tuple[dict[str, Any], ...] = ()
+    pods: tuple[dict[str, Any], ...] = ()
 
 
 def refusal(exc: ApiException) -> str | None:
@@ -92,6 +107,13 @@ def deleted_by_scale_down(pods: list[Any], before: set[str]) -> list[Any]:
         for p in pods
         if p.metadata.deletion_timestamp is not None and p.metadata.name not in before
     ]
+
+
+def newly_terminating(listed: list[Any], old: Iterable[str], seen: set[str]) -> list[str]:
+    """Of the pods from before a rollout (`old`, names), in their order, those one listing
+    shows being deleted, or no longer shows at all, that were not `seen` so already."""
+    state = {p.metadata.name: p.metadata.deletion_timestamp is not None for p in listed}
+    return [name for name in old if name not in seen and state.get(name, True)]
 
 
 def terminate_delete(core: client.CoreV1Api, namespace: str, victim: Any) -> Terminated:
@@ -150,14 +172,7 @@ def terminate_scale_down(
     """Every pod but the victim ranked above it, the replicas lowered by one; the pod the
     ReplicaSet deletes, read back by `deadline` (time.monotonic())."""
     survivors = [p.metadata.name for p in pods if p.metadata.name != victim.metadata.name]
-    for name in survivors:
-        core.patch_namespaced_pod(
-            name, namespace, {"metadata": {"annotations": {DELETION_COST: SURVIVOR_COST}}}
-        )
-        restore.add(
-            f"unannotate {name}",
-            lambda name=name: _unannotate(core, namespace, name),
-        )
+    _steer(core, namespace, survivors, restore)
     replicas = apps.read_namespaced_deployment_scale(deployment, namespace).spec.replicas
     before = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is not None}
     apps.patch_namespaced_deployment_scale(
@@ -196,6 +211,72 @@ def terminate_scale_down(
         f"no gateway pod was being deleted by the deadline after scaling {deployment} "
         f"to {replicas - 1}"
     )
+
+
+def terminate_rollout(
+    core: client.CoreV1Api,
+    apps: client.AppsV1Api,
+    namespace: str,
+    deployment: str,
+    selector: str,
+    victim: Any,
+    pods: list[Any],
+    restore: Restore,
+    deadline: float,
+) -> Terminated:
+    """Every old pod but the victim ranked above it, the Deployment restarted; each old
+    pod recorded as its termination begins, until every one has or `deadline`
+    (time.monotonic()) passes."""
+    old = [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
+    node_of = {p.metadata.name: p.spec.node_name for p in pods}
+    _steer(core, namespace, [n for n in old if n != victim.metadata.name], restore)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    apps.patch_namespaced_deployment(
+        deployment,
+        namespace,
+        {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}},
+    )
+    notes: list[dict[str, Any]] = [
+        {"kind": "restarted", "ts_ms": now_ms(), "deployment": deployment, "restarted_at": stamp}
+    ]
+    order: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        listed = core.list_namespaced_pod(namespace, label_selector=selector).items
+        for name in newly_terminating(listed, old, seen):
+            seen.add(name)
+            at = now_ms()
+            order.append({"pod": name, "node": node_of[name], "ms": at})
+            notes.append(
+                {"kind": "old_pod_terminating", "ts_ms": at, "pod": name, "node": node_of[name]}
+            )
+            if len(order) == 1 and name != victim.metadata.name:
+                raise EventFailed(
+                    f"the rollout terminated {name} on {node_of[name]} first, not "
+                    f"{victim.metadata.name} on {victim.spec.node_name}, though every other "
+                    f"pod carried {DELETION_COST}={SURVIVOR_COST}"
+                )
+        if len(seen) == len(old):
+            return Terminated(
+                victim.metadata.name, victim.spec.node_name, tuple(notes), tuple(order)
+            )
+        time.sleep(RETRY_S / 4)
+    raise EventFailed(
+        f"the rollout of {deployment} had begun terminating {len(seen)} of its {len(old)} "
+        f"old pods ({', '.join(sorted(seen)) or 'none'}) by the deadline"
+    )
+
+
+def _steer(core: client.CoreV1Api, namespace: str, survivors: list[str], restore: Restore) -> None:
+    """The survivors ranked above the victim for the ReplicaSet's next deletion."""
+    for name in survivors:
+        core.patch_namespaced_pod(
+            name, namespace, {"metadata": {"annotations": {DELETION_COST: SURVIVOR_COST}}}
+        )
+        restore.add(
+            f"unannotate {name}",
+            lambda name=name: _unannotate(core, namespace, name),
+        )
 
 
 def _unannotate(core: client.CoreV1Api, namespace: str, name: str) -> None:

@@ -48,7 +48,9 @@ LOG_SETTLE_S = 3.0
 POD_LOOK_S = 1.0
 #: How long an event may take to terminate the victim: a drain's eviction refused by
 #: the PodDisruptionBudget, a scale-down's pick not yet seen. Both start with every
-#: gateway ready (the playbook's place step), so it is a bound, not a wait.
+#: gateway ready (the playbook's place step), so it is a bound, not a wait. A rollout
+#: replaces the pods one after another: its bound is the timing model's
+#: `rollout_worst_s`.
 EVENT_DEADLINE_S = 30.0
 
 
@@ -57,15 +59,15 @@ class RunFailed(RuntimeError):
     it wrote is kept, its result `failed`."""
 
 
-def pods_seen(pods: list[Any], followed: set[str], victim: str) -> tuple[list[str], bool]:
+def pods_seen(pods: list[Any], followed: set[str]) -> tuple[list[str], set[str]]:
     """From one listing of the gateway's pods: those now Running that are not yet
-    followed (in the listing's order), and whether the victim is still listed."""
+    followed (in the listing's order), and every pod listed."""
     new = [
         p.metadata.name
         for p in pods
         if p.status.phase == "Running" and p.metadata.name not in followed
     ]
-    return new, any(p.metadata.name == victim for p in pods)
+    return new, {p.metadata.name for p in pods}
 
 
 def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
@@ -95,9 +97,15 @@ def terminate(
     victim: Any,
     pods: list[Any],
     restore: disruptions.Restore,
+    budget: dict[str, Any],
 ) -> disruptions.Terminated:
     """The event carried out on the victim (runbook.runners.disruptions), what it
-    changes beyond the pod added to `restore`."""
+    changes beyond the pods added to `restore`; `budget`: the run's timing numbers."""
+    if event == "rollout":
+        deadline = time.monotonic() + float(budget["rollout_worst_s"])
+        return disruptions.terminate_rollout(
+            core, apps, namespace, GATEWAY_SERVICE, selector, victim, pods, restore, deadline
+        )
     deadline = time.monotonic() + EVENT_DEADLINE_S
     if event == "drain":
         return disruptions.terminate_drain(core, namespace, victim, restore, deadline)
@@ -175,22 +183,30 @@ async def run(args: argparse.Namespace) -> None:
 
     fetchers = {p.metadata.name: fetcher(p.metadata.name) for p in pods}
 
-    victim_gone = asyncio.Event()
+    # the gateway's pods as last listed, and an event set at each listing
+    listed = {p.metadata.name for p in pods}
+    looked = asyncio.Event()
 
     async def follow_pods() -> None:
         """One listing a second, off the event loop (the load driver's requests share
-        it): a pod that starts running gets its gauge read too; the victim no longer
-        listed sets `victim_gone`."""
+        it): a pod that starts running gets its gauge read too."""
         while True:
-            listed = await asyncio.to_thread(
+            got = await asyncio.to_thread(
                 core.list_namespaced_pod, args.namespace, label_selector=selector
             )
-            new, still_there = pods_seen(listed.items, set(fetchers), victim.metadata.name)
+            new, names = pods_seen(got.items, set(fetchers))
             for name in new:
                 fetchers[name] = fetcher(name)
-            if not still_there:
-                victim_gone.set()
+            listed.clear()
+            listed.update(names)
+            looked.set()
             await asyncio.sleep(POD_LOOK_S)
+
+    async def gone(names: list[str]) -> None:
+        """Until no listing shows any of the pods."""
+        while any(n in listed for n in names):
+            looked.clear()
+            await looked.wait()
 
     gauge = asyncio.create_task(envoy.poll_active(collected.log("envoy"), fetchers, 0.5))
     pods_followed = asyncio.create_task(follow_pods())
@@ -233,18 +249,25 @@ async def run(args: argparse.Namespace) -> None:
                 victim,
                 pods,
                 restore,
+                run_plan.budget,
             )
         except disruptions.EventFailed as exc:
             fail(args, run_dir, f"{run_plan.event}: {exc}")
         for note in done.notes:
             fields = {k: v for k, v in note.items() if k not in ("kind", "ts_ms")}
             experiment.emit("experiment", note["kind"], note["ts_ms"], **fields)
-        term = Termination(issued_ms, done.pod, done.node, args.lb, run_plan.event)
+        term = Termination(issued_ms, done.pod, done.node, args.lb, run_plan.event, list(done.pods))
         write_termination(run_dir, term)
-        started = step("terminate-gateway-pod", started, {"pod": term.pod, "event": run_plan.event})
+        terminated = [str(v["pod"]) for v in done.pods] or [term.pod]
+        started = step(
+            "terminate-gateway-pod",
+            started,
+            {"pod": term.pod, "pods": terminated, "event": run_plan.event},
+        )
+        # each pod goes within its grace from its own termination; the last began by now
         grace = float(run_plan.budget["gateway_grace_s"])
         with contextlib.suppress(TimeoutError):  # the journal's step says how long
-            await asyncio.wait_for(victim_gone.wait(), grace + 30)
+            await asyncio.wait_for(gone(terminated), grace + 30)
         started = step("wait-for-pod-gone", started)
         await asyncio.sleep(scenario.tail_s)
         driver.stop()
