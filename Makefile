@@ -22,7 +22,7 @@ help:
 	@echo "                 and a comparison (MODES=current,ordered SCENARIOS=steady REPEATS=3 to choose);"
 	@echo "                 TARGET=onebox: the same on onebox, then both labs' verdicts side by side;"
 	@echo "                 RETRY=once: the client retries a failed request once, as many do;"
-	@echo "                 EVENTS=drain,scale-down (TARGET=onebox): what terminates the pod"
+	@echo "                 EVENTS=drain,scale-down,rollout (TARGET=onebox): what terminates the pod"
 	@echo "make onebox      the homelab's three-node kubeadm cluster on this machine, built from the pinned"
 	@echo "                 Go modules (docs/onebox.md); a second run changes nothing"
 	@echo "make onebox-down remove it, leaving nothing behind but the build cache"

@@ -16,6 +16,20 @@ T = 1_000_000.0
 TERM = {"ms": T, "pod": "gw-w1", "node": "worker1", "lb": "lb1"}
 
 
+def meta(mode: str, scenario: str, **more: object) -> dict:
+    """summarize's inputs for a run of TERM's victim, `more` on top."""
+    return {
+        "mode": mode,
+        "scenario": scenario,
+        "profile": "quick",
+        "termination_ms": T,
+        "terminated_pod": "gw-w1",
+        "terminated_node": "worker1",
+        "lb": "lb1",
+        **more,
+    }
+
+
 def ha(rid: str, srv: str = "worker1", st: str = "200", term: str = "--", **kw: str) -> dict:
     return {
         "ts_ms": T,
@@ -318,15 +332,7 @@ def test_join_exposure_and_missing_hops() -> None:
     s = summarize(
         [r | {"class": "sleep"} for r in joined],
         events,
-        {
-            "mode": "improved",
-            "scenario": "inflight",
-            "profile": "quick",
-            "termination_ms": T,
-            "terminated_pod": "gw-w1",
-            "terminated_node": "worker1",
-            "lb": "lb1",
-        },
+        meta("improved", "inflight"),
     )
     assert s["exposure"]["sleep"] == {
         "in_flight": 4,
@@ -358,15 +364,7 @@ def test_a_request_the_client_sent_twice_on_its_own_is_said() -> None:
     s = summarize(
         [r | {"class": "short_pooled"} for r in joined],
         events,
-        {
-            "mode": "ordered",
-            "scenario": "busy",
-            "profile": "quick",
-            "termination_ms": T,
-            "terminated_pod": "gw-w1",
-            "terminated_node": "worker1",
-            "lb": "lb1",
-        },
+        meta("ordered", "busy"),
     )
     assert s["resent_by_client"] == {"short_pooled": 1}
 
@@ -395,16 +393,11 @@ def test_a_retried_request_is_one_record_with_both_attempts_accounted() -> None:
     s = summarize(
         joined,
         events,
-        {
-            "mode": "istio-native",
-            "scenario": "steady",
-            "profile": "quick",
-            "load": {"long_s": 1, "scenario": "steady", "client_retry": "once"},
-            "termination_ms": T,
-            "terminated_pod": "gw-w1",
-            "terminated_node": "worker1",
-            "lb": "lb1",
-        },
+        meta(
+            "istio-native",
+            "steady",
+            load={"long_s": 1, "scenario": "steady", "client_retry": "once"},
+        ),
     )
     assert s["client_retry"] == {
         "policy": "once",
@@ -451,7 +444,7 @@ def test_a_rollout_s_failures_follow_the_phases_of_the_pod_that_served_them() ->
         rec("first", 11_000, 16_000, "reset"),  # the first victim, after its node's DOWN
         rec("replacement", 41_000, 42_000, "5xx"),  # on worker2's new gateway
         rec("second", 39_000, 41_000, "reset"),  # the second victim, as it terminated
-        rec("node_only", 45_000, 46_000, "reset"),  # worker1, no Envoy line
+        rec("node_only", 45_000, 46_000, "reset"),  # via worker2, no Envoy line
     ]
     events = [
         _down("worker2", 15_000),
@@ -501,17 +494,14 @@ def test_a_rollout_s_summary_counts_every_terminated_pod_and_its_own_sequence() 
     s = summarize(
         [x | {"class": "sleep"} for x in joined],
         events,
-        {
-            "mode": "ordered",
-            "scenario": "steady",
-            "event": "rollout",
-            "profile": "quick",
-            "termination_ms": T,
-            "terminated_pod": "gw-w2",
-            "terminated_node": "worker2",
-            "terminations": ROLLOUT["pods"],
-            "lb": "lb1",
-        },
+        meta(
+            "ordered",
+            "steady",
+            event="rollout",
+            terminated_pod="gw-w2",
+            terminated_node="worker2",
+            terminations=ROLLOUT["pods"],
+        ),
         by_pod,
     )
     assert s["terminated_pods"] == ["gw-w2", "gw-w1"]

@@ -946,6 +946,20 @@ def test_port_forwards_do_not_disturb_calls_on_the_shared_client(homelab_site: P
         gone.get_json("/stats", {})
 
 
+def pause_pod(kube: Kube, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A pause pod on worker1 that goes at once when deleted."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "nodeName": "worker1",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "pause", "image": kube.pause}],
+        },
+    }
+
+
 def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
     """Each watch window used to start from now: a pod deleted between two windows had
     no DELETED event, and the run's pod_gone stayed empty. The gap is made real by
@@ -956,18 +970,7 @@ def test_the_pod_watch_sees_a_deletion_between_two_windows(kube: Kube) -> None:
     from runbook.collectors import kube as kube_collectors
 
     name = "watched"
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"watch": "me"}},
-            "spec": {
-                "nodeName": "worker1",
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{"name": "pause", "image": kube.pause}],
-            },
-        }
-    )
+    kube.apply(pause_pod(kube, name, {"watch": "me"}))
     config.load_kube_config(context=CONTEXT)
     core = client.CoreV1Api()
     calls = 0
@@ -1015,16 +1018,7 @@ def test_the_pod_watch_reports_no_change_from_before_it_started(kube: Kube) -> N
     from runbook.collectors import kube as kube_collectors
 
     def pod(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"watch": "replay"}},
-            "spec": {
-                "nodeName": "worker1",
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{"name": "pause", "image": kube.pause}],
-            },
-        }
+        return pause_pod(kube, name, {"watch": "replay"})
 
     kube.apply(pod("older"))  # listed at its own, older version
     kube.run(*kube.ns("wait", "--for=condition=Ready", "pod/older", "--timeout=60s"), timeout=90)

@@ -51,6 +51,23 @@ RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 RETRY_S = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """Where an event acts: the API clients, and the gateway's namespace, Deployment and
+    the selector of the pods the run follows."""
+
+    core: client.CoreV1Api
+    apps: client.AppsV1Api
+    namespace: str
+    deployment: str
+    selector: str
+
+    def pods(self) -> list[Any]:
+        return list(
+            self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        )
+
+
 class EventFailed(RuntimeError):
     """The event could not be carried out as asked (named); what it changed is put back."""
 
@@ -116,20 +133,15 @@ def newly_terminating(listed: list[Any], old: Iterable[str], seen: set[str]) -> 
     return [name for name in old if name not in seen and state.get(name, True)]
 
 
-def terminate_delete(core: client.CoreV1Api, namespace: str, victim: Any) -> Terminated:
-    core.delete_namespaced_pod(victim.metadata.name, namespace)  # the pod's own grace
+def terminate_delete(gw: Gateway, victim: Any) -> Terminated:
+    gw.core.delete_namespaced_pod(victim.metadata.name, gw.namespace)  # the pod's own grace
     return Terminated(victim.metadata.name, victim.spec.node_name)
 
 
-def terminate_drain(
-    core: client.CoreV1Api,
-    namespace: str,
-    victim: Any,
-    restore: Restore,
-    deadline: float,
-) -> Terminated:
+def terminate_drain(gw: Gateway, victim: Any, restore: Restore, deadline: float) -> Terminated:
     """Cordon the victim's node, then evict the victim until the Eviction API admits it
     or `deadline` (time.monotonic()) passes."""
+    core, namespace = gw.core, gw.namespace
     node = victim.spec.node_name
     was = bool(core.read_node(node).spec.unschedulable)
     core.patch_node(node, {"spec": {"unschedulable": True}})
@@ -159,20 +171,13 @@ def terminate_drain(
 
 
 def terminate_scale_down(
-    core: client.CoreV1Api,
-    apps: client.AppsV1Api,
-    namespace: str,
-    deployment: str,
-    selector: str,
-    victim: Any,
-    pods: list[Any],
-    restore: Restore,
-    deadline: float,
+    gw: Gateway, victim: Any, pods: list[Any], restore: Restore, deadline: float
 ) -> Terminated:
     """Every pod but the victim ranked above it, the replicas lowered by one; the pod the
     ReplicaSet deletes, read back by `deadline` (time.monotonic())."""
+    apps, namespace, deployment = gw.apps, gw.namespace, gw.deployment
     survivors = [p.metadata.name for p in pods if p.metadata.name != victim.metadata.name]
-    _steer(core, namespace, survivors, restore)
+    _steer(gw, survivors, restore)
     replicas = apps.read_namespaced_deployment_scale(deployment, namespace).spec.replicas
     before = {p.metadata.name for p in pods if p.metadata.deletion_timestamp is not None}
     apps.patch_namespaced_deployment_scale(
@@ -194,8 +199,7 @@ def terminate_scale_down(
         },
     )
     while time.monotonic() < deadline:
-        listed = core.list_namespaced_pod(namespace, label_selector=selector).items
-        picked = deleted_by_scale_down(listed, before)
+        picked = deleted_by_scale_down(gw.pods(), before)
         if picked:
             pod = picked[0]
             if pod.metadata.name != victim.metadata.name:
@@ -214,36 +218,27 @@ def terminate_scale_down(
 
 
 def terminate_rollout(
-    core: client.CoreV1Api,
-    apps: client.AppsV1Api,
-    namespace: str,
-    deployment: str,
-    selector: str,
-    victim: Any,
-    pods: list[Any],
-    restore: Restore,
-    deadline: float,
+    gw: Gateway, victim: Any, pods: list[Any], restore: Restore, deadline: float
 ) -> Terminated:
     """Every old pod but the victim ranked above it, the Deployment restarted; each old
     pod recorded as its termination begins, until every one has or `deadline`
     (time.monotonic()) passes."""
     old = [p.metadata.name for p in pods if p.metadata.deletion_timestamp is None]
     node_of = {p.metadata.name: p.spec.node_name for p in pods}
-    _steer(core, namespace, [n for n in old if n != victim.metadata.name], restore)
+    _steer(gw, [n for n in old if n != victim.metadata.name], restore)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    apps.patch_namespaced_deployment(
-        deployment,
-        namespace,
+    gw.apps.patch_namespaced_deployment(
+        gw.deployment,
+        gw.namespace,
         {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}},
     )
     notes: list[dict[str, Any]] = [
-        {"kind": "restarted", "ts_ms": now_ms(), "deployment": deployment, "restarted_at": stamp}
+        {"kind": "restarted", "ts_ms": now_ms(), "deployment": gw.deployment, "restarted_at": stamp}
     ]
     order: list[dict[str, Any]] = []
     seen: set[str] = set()
     while time.monotonic() < deadline:
-        listed = core.list_namespaced_pod(namespace, label_selector=selector).items
-        for name in newly_terminating(listed, old, seen):
+        for name in newly_terminating(gw.pods(), old, seen):
             seen.add(name)
             at = now_ms()
             order.append({"pod": name, "node": node_of[name], "ms": at})
@@ -262,20 +257,20 @@ def terminate_rollout(
             )
         time.sleep(RETRY_S / 4)
     raise EventFailed(
-        f"the rollout of {deployment} had begun terminating {len(seen)} of its {len(old)} "
+        f"the rollout of {gw.deployment} had begun terminating {len(seen)} of its {len(old)} "
         f"old pods ({', '.join(sorted(seen)) or 'none'}) by the deadline"
     )
 
 
-def _steer(core: client.CoreV1Api, namespace: str, survivors: list[str], restore: Restore) -> None:
+def _steer(gw: Gateway, survivors: list[str], restore: Restore) -> None:
     """The survivors ranked above the victim for the ReplicaSet's next deletion."""
     for name in survivors:
-        core.patch_namespaced_pod(
-            name, namespace, {"metadata": {"annotations": {DELETION_COST: SURVIVOR_COST}}}
+        gw.core.patch_namespaced_pod(
+            name, gw.namespace, {"metadata": {"annotations": {DELETION_COST: SURVIVOR_COST}}}
         )
         restore.add(
             f"unannotate {name}",
-            lambda name=name: _unannotate(core, namespace, name),
+            lambda name=name: _unannotate(gw.core, gw.namespace, name),
         )
 
 

@@ -90,10 +90,7 @@ def pick_victim(pods: list[Any], workers: list[str], lb: str) -> Any:
 
 def terminate(
     event: str,
-    core: client.CoreV1Api,
-    apps: client.AppsV1Api,
-    namespace: str,
-    selector: str,
+    gw: disruptions.Gateway,
     victim: Any,
     pods: list[Any],
     restore: disruptions.Restore,
@@ -103,17 +100,13 @@ def terminate(
     changes beyond the pods added to `restore`; `budget`: the run's timing numbers."""
     if event == "rollout":
         deadline = time.monotonic() + float(budget["rollout_worst_s"])
-        return disruptions.terminate_rollout(
-            core, apps, namespace, GATEWAY_SERVICE, selector, victim, pods, restore, deadline
-        )
+        return disruptions.terminate_rollout(gw, victim, pods, restore, deadline)
     deadline = time.monotonic() + EVENT_DEADLINE_S
     if event == "drain":
-        return disruptions.terminate_drain(core, namespace, victim, restore, deadline)
+        return disruptions.terminate_drain(gw, victim, restore, deadline)
     if event == "scale-down":
-        return disruptions.terminate_scale_down(
-            core, apps, namespace, GATEWAY_SERVICE, selector, victim, pods, restore, deadline
-        )
-    return disruptions.terminate_delete(core, namespace, victim)
+        return disruptions.terminate_scale_down(gw, victim, pods, restore, deadline)
+    return disruptions.terminate_delete(gw, victim)
 
 
 def fail(args: argparse.Namespace, run_dir: Path, why: str) -> NoReturn:
@@ -242,10 +235,7 @@ async def run(args: argparse.Namespace) -> None:
             done = await asyncio.to_thread(
                 terminate,
                 run_plan.event,
-                core,
-                apps,
-                args.namespace,
-                selector,
+                disruptions.Gateway(core, apps, args.namespace, GATEWAY_SERVICE, selector),
                 victim,
                 pods,
                 restore,
