@@ -492,8 +492,7 @@ def account(
             else None
         )
         joined["backend"] = {k: be.get(k) for k in ("status", "msg")} if be else None
-        joined["exposed"] = exposed(r, joined["served_by"], term, pod_gone)
-        joined["exposed_to"] = exposed_pod(r, joined["served_by"], term, pod_gone)
+        joined["exposed"], joined["exposed_to"] = exposure(r, joined["served_by"], term, pod_gone)
         if r.get("first_attempt"):
             joined["first_attempt"] = first = first_attempt(
                 r, hops_by_id, pod_nodes, term, pod_gone
@@ -536,7 +535,7 @@ def first_attempt(
     hops = hops_by_id.get(fa.get("request_id") or "", {})
     attempt = {**record, **fa}
     fa["served_by"] = served_by(hops, pod_nodes, term["lb"])
-    fa["exposed"] = exposed(attempt, fa["served_by"], term, pod_gone)
+    fa["exposed"], _ = exposure(attempt, fa["served_by"], term, pod_gone)
     if fa.get("error"):
         fa["rule"], fa["cause"] = explain(attempt, hops)
     return fa
@@ -549,40 +548,26 @@ def in_flight_during(record: Record, start_ms: float, end_ms: float | None) -> b
     return began_in_time and (end is None or end > start_ms)
 
 
-def exposed_pod(
+def exposure(
     record: Record,
     served: dict[str, Any],
     term: dict[str, Any],
     pod_gone: dict[str, float | None] | None = None,
-) -> str | None:
-    """The terminated pod the request was on while that pod terminated (`served`:
-    served_by's; `pod_gone`: pod -> when it was gone, None for not seen gone), or None."""
+) -> tuple[bool | None, str | None]:
+    """Whether the request was on a terminating gateway while it terminated, and which
+    terminated pod (`served`: served_by's; `pod_gone`: pod -> when it was gone, None for
+    not seen gone). Exposed is None when where it was served is unknown and it was in
+    flight while one terminated."""
     gone = pod_gone or {}
-    for v in victims(term):
-        if not in_flight_during(record, v["ms"], gone.get(v["pod"])):
-            continue
-        if served.get("gateway_pod"):
-            if served["gateway_pod"] == v["pod"]:
-                return str(v["pod"])
-        elif served.get("node") == v["node"]:
-            return str(v["pod"])
-    return None
-
-
-def exposed(
-    record: Record,
-    served: dict[str, Any],
-    term: dict[str, Any],
-    pod_gone: dict[str, float | None] | None = None,
-) -> bool | None:
-    """On a terminating gateway while it terminated (exposed_pod); None when where it was
-    served is unknown and it was in flight while one terminated."""
-    if exposed_pod(record, served, term, pod_gone) is not None:
-        return True
-    gone = pod_gone or {}
-    during = any(in_flight_during(record, v["ms"], gone.get(v["pod"])) for v in victims(term))
-    if not during or served.get("gateway_pod") or served.get("node"):
-        return False
-    if served.get("lb_server") == "<NOSRV>":
-        return False  # HAProxy had no server for it: no gateway saw it
-    return None
+    during = [v for v in victims(term) if in_flight_during(record, v["ms"], gone.get(v["pod"]))]
+    if not during:
+        return False, None
+    if served.get("gateway_pod"):  # the pod its Envoy line names
+        pod = next((str(v["pod"]) for v in during if v["pod"] == served["gateway_pod"]), None)
+    elif served.get("node"):
+        pod = next((str(v["pod"]) for v in during if v["node"] == served["node"]), None)
+    elif served.get("lb_server") == "<NOSRV>":
+        return False, None  # HAProxy had no server for it: no gateway saw it
+    else:
+        return None, None
+    return pod is not None, pod
