@@ -133,7 +133,8 @@ async def run(args: argparse.Namespace) -> None:
     collected = CollectedDir(run_dir, failures)
     stop = threading.Event()
     selector = f"{registry.GATEWAY_POD_SELECTOR},mode={args.mode}"
-    pods = core.list_namespaced_pod(args.namespace, label_selector=selector).items
+    gw = disruptions.Gateway(core, apps, args.namespace, GATEWAY_SERVICE, selector)
+    pods = gw.pods()
     victim = pick_victim(pods, args.workers.split(","), args.lb)
     restore = disruptions.Restore()
     print(f"victim {victim.metadata.name} on {victim.spec.node_name}", flush=True)
@@ -184,10 +185,7 @@ async def run(args: argparse.Namespace) -> None:
         """One listing a second, off the event loop (the load driver's requests share
         it): a pod that starts running gets its gauge read too."""
         while True:
-            got = await asyncio.to_thread(
-                core.list_namespaced_pod, args.namespace, label_selector=selector
-            )
-            new, names = pods_seen(got.items, set(fetchers))
+            new, names = pods_seen(await asyncio.to_thread(gw.pods), set(fetchers))
             for name in new:
                 fetchers[name] = fetcher(name)
             listed.clear()
@@ -235,7 +233,7 @@ async def run(args: argparse.Namespace) -> None:
             done = await asyncio.to_thread(
                 terminate,
                 run_plan.event,
-                disruptions.Gateway(core, apps, args.namespace, GATEWAY_SERVICE, selector),
+                gw,
                 victim,
                 pods,
                 restore,
