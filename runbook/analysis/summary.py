@@ -176,7 +176,7 @@ def summarize(
     prestop_end = _first(pod_events, t, kind="prestop_finished") or _first(
         pod_events, t, source="prestop", step="7", msg="done"
     )
-    ph = by_pod[pod] if pod in by_pod else next(iter(by_pod.values()))
+    ph = by_pod[pod]  # the victim's: the first the event terminated
     zero = zero_in_flight(events, pod, t)
     ok_ends = [r["end_ms"] for r in in_flight if r.get("end_ms") is not None]
     last_end = max(ok_ends) if ok_ends else None
